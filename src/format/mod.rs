@@ -1,0 +1,77 @@
+//! Model file formats. Each reader memory-maps its file and hands out tensors that borrow
+//! from the mapping (zero-copy); every offset and size is checked against the file first.
+
+pub mod gguf;
+pub mod gguf_write;
+pub mod hf_dir;
+pub mod safetensors;
+
+use crate::error::{Error, Result};
+use crate::quant::DType;
+use memmap2::Mmap;
+use std::fs::File;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Bytes of a tensor: a window into a memory-mapped file, or a buffer made at load time
+/// (for quantize-on-load).
+#[derive(Clone)]
+pub enum Bytes {
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+    },
+    Owned(Arc<[u8]>),
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes::Owned(v.into())
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bytes::Mapped { start, len, .. } => write!(f, "Mapped[{start}..+{len}]"),
+            Bytes::Owned(v) => write!(f, "Owned[{}]", v.len()),
+        }
+    }
+}
+
+/// A named tensor as stored in a file. `shape` lists the outermost dimension first
+/// (PyTorch order): a linear layer's weight is `[out_features, in_features]`, rows contiguous.
+#[derive(Clone, Debug)]
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: Bytes,
+}
+
+impl RawTensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Memory-maps a whole file read-only.
+pub fn map_file(path: &Path) -> Result<Arc<Mmap>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the mapping is read-only; like every mmap-based loader we assume nobody truncates
+    // the model file while it is in use.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok(Arc::new(map))
+}

@@ -1,0 +1,9 @@
+//! llmcad: fast LLM inference for memory-poor devices. A compact drafter on the CPU proposes
+//! token trees, the large target verifies them on the GPU, and the target's weights stream
+//! under a memory budget. See README.md and the design notes for the big picture.
+
+pub mod error;
+pub mod format;
+pub mod quant;
+
+pub use error::{Error, Result};

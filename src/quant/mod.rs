@@ -1,0 +1,325 @@
+//! Weight types and their block layouts (the GGML ones llmcad reads), conversion to and from
+//! f32, and the dot-product kernels the CPU backend multiplies with.
+//!
+//! Block layouts (little-endian, as in GGUF files):
+//! - `Q8_0`: 32 values in 34 bytes: f16 scale `d`, then 32 × i8; value = d·q.
+//! - `Q4_0`: 32 values in 18 bytes: f16 `d`, then 16 bytes of nibbles; byte j holds value j in
+//!   its low nibble and value j+16 in its high nibble; value = d·(q − 8).
+//! - `Q4_1`: 32 values in 20 bytes: f16 `d`, f16 `m`, then 16 bytes of nibbles laid out as in
+//!   Q4_0; value = d·q + m.
+
+mod dot;
+mod quantize;
+
+pub use dot::{dot_f32, dot_q8, Q8Acts};
+pub use quantize::{quantize_q4_0, quantize_q4_1, quantize_q8_0, quantize_row};
+
+use crate::error::{format_err, Result};
+use half::{bf16, f16};
+
+/// Elements per quantization block for the block-quantized types.
+pub const QK: usize = 32;
+
+/// The element types a weight tensor may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+}
+
+impl DType {
+    pub const ALL: [DType; 6] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+    ];
+
+    /// Elements per block (1 for the float types).
+    pub fn block_len(self) -> usize {
+        match self {
+            DType::F32 | DType::F16 | DType::BF16 => 1,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => QK,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::Q8_0 => 34,
+            DType::Q4_0 => 18,
+            DType::Q4_1 => 20,
+        }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        self.block_len() > 1
+    }
+
+    /// Bytes of a row of `cols` elements; `cols` must be a multiple of the block length
+    /// (checked when tensors are loaded).
+    pub fn row_bytes(self, cols: usize) -> usize {
+        cols / self.block_len() * self.block_bytes()
+    }
+
+    /// Bytes of `n` elements, or an error when `n` does not fill whole blocks.
+    pub fn bytes_for(self, n: usize, what: &str) -> Result<usize> {
+        if n % self.block_len() != 0 {
+            return Err(format_err!(
+                "{what}: {n} elements is not a multiple of the {} block size {}",
+                self.name(),
+                self.block_len()
+            ));
+        }
+        Ok(self.row_bytes(n))
+    }
+
+    /// Bits per weight, for reports.
+    pub fn bits_per_weight(self) -> f64 {
+        self.block_bytes() as f64 * 8.0 / self.block_len() as f64
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::Q8_0 => "Q8_0",
+            DType::Q4_0 => "Q4_0",
+            DType::Q4_1 => "Q4_1",
+        }
+    }
+
+    /// The GGML type id used in GGUF files.
+    pub fn ggml_id(self) -> u32 {
+        match self {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::Q4_0 => 2,
+            DType::Q4_1 => 3,
+            DType::Q8_0 => 8,
+            DType::BF16 => 30,
+        }
+    }
+
+    /// Maps a GGML type id to a supported type; `Err` carries the type's GGML name (or its
+    /// number) so the caller can say which tensor has it.
+    pub fn from_ggml_id(id: u32) -> Result<DType, String> {
+        Ok(match id {
+            0 => DType::F32,
+            1 => DType::F16,
+            2 => DType::Q4_0,
+            3 => DType::Q4_1,
+            8 => DType::Q8_0,
+            30 => DType::BF16,
+            other => return Err(ggml_type_name(other)),
+        })
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for DType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        DType::ALL
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!("unknown type '{s}' (expected one of F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
+            })
+    }
+}
+
+/// GGML's names for the types llmcad does not read, for error messages.
+fn ggml_type_name(id: u32) -> String {
+    const NAMES: [&str; 40] = [
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
+    ];
+    match NAMES.get(id as usize) {
+        Some(name) => format!("{name} (GGML type {id})"),
+        None => format!("unknown GGML type {id}"),
+    }
+}
+
+#[inline]
+pub(crate) fn read_f16(b: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
+
+/// Converts one row (`out.len()` elements) of `dtype` stored in `src` to f32.
+pub fn dequantize_row(dtype: DType, src: &[u8], out: &mut [f32]) {
+    let n = out.len();
+    debug_assert_eq!(src.len(), dtype.row_bytes(n));
+    match dtype {
+        DType::F32 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::F16 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = read_f16(b);
+            }
+        }
+        DType::BF16 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        }
+        DType::Q8_0 => {
+            for (o, blk) in out.chunks_exact_mut(QK).zip(src.chunks_exact(34)) {
+                let d = read_f16(blk);
+                for (v, &q) in o.iter_mut().zip(&blk[2..]) {
+                    *v = d * (q as i8) as f32;
+                }
+            }
+        }
+        DType::Q4_0 => {
+            for (o, blk) in out.chunks_exact_mut(QK).zip(src.chunks_exact(18)) {
+                let d = read_f16(blk);
+                for (j, &byte) in blk[2..].iter().enumerate() {
+                    o[j] = d * ((byte & 0x0f) as i32 - 8) as f32;
+                    o[j + 16] = d * ((byte >> 4) as i32 - 8) as f32;
+                }
+            }
+        }
+        DType::Q4_1 => {
+            for (o, blk) in out.chunks_exact_mut(QK).zip(src.chunks_exact(20)) {
+                let d = read_f16(blk);
+                let m = read_f16(&blk[2..]);
+                for (j, &byte) in blk[4..].iter().enumerate() {
+                    o[j] = d * (byte & 0x0f) as f32 + m;
+                    o[j + 16] = d * (byte >> 4) as f32 + m;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f16_bytes(x: f32) -> [u8; 2] {
+        f16::from_f32(x).to_bits().to_le_bytes()
+    }
+
+    #[test]
+    fn q8_0_block_by_hand() {
+        let mut blk = Vec::from(f16_bytes(0.5));
+        blk.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let mut out = [0f32; 32];
+        dequantize_row(DType::Q8_0, &blk, &mut out);
+        for (i, v) in out.iter().enumerate() {
+            assert_eq!(*v, 0.5 * (i as f32 - 16.0));
+        }
+    }
+
+    #[test]
+    fn q4_0_block_by_hand() {
+        // byte j = (hi << 4) | lo with lo = j, hi = 15 - j
+        let mut blk = Vec::from(f16_bytes(2.0));
+        blk.extend((0..16u8).map(|j| ((15 - j) << 4) | j));
+        let mut out = [0f32; 32];
+        dequantize_row(DType::Q4_0, &blk, &mut out);
+        for j in 0..16 {
+            assert_eq!(out[j], 2.0 * (j as f32 - 8.0));
+            assert_eq!(out[j + 16], 2.0 * ((15 - j) as f32 - 8.0));
+        }
+    }
+
+    #[test]
+    fn q4_1_block_by_hand() {
+        let mut blk = Vec::from(f16_bytes(0.25));
+        blk.extend(f16_bytes(-1.5));
+        blk.extend((0..16u8).map(|j| (j << 4) | (15 - j)));
+        let mut out = [0f32; 32];
+        dequantize_row(DType::Q4_1, &blk, &mut out);
+        for j in 0..16 {
+            assert_eq!(out[j], 0.25 * (15 - j) as f32 - 1.5);
+            assert_eq!(out[j + 16], 0.25 * j as f32 - 1.5);
+        }
+    }
+
+    #[test]
+    fn float_types_by_hand() {
+        let vals = [1.0f32, -2.5, 0.0, 65504.0];
+        let f32b: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16b: Vec<u8> = vals.iter().flat_map(|v| f16_bytes(*v)).collect();
+        let bf16b: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes())
+            .collect();
+        let mut out = [0f32; 4];
+        dequantize_row(DType::F32, &f32b, &mut out);
+        assert_eq!(out, vals);
+        dequantize_row(DType::F16, &f16b, &mut out);
+        assert_eq!(out, vals);
+        dequantize_row(DType::BF16, &bf16b, &mut out);
+        assert_eq!(out, [1.0, -2.5, 0.0, 65536.0]); // 65504 rounds to 2^16 in bf16
+    }
+
+    #[test]
+    fn unknown_ggml_types_are_named() {
+        assert_eq!(DType::from_ggml_id(12).unwrap_err(), "Q4_K (GGML type 12)");
+        assert_eq!(
+            DType::from_ggml_id(999).unwrap_err(),
+            "unknown GGML type 999"
+        );
+        for d in DType::ALL {
+            assert_eq!(DType::from_ggml_id(d.ggml_id()), Ok(d));
+        }
+    }
+}
