@@ -2,8 +2,15 @@
 //! token trees, the large target verifies them on the GPU, and the target's weights stream
 //! under a memory budget. See README.md and the design notes for the big picture.
 
+pub mod backend;
+pub mod cpu;
 pub mod error;
 pub mod format;
+pub mod generate;
+pub mod model;
+mod progress;
 pub mod quant;
+pub mod sampling;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -139,6 +139,45 @@ pub fn dot_f32(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
     acc
 }
 
+/// `out[t * out_stride + (r - rows.start)] = dot(W[r], A[t])` for every activation row t and
+/// weight row r in `rows` (block-quantized weights, Q8 activations).
+pub fn matmul_q8(
+    dtype: DType,
+    w: &[u8],
+    cols: usize,
+    rows: std::ops::Range<usize>,
+    acts: &Q8Acts,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let rb = dtype.row_bytes(cols);
+    for r in rows.clone() {
+        let wr = &w[r * rb..(r + 1) * rb];
+        for t in 0..acts.rows() {
+            out[t * out_stride + r - rows.start] = dot_q8(dtype, wr, acts.row(t));
+        }
+    }
+}
+
+/// As `matmul_q8`, for f32 activations `x` (rows of `cols`) and any weight type.
+pub fn matmul_f32(
+    dtype: DType,
+    w: &[u8],
+    cols: usize,
+    rows: std::ops::Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let rb = dtype.row_bytes(cols);
+    for r in rows.clone() {
+        let wr = &w[r * rb..(r + 1) * rb];
+        for (t, xr) in x.chunks_exact(cols).enumerate() {
+            out[t * out_stride + r - rows.start] = dot_f32(dtype, wr, xr);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{dequantize_row, quantize_row};

@@ -1,0 +1,313 @@
+//! The one interface between decoding strategies and a model on some device: a forward pass
+//! over a batch of nodes with explicit positions and an attention mask, and KV-cache
+//! bookkeeping. The CPU backend, the GPU verifier and every speculative mode meet here.
+
+use crate::error::Result;
+use crate::model::ModelConfig;
+
+/// Which batch nodes each node attends to, in addition to the whole committed prefix.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchMask {
+    /// Node i sees nodes 0..=i (a prompt chunk, a draft chain).
+    Causal,
+    /// Node i sees itself and its ancestors. `parents[i]` is an earlier node, or `None` for a
+    /// node that continues the committed prefix directly. Nodes are in topological order.
+    Tree(Vec<Option<usize>>),
+    /// Any mask: `rows[i]` lists, in increasing order, the earlier-or-equal nodes node i sees.
+    Dense(Vec<Vec<usize>>),
+}
+
+/// A forward pass's input: one token per node, at an explicit position, with a mask.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub tokens: Vec<u32>,
+    pub positions: Vec<usize>,
+    pub mask: BatchMask,
+}
+
+impl Batch {
+    /// Tokens in a row, continuing a prefix of `start` tokens.
+    pub fn chain(tokens: &[u32], start: usize) -> Self {
+        Batch {
+            tokens: tokens.to_vec(),
+            positions: (start..start + tokens.len()).collect(),
+            mask: BatchMask::Causal,
+        }
+    }
+
+    /// A token tree over a prefix of `prefix_len` tokens: each node sits at
+    /// `prefix_len + depth`, where roots have depth 0.
+    pub fn tree(tokens: &[u32], parents: &[Option<usize>], prefix_len: usize) -> Self {
+        assert_eq!(tokens.len(), parents.len());
+        let mut positions = Vec::with_capacity(tokens.len());
+        for (i, p) in parents.iter().enumerate() {
+            positions.push(match *p {
+                None => prefix_len,
+                Some(p) => {
+                    assert!(p < i, "tree nodes must be in topological order");
+                    positions[p] + 1
+                }
+            });
+        }
+        Batch {
+            tokens: tokens.to_vec(),
+            positions,
+            mask: BatchMask::Tree(parents.to_vec()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The batch nodes node `i` attends to, in increasing order (always ends with `i`).
+    pub fn visible(&self, i: usize) -> Vec<usize> {
+        match &self.mask {
+            BatchMask::Causal => (0..=i).collect(),
+            BatchMask::Tree(parents) => {
+                let mut v = vec![i];
+                let mut cur = parents[i];
+                while let Some(p) = cur {
+                    v.push(p);
+                    cur = parents[p];
+                }
+                v.reverse();
+                v
+            }
+            BatchMask::Dense(rows) => rows[i].clone(),
+        }
+    }
+
+    /// Checks the batch is well formed (lengths, order, mask references).
+    pub fn validate(&self) -> Result<()> {
+        let n = self.tokens.len();
+        let bad = |m: String| Err(crate::Error::InvalidArgument(m));
+        if self.positions.len() != n {
+            return bad(format!("{} positions for {n} tokens", self.positions.len()));
+        }
+        match &self.mask {
+            BatchMask::Causal => {}
+            BatchMask::Tree(parents) => {
+                if parents.len() != n {
+                    return bad(format!("{} parents for {n} tokens", parents.len()));
+                }
+                if let Some(i) = parents.iter().enumerate().position(|(i, p)| p.is_some_and(|p| p >= i)) {
+                    return bad(format!("tree node {i} has a parent that does not precede it"));
+                }
+            }
+            BatchMask::Dense(rows) => {
+                if rows.len() != n {
+                    return bad(format!("{} mask rows for {n} tokens", rows.len()));
+                }
+                for (i, r) in rows.iter().enumerate() {
+                    if r.windows(2).any(|w| w[0] >= w[1]) || r.last().is_some_and(|&j| j > i) {
+                        return bad(format!("mask row {i} must be increasing and end at most at {i}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which rows of the output a caller needs, and in what form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Want {
+    pub rows: Rows,
+    /// `None`: full logits; `Some(k)`: the k best tokens per row (a GPU reads back only these).
+    pub top_k: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// Only the last node (prompt prefill, plain decoding).
+    Last,
+    /// Every node (tree verification).
+    All,
+}
+
+impl Want {
+    pub const LAST_FULL: Want = Want {
+        rows: Rows::Last,
+        top_k: None,
+    };
+    pub const ALL_FULL: Want = Want {
+        rows: Rows::All,
+        top_k: None,
+    };
+}
+
+/// Scores for the requested rows: dense logits, or the best k (id, logit) pairs per row.
+#[derive(Clone, Debug)]
+pub enum Logits {
+    Dense { vocab: usize, data: Vec<f32> },
+    TopK { k: usize, ids: Vec<u32>, logits: Vec<f32> },
+}
+
+impl Logits {
+    pub fn rows(&self) -> usize {
+        match self {
+            Logits::Dense { vocab, data } => data.len() / vocab,
+            Logits::TopK { k, ids, .. } => ids.len() / k,
+        }
+    }
+
+    /// The dense logits of row `r`, when this output has them.
+    pub fn dense(&self, r: usize) -> Option<&[f32]> {
+        match self {
+            Logits::Dense { vocab, data } => Some(&data[r * vocab..(r + 1) * vocab]),
+            Logits::TopK { .. } => None,
+        }
+    }
+
+    /// Keeps only the best `k` tokens of every row (what a GPU reads back).
+    pub fn into_top_k(self, k: usize) -> Logits {
+        match self {
+            Logits::Dense { vocab, data } => {
+                let k = k.min(vocab).max(1);
+                let mut ids = Vec::with_capacity(data.len() / vocab * k);
+                let mut logits = Vec::with_capacity(ids.capacity());
+                for row in data.chunks_exact(vocab) {
+                    for (id, l) in top_k(row, k) {
+                        ids.push(id);
+                        logits.push(l);
+                    }
+                }
+                Logits::TopK { k, ids, logits }
+            }
+            top => top,
+        }
+    }
+
+    /// The highest-scoring token of row `r` (lowest id on ties, on every backend).
+    pub fn argmax(&self, r: usize) -> u32 {
+        match self {
+            Logits::Dense { .. } => argmax(self.dense(r).unwrap()),
+            Logits::TopK { k, ids, .. } => ids[r * k],
+        }
+    }
+
+    /// Candidates of row `r` as (id, logit), best first; `complete` when they cover the whole
+    /// vocabulary.
+    pub fn candidates(&self, r: usize) -> (Vec<(u32, f32)>, bool) {
+        match self {
+            Logits::Dense { vocab, .. } => (top_k(self.dense(r).unwrap(), *vocab), true),
+            Logits::TopK { k, ids, logits } => (
+                ids[r * k..(r + 1) * k]
+                    .iter()
+                    .copied()
+                    .zip(logits[r * k..(r + 1) * k].iter().copied())
+                    .collect(),
+                false,
+            ),
+        }
+    }
+}
+
+/// The `k` largest values of `row` as (index, value), best first, lower index first on ties.
+pub fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut c: Vec<(u32, f32)> = row
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, if l.is_nan() { f32::NEG_INFINITY } else { l }))
+        .collect();
+    let k = k.min(c.len());
+    if k < c.len() {
+        c.select_nth_unstable_by(k, cmp);
+        c.truncate(k);
+    }
+    c.sort_by(cmp);
+    c
+}
+
+/// Index of the largest value, the first one on ties; NaN never wins.
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &x) in v.iter().enumerate() {
+        if x > best_v {
+            best_v = x;
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// A model ready to run on some device, with its own KV cache.
+pub trait Backend: Send {
+    fn config(&self) -> &ModelConfig;
+
+    /// Human-readable device description, e.g. "cpu (2 threads)".
+    fn device_name(&self) -> String;
+
+    /// Runs `batch`; its K/V land in cache slots `kv_len()..kv_len() + batch.len()`.
+    fn forward(&mut self, batch: &Batch, want: Want) -> Result<Logits>;
+
+    /// Committed plus pending cache entries.
+    fn kv_len(&self) -> usize;
+
+    /// Most cache entries this backend holds (its context window).
+    fn kv_capacity(&self) -> usize;
+
+    /// Keeps, of the entries from `base` on, only those at `base + keep[j]` (increasing), moving
+    /// them to `base + j`, and drops the rest: accepted tree nodes become a contiguous prefix.
+    fn kv_compact(&mut self, base: usize, keep: &[usize]) -> Result<()>;
+
+    /// Drops every entry from `len` on.
+    fn kv_truncate(&mut self, len: usize);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_positions_and_visibility() {
+        // 0 ─ 1 ─ 3
+        //   └ 2
+        // 4 (second root)
+        let b = Batch::tree(&[10, 11, 12, 13, 14], &[None, Some(0), Some(0), Some(1), None], 7);
+        assert_eq!(b.positions, [7, 8, 8, 9, 7]);
+        assert_eq!(b.visible(3), [0, 1, 3]);
+        assert_eq!(b.visible(2), [0, 2]);
+        assert_eq!(b.visible(4), [4]);
+        b.validate().unwrap();
+    }
+
+    #[test]
+    fn chain_is_causal() {
+        let b = Batch::chain(&[1, 2, 3], 5);
+        assert_eq!(b.positions, [5, 6, 7]);
+        assert_eq!(b.visible(2), [0, 1, 2]);
+    }
+
+    #[test]
+    fn malformed_batches_are_refused() {
+        let mut b = Batch::chain(&[1, 2], 0);
+        b.positions.pop();
+        assert!(b.validate().is_err());
+        let b = Batch {
+            tokens: vec![1, 2],
+            positions: vec![0, 1],
+            mask: BatchMask::Tree(vec![None, Some(1)]),
+        };
+        assert!(b.validate().is_err());
+        let b = Batch {
+            tokens: vec![1, 2],
+            positions: vec![0, 1],
+            mask: BatchMask::Dense(vec![vec![0], vec![1, 0]]),
+        };
+        assert!(b.validate().is_err());
+    }
+
+    #[test]
+    fn argmax_prefers_first_and_ignores_nan() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, f32::NAN]), 1);
+        assert_eq!(argmax(&[f32::NAN, -1.0]), 1);
+    }
+}

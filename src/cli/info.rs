@@ -1,0 +1,59 @@
+//! `llmcad info`: what a model file holds.
+
+use super::ModelArgs;
+use clap::Args;
+use llmcad::model::FileFormat;
+
+#[derive(Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+pub fn run(a: InfoArgs) -> anyhow::Result<()> {
+    let m = a.model.load()?;
+    let c = &m.config;
+    let w = &m.weights;
+    let params = w.parameter_count();
+    let bytes = w.byte_count();
+    println!("model:        {} ({})", m.name, m.path.display());
+    println!(
+        "format:       {}",
+        match m.format {
+            FileFormat::Gguf => "GGUF",
+            FileFormat::HuggingFace => "Hugging Face safetensors",
+        }
+    );
+    println!("architecture: {}", c.arch.name());
+    println!(
+        "shape:        {} layers, hidden {}, ffn {}, {} heads ({} kv heads) × {}, vocab {}, context {}",
+        c.n_layers, c.hidden, c.ffn, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab, c.max_context
+    );
+    println!(
+        "rope:         theta {}, {:?} layout, {} dims, scaling {:?}",
+        c.rope.theta, c.rope.layout, c.rope.dims, c.rope.scaling
+    );
+    println!("parameters:   {params} ({:.1} M)", params as f64 / 1e6);
+    println!("weights:      {bytes} bytes ({:.1} MiB)", bytes as f64 / (1 << 20) as f64);
+    let mix: Vec<String> = w
+        .dtype_mix()
+        .iter()
+        .map(|(d, n)| format!("{d} {:.1}%", 100.0 * *n as f64 / params as f64))
+        .collect();
+    println!("types:        {} (norms F32)", mix.join(", "));
+    println!("head:         {}", if w.tied_head { "tied to the embeddings" } else { "separate" });
+    let s = &c.special;
+    println!(
+        "tokenizer:    {} tokens, bos {:?}, eos {:?}, stop {:?}, add_bos {}",
+        m.tokenizer.vocab_size(),
+        s.bos,
+        s.eos,
+        s.stop,
+        s.add_bos
+    );
+    match &m.chat_template {
+        Some(t) => println!("chat template: {}", t.summary()),
+        None => println!("chat template: none"),
+    }
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Attention over the KV cache, where every query has its own position and its own view of
+//! the batch: it sees the whole committed prefix plus the batch nodes the mask allows (for a
+//! token tree: its ancestors). Keys are visited in slot order, so a node's result is the same
+//! floating-point computation whether it is verified in a tree or decoded on its own.
+
+use super::pool::{SharedMut, ThreadPool};
+use super::ops::softmax;
+
+/// Which batch nodes a query sees, besides the prefix.
+pub enum Visibility<'a> {
+    /// Query i sees nodes 0..=i.
+    Causal,
+    /// Query i sees `lists[i]` (increasing).
+    Lists(&'a [Vec<usize>]),
+}
+
+pub struct AttentionShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// `out[i]` (n_heads × head_dim) = attention of query `q[i]` over cache slots `0..base` and the
+/// visible batch slots `base + j`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    pool: &ThreadPool,
+    shape: &AttentionShape,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    base: usize,
+    vis: &Visibility<'_>,
+    out: &mut [f32],
+) {
+    let hd = shape.head_dim;
+    let kv_dim = shape.n_kv_heads * hd;
+    let q_dim = shape.n_heads * hd;
+    let group = shape.n_heads / shape.n_kv_heads;
+    let n_tokens = q.len() / q_dim;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let jobs = n_tokens * shape.n_heads;
+    let out = SharedMut::new(out);
+    pool.run(|tid| {
+        let n = pool.n_threads();
+        let mut scores: Vec<f32> = Vec::new();
+        let mut slots: Vec<usize> = Vec::new();
+        for job in (tid..jobs).step_by(n) {
+            let (i, h) = (job / shape.n_heads, job % shape.n_heads);
+            let g = h / group;
+            slots.clear();
+            slots.extend(0..base);
+            match vis {
+                Visibility::Causal => slots.extend(base..=base + i),
+                Visibility::Lists(l) => slots.extend(l[i].iter().map(|j| base + j)),
+            }
+            let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+            scores.clear();
+            scores.extend(slots.iter().map(|&s| {
+                dot(qh, &k_cache[s * kv_dim + g * hd..s * kv_dim + (g + 1) * hd]) * scale
+            }));
+            softmax(&mut scores);
+            // SAFETY: each (token, head) job owns its own head_dim slice of the output
+            let o = unsafe { out.slice(i * q_dim + h * hd..i * q_dim + (h + 1) * hd) };
+            o.fill(0.0);
+            for (&s, &p) in slots.iter().zip(&scores) {
+                let vh = &v_cache[s * kv_dim + g * hd..s * kv_dim + (g + 1) * hd];
+                for (a, &b) in o.iter_mut().zip(vh) {
+                    *a += p * b;
+                }
+            }
+        }
+    });
+}
+
+/// Dot product with 8 independent partial sums (vectorizes; fixed order, so deterministic).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for j in chunks * 8..a.len() {
+        s += a[j] * b[j];
+    }
+    s
+}

@@ -1,0 +1,90 @@
+//! The CPU KV cache: per layer, K and V rows of `kv_dim` f32 values, one row per slot.
+
+use crate::error::{Error, Result};
+
+pub struct KvCache {
+    kv_dim: usize,
+    capacity: usize,
+    len: usize,
+    /// `[layer]` → slots × kv_dim
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize, kv_dim: usize, capacity: usize) -> Self {
+        KvCache {
+            kv_dim,
+            capacity,
+            len: 0,
+            k: vec![Vec::new(); n_layers],
+            v: vec![Vec::new(); n_layers],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Makes room for `n` more slots (memory grows with use, up to the capacity).
+    pub fn reserve(&mut self, n: usize) -> Result<()> {
+        let need = self.len + n;
+        if need > self.capacity {
+            return Err(Error::ContextOverflow {
+                needed: need,
+                limit: self.capacity,
+                hint: String::new(),
+            });
+        }
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            if buf.len() < need * self.kv_dim {
+                buf.resize(need * self.kv_dim, 0.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one slot's K and V for a layer (the slot must be reserved).
+    pub fn write(&mut self, layer: usize, slot: usize, k: &[f32], v: &[f32]) {
+        let d = self.kv_dim;
+        self.k[layer][slot * d..(slot + 1) * d].copy_from_slice(k);
+        self.v[layer][slot * d..(slot + 1) * d].copy_from_slice(v);
+    }
+
+    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+        (&self.k[layer], &self.v[layer])
+    }
+
+    /// Marks `n` reserved slots as filled.
+    pub fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// See `Backend::kv_compact`.
+    pub fn compact(&mut self, base: usize, keep: &[usize]) -> Result<()> {
+        if keep.windows(2).any(|w| w[0] >= w[1]) || keep.last().is_some_and(|&j| base + j >= self.len) {
+            return Err(Error::InvalidArgument(format!(
+                "kv compaction: keep {keep:?} from base {base} with {} entries",
+                self.len
+            )));
+        }
+        let d = self.kv_dim;
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            for (j, &src) in keep.iter().enumerate() {
+                if src != j {
+                    buf.copy_within((base + src) * d..(base + src + 1) * d, (base + j) * d);
+                }
+            }
+        }
+        self.len = base + keep.len();
+        Ok(())
+    }
+}

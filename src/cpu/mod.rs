@@ -1,0 +1,241 @@
+//! The CPU backend: a Llama-family forward pass with a KV cache, multi-threaded, over batches
+//! of nodes with explicit positions and masks. It runs the drafter, and the target when there
+//! is no GPU.
+
+mod attention;
+mod kv;
+mod matmul;
+pub mod ops;
+pub mod pool;
+
+pub use matmul::Precision;
+pub use pool::ThreadPool;
+
+use crate::backend::{Backend, Batch, BatchMask, Logits, Rows, Want};
+use crate::error::{Error, Result};
+use crate::model::{ModelConfig, ModelWeights};
+use crate::quant::Q8Acts;
+use attention::{AttentionShape, Visibility};
+use kv::KvCache;
+use matmul::{linear_many, Input};
+use ops::{rms_norm, swiglu, RopeTable};
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct CpuOptions {
+    pub threads: usize,
+    pub precision: Precision,
+    /// KV-cache capacity in tokens (at most the model's context).
+    pub context: usize,
+}
+
+impl CpuOptions {
+    /// All physical parallelism, fast path, the model's full context.
+    pub fn for_model(cfg: &ModelConfig) -> Self {
+        CpuOptions {
+            threads: default_threads(),
+            precision: Precision::default(),
+            context: cfg.max_context,
+        }
+    }
+}
+
+/// Threads to use when the user does not say: every core the process may run on.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub struct CpuBackend {
+    cfg: ModelConfig,
+    weights: Arc<ModelWeights>,
+    pool: ThreadPool,
+    precision: Precision,
+    inv_freqs: Vec<f32>,
+    kv: KvCache,
+    q8: Q8Acts,
+}
+
+impl CpuBackend {
+    pub fn new(cfg: ModelConfig, weights: Arc<ModelWeights>, opts: &CpuOptions) -> Self {
+        let context = opts.context.min(cfg.max_context);
+        CpuBackend {
+            inv_freqs: cfg.rope.inv_freqs(),
+            kv: KvCache::new(cfg.n_layers, cfg.kv_dim(), context),
+            pool: ThreadPool::new(opts.threads),
+            precision: opts.precision,
+            weights,
+            cfg,
+            q8: Q8Acts::default(),
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    /// Final hidden states (after the output norm) for the rows the caller wants.
+    fn hidden_states(&mut self, batch: &Batch, rows: Rows) -> Result<Vec<f32>> {
+        batch.validate()?;
+        let c = &self.cfg;
+        let w = &*self.weights;
+        let n = batch.len();
+        if n == 0 {
+            return Err(Error::InvalidArgument("empty batch".into()));
+        }
+        if let Some(&bad) = batch.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary ({} tokens)",
+                c.vocab
+            )));
+        }
+        if let Some(&p) = batch.positions.iter().find(|&&p| p >= self.kv.capacity()) {
+            return Err(Error::ContextOverflow {
+                needed: p + 1,
+                limit: self.kv.capacity(),
+                hint: String::new(),
+            });
+        }
+        self.kv.reserve(n)?;
+        let base = self.kv.len();
+        let (h, q_dim, kv_dim, ffn) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn);
+
+        let mut x = vec![0f32; n * h];
+        for (row, &t) in x.chunks_exact_mut(h).zip(&batch.tokens) {
+            w.embed.dequantize_row(t as usize, row);
+        }
+        let rope = RopeTable::new(&c.rope, &self.inv_freqs, &batch.positions);
+        let lists: Vec<Vec<usize>>;
+        let vis = match batch.mask {
+            BatchMask::Causal => Visibility::Causal,
+            _ => {
+                lists = (0..n).map(|i| batch.visible(i)).collect();
+                Visibility::Lists(&lists)
+            }
+        };
+        let shape = AttentionShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        };
+
+        let mut xn = vec![0f32; n * h];
+        let (mut q, mut k, mut v) = (vec![0f32; n * q_dim], vec![0f32; n * kv_dim], vec![0f32; n * kv_dim]);
+        let mut att = vec![0f32; n * q_dim];
+        let mut o = vec![0f32; n * h];
+        let (mut gate, mut up) = (vec![0f32; n * ffn], vec![0f32; n * ffn]);
+        for (li, l) in w.layers.iter().enumerate() {
+            rms_norm(&x, &l.attn_norm, c.rms_eps, &mut xn);
+            let mut input = Input::new(&xn, h, &mut self.q8);
+            linear_many(
+                &self.pool,
+                self.precision,
+                &mut input,
+                &[&l.wq, &l.wk, &l.wv],
+                &mut [&mut q, &mut k, &mut v],
+            );
+            if let Some(b) = &l.bias {
+                add_rows(&mut q, &b.q);
+                add_rows(&mut k, &b.k);
+                add_rows(&mut v, &b.v);
+            }
+            for i in 0..n {
+                rope.apply(c.rope.layout, i, &mut q[i * q_dim..(i + 1) * q_dim], c.head_dim);
+                rope.apply(c.rope.layout, i, &mut k[i * kv_dim..(i + 1) * kv_dim], c.head_dim);
+                self.kv.write(
+                    li,
+                    base + i,
+                    &k[i * kv_dim..(i + 1) * kv_dim],
+                    &v[i * kv_dim..(i + 1) * kv_dim],
+                );
+            }
+            let (kc, vc) = self.kv.layer(li);
+            attention::attend(&self.pool, &shape, &q, kc, vc, base, &vis, &mut att);
+            let mut input = Input::new(&att, q_dim, &mut self.q8);
+            linear_many(&self.pool, self.precision, &mut input, &[&l.wo], &mut [&mut o]);
+            add_into(&mut x, &o);
+
+            rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut xn);
+            let mut input = Input::new(&xn, h, &mut self.q8);
+            linear_many(
+                &self.pool,
+                self.precision,
+                &mut input,
+                &[&l.w_gate, &l.w_up],
+                &mut [&mut gate, &mut up],
+            );
+            swiglu(&mut gate, &up);
+            let mut input = Input::new(&gate, ffn, &mut self.q8);
+            linear_many(&self.pool, self.precision, &mut input, &[&l.w_down], &mut [&mut o]);
+            add_into(&mut x, &o);
+        }
+        self.kv.advance(n);
+
+        let x = match rows {
+            Rows::Last => x[(n - 1) * h..].to_vec(),
+            Rows::All => x,
+        };
+        let mut out = vec![0f32; x.len()];
+        rms_norm(&x, &w.norm, c.rms_eps, &mut out);
+        Ok(out)
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+fn add_rows(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_into(row, bias);
+    }
+}
+
+impl Backend for CpuBackend {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn device_name(&self) -> String {
+        format!("cpu ({} threads)", self.pool.n_threads())
+    }
+
+    fn forward(&mut self, batch: &Batch, want: Want) -> Result<Logits> {
+        let hidden = self.hidden_states(batch, want.rows)?;
+        let vocab = self.cfg.vocab;
+        let rows = hidden.len() / self.cfg.hidden;
+        let mut logits = vec![0f32; rows * vocab];
+        let mut input = Input::new(&hidden, self.cfg.hidden, &mut self.q8);
+        linear_many(
+            &self.pool,
+            self.precision,
+            &mut input,
+            &[&self.weights.head],
+            &mut [&mut logits],
+        );
+        let dense = Logits::Dense { vocab, data: logits };
+        Ok(match want.top_k {
+            None => dense,
+            Some(k) => dense.into_top_k(k),
+        })
+    }
+
+    fn kv_len(&self) -> usize {
+        self.kv.len()
+    }
+
+    fn kv_capacity(&self) -> usize {
+        self.kv.capacity()
+    }
+
+    fn kv_compact(&mut self, base: usize, keep: &[usize]) -> Result<()> {
+        self.kv.compact(base, keep)
+    }
+
+    fn kv_truncate(&mut self, len: usize) {
+        self.kv.truncate(len)
+    }
+}

@@ -1,0 +1,258 @@
+//! A small persistent thread pool for the CPU forward pass.
+//!
+//! A decode step runs a few hundred short parallel regions (one per matmul), each only tens of
+//! microseconds long, so waking threads through the OS every time would cost more than the work.
+//! Workers spin briefly on a generation counter, then sleep on a condition variable; the caller
+//! takes part as thread 0 and returns only when every thread has finished.
+
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(200);
+
+type Job = dyn Fn(usize) + Sync;
+
+struct Shared {
+    /// Bumped once per parallel region; workers run the job when it changes.
+    generation: AtomicUsize,
+    /// Workers still running the current job.
+    pending: AtomicUsize,
+    /// The current job, type-erased; valid while `pending > 0` (see `run`).
+    job: Mutex<Option<&'static Job>>,
+    wake: Condvar,
+    sleepers: Mutex<usize>,
+    panicked: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    shutdown: AtomicBool,
+}
+
+pub struct ThreadPool {
+    n_threads: usize,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    /// Serialises `run` calls from different threads sharing one pool.
+    busy: Mutex<()>,
+}
+
+impl ThreadPool {
+    /// A pool of `n_threads` (at least 1; the caller counts as one of them).
+    pub fn new(n_threads: usize) -> Self {
+        let n_threads = n_threads.max(1);
+        let shared = Arc::new(Shared {
+            generation: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            job: Mutex::new(None),
+            wake: Condvar::new(),
+            sleepers: Mutex::new(0),
+            panicked: Mutex::new(None),
+            shutdown: AtomicBool::new(false),
+        });
+        let workers = (1..n_threads)
+            .map(|idx| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("llmcad-cpu-{idx}"))
+                    .spawn(move || worker(shared, idx))
+                    .expect("spawning a CPU worker thread")
+            })
+            .collect();
+        ThreadPool {
+            n_threads,
+            shared,
+            workers,
+            busy: Mutex::new(()),
+        }
+    }
+
+    pub fn n_threads(&self) -> usize {
+        self.n_threads
+    }
+
+    /// Runs `f(thread_index)` on every thread of the pool and waits for all of them.
+    pub fn run<F: Fn(usize) + Sync>(&self, f: F) {
+        if self.n_threads == 1 {
+            return f(0);
+        }
+        let _guard = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let job: &(dyn Fn(usize) + Sync + '_) = &f;
+        // SAFETY: the reference is only used by workers between the generation bump below and
+        // `pending` reaching zero, and we do not return (or unwind) before that, so `f`
+        // outlives every use.
+        let job: &'static Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static Job>(job) };
+        *self.shared.job.lock().unwrap() = Some(job);
+        self.shared.pending.store(self.n_threads - 1, Ordering::SeqCst);
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        if *self.shared.sleepers.lock().unwrap() > 0 {
+            self.shared.wake.notify_all();
+        }
+        let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+        while self.shared.pending.load(Ordering::Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+        *self.shared.job.lock().unwrap() = None;
+        if let Err(p) = mine {
+            resume_unwind(p);
+        }
+        let worker_panic = self.shared.panicked.lock().unwrap().take();
+        if let Some(p) = worker_panic {
+            resume_unwind(p);
+        }
+    }
+
+    /// Splits `0..n` into one contiguous chunk per thread (chunk boundaries rounded to
+    /// `align`) and runs `f(range)` for each non-empty chunk.
+    pub fn for_chunks<F: Fn(std::ops::Range<usize>) + Sync>(&self, n: usize, align: usize, f: F) {
+        let t = self.n_threads;
+        let per = n.div_ceil(t).div_ceil(align) * align;
+        self.run(|i| {
+            let start = (i * per).min(n);
+            let end = ((i + 1) * per).min(n);
+            if start < end {
+                f(start..end);
+            }
+        });
+    }
+}
+
+fn worker(shared: Arc<Shared>, idx: usize) {
+    let mut seen = 0usize;
+    loop {
+        // wait for a new generation: spin first, then sleep
+        let spin_until = Instant::now() + SPIN;
+        loop {
+            if shared.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            if shared.generation.load(Ordering::Acquire) != seen {
+                break;
+            }
+            if Instant::now() < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut sleepers = shared.sleepers.lock().unwrap();
+            *sleepers += 1;
+            while shared.generation.load(Ordering::Acquire) == seen
+                && !shared.shutdown.load(Ordering::Acquire)
+            {
+                sleepers = shared.wake.wait(sleepers).unwrap();
+            }
+            *sleepers -= 1;
+        }
+        seen = shared.generation.load(Ordering::Acquire);
+        let job = *shared.job.lock().unwrap();
+        if let Some(job) = job {
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| job(idx))) {
+                *shared.panicked.lock().unwrap() = Some(p);
+            }
+        }
+        shared.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        {
+            let _s = self.shared.sleepers.lock().unwrap();
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Lets pool threads write disjoint parts of one output buffer.
+#[derive(Clone, Copy)]
+pub struct SharedMut<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: callers only write disjoint index ranges from different threads (see `slice`).
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    pub fn new(s: &mut [T]) -> Self {
+        SharedMut {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+        }
+    }
+
+    /// # Safety
+    /// No two threads may hold overlapping ranges at the same time, and the buffer given to
+    /// `new` must outlive the use.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, range: std::ops::Range<usize>) -> &mut [T] {
+        assert!(range.start <= range.end && range.end <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.end - range.start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_thread_runs_each_job_once() {
+        let pool = ThreadPool::new(3);
+        for round in 0..1000 {
+            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(|i| {
+                hits[i].fetch_add(round + 1, Ordering::Relaxed);
+            });
+            for h in &hits {
+                assert_eq!(h.load(Ordering::Relaxed), round + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_range_once() {
+        let pool = ThreadPool::new(4);
+        for n in [0, 1, 5, 31, 32, 33, 1000] {
+            let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.for_chunks(n, 4, |r| {
+                for i in r {
+                    seen[i].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_propagates_and_the_pool_survives() {
+        let pool = ThreadPool::new(2);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(|i| {
+                if i == 1 {
+                    panic!("boom");
+                }
+            })
+        }));
+        assert!(r.is_err());
+        let count = AtomicUsize::new(0);
+        pool.run(|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn workers_wake_after_sleeping() {
+        let pool = ThreadPool::new(2);
+        std::thread::sleep(Duration::from_millis(20));
+        let count = AtomicUsize::new(0);
+        pool.run(|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+}

@@ -1,0 +1,353 @@
+//! The one model configuration both file formats fill: shapes, RoPE, norms, special tokens.
+
+use crate::error::{config_err, Result};
+use crate::format::gguf::GgufFile;
+use serde_json::Value as Json;
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Adjacent pairs (2i, 2i+1): GGML's "normal" mode, used by GGUF `llama` files, whose
+    /// q/k rows llama.cpp's converter permuted for it.
+    Interleaved,
+    /// Pairs (i, i + d/2): Hugging Face's rotate-half ("NeoX") layout.
+    HalfSplit,
+}
+
+/// RoPE frequency scaling for long-context variants.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear { factor: f32 },
+    /// Llama 3.1's per-frequency scaling.
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_context: f32,
+    },
+    /// Per-frequency divisors given by the file (GGUF `rope_freqs.weight`).
+    Factors(Vec<f32>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f32,
+    pub layout: RopeLayout,
+    /// Rotated dimensions per head (the head dimension for every supported family).
+    pub dims: usize,
+    pub scaling: RopeScaling,
+}
+
+impl RopeConfig {
+    /// Inverse frequency of each rotated pair, computed in f32 as the reference implementations
+    /// do (lower precision drifts visibly at long positions).
+    pub fn inv_freqs(&self) -> Vec<f32> {
+        let d = self.dims;
+        (0..d / 2)
+            .map(|i| {
+                let f = 1.0 / self.theta.powf((2 * i) as f32 / d as f32);
+                match &self.scaling {
+                    RopeScaling::None => f,
+                    RopeScaling::Linear { factor } => f / factor,
+                    RopeScaling::Factors(div) => f / div.get(i).copied().unwrap_or(1.0),
+                    RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_context,
+                    } => {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        let low_wavelen = original_context / low_freq_factor;
+                        let high_wavelen = original_context / high_freq_factor;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (original_context / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// Token ids with a special meaning for generation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpecialTokens {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    /// Ids that end generation: EOS plus end-of-turn tokens.
+    pub stop: Vec<u32>,
+    /// Whether a BOS token starts every prompt.
+    pub add_bos: bool,
+}
+
+/// The architecture families llmcad runs (all Llama-shaped decoders).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub n_layers: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    /// Longest sequence the model was trained for.
+    pub max_context: usize,
+    pub rms_eps: f32,
+    pub rope: RopeConfig,
+    /// q/k/v projections carry biases (Qwen2).
+    pub attn_bias: bool,
+    pub special: SpecialTokens,
+}
+
+impl ModelConfig {
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Checks the numbers are usable, so later code may rely on them.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("layers", self.n_layers),
+            ("hidden size", self.hidden),
+            ("feed-forward size", self.ffn),
+            ("attention heads", self.n_heads),
+            ("key/value heads", self.n_kv_heads),
+            ("head dimension", self.head_dim),
+            ("vocabulary size", self.vocab),
+            ("context length", self.max_context),
+        ];
+        for (what, v) in positive {
+            if v == 0 {
+                return Err(config_err!("model config: {what} is 0"));
+            }
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(config_err!(
+                "model config: {} attention heads is not a multiple of {} key/value heads",
+                self.n_heads,
+                self.n_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 || self.rope.dims > self.head_dim || self.rope.dims % 2 != 0 {
+            return Err(config_err!(
+                "model config: head dimension {} / rotary dimension {} must be even",
+                self.head_dim,
+                self.rope.dims
+            ));
+        }
+        if !(self.rope.theta > 0.0 && self.rms_eps >= 0.0) {
+            return Err(config_err!("model config: bad rope theta or rms epsilon"));
+        }
+        Ok(())
+    }
+
+    /// Reads the `<arch>.*` keys of a GGUF file (special tokens are filled by the loader,
+    /// which knows the vocabulary).
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let arch_name = g
+            .get_str("general.architecture")?
+            .ok_or_else(|| config_err!("GGUF has no general.architecture"))?;
+        let (arch, layout) = match arch_name {
+            "llama" => (Arch::Llama, RopeLayout::Interleaved),
+            "qwen2" => (Arch::Qwen2, RopeLayout::HalfSplit),
+            other => {
+                return Err(crate::error::unsupported!(
+                    "GGUF architecture {other:?}; llmcad runs \"llama\" (Llama 2/3, Mistral, \
+                     SmolLM, TinyLlama) and \"qwen2\""
+                ))
+            }
+        };
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let req = |k: &str| -> Result<usize> {
+            g.get_u64(&key(k))?
+                .map(|v| v as usize)
+                .ok_or_else(|| config_err!("GGUF metadata {} is missing", key(k)))
+        };
+        let hidden = req("embedding_length")?;
+        let n_heads = req("attention.head_count")?;
+        let n_kv_heads = g
+            .get_u64(&key("attention.head_count_kv"))?
+            .map(|v| v as usize)
+            .unwrap_or(n_heads);
+        let head_dim = match g.get_u64(&key("attention.key_length"))? {
+            Some(v) => v as usize,
+            None if n_heads > 0 => hidden / n_heads,
+            None => 0,
+        };
+        let rope_dims = g
+            .get_u64(&key("rope.dimension_count"))?
+            .map(|v| v as usize)
+            .unwrap_or(head_dim);
+        let scaling = match g.get_str(&key("rope.scaling.type"))? {
+            None | Some("none") => RopeScaling::None,
+            Some("linear") => RopeScaling::Linear {
+                factor: g.get_f64(&key("rope.scaling.factor"))?.unwrap_or(1.0) as f32,
+            },
+            Some(other) => {
+                return Err(crate::error::unsupported!("RoPE scaling type {other:?}"));
+            }
+        };
+        let vocab = match g.get_u64(&key("vocab_size"))? {
+            Some(v) => v as usize,
+            None => g
+                .get_array("tokenizer.ggml.tokens")?
+                .map(|a| a.len())
+                .ok_or_else(|| config_err!("GGUF has neither {} nor a token list", key("vocab_size")))?,
+        };
+        let cfg = ModelConfig {
+            arch,
+            n_layers: req("block_count")?,
+            hidden,
+            ffn: req("feed_forward_length")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab,
+            max_context: req("context_length")?,
+            rms_eps: g
+                .get_f64(&key("attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-5) as f32,
+            rope: RopeConfig {
+                theta: g.get_f64(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32,
+                layout,
+                dims: rope_dims,
+                scaling,
+            },
+            attn_bias: arch == Arch::Qwen2,
+            special: SpecialTokens::default(),
+        };
+        Ok(cfg)
+    }
+
+    /// Reads a Hugging Face `config.json`.
+    pub fn from_hf(config: &Json) -> Result<Self> {
+        let arch_name = config
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Json::as_str)
+            .or_else(|| config.get("model_type").and_then(Json::as_str))
+            .ok_or_else(|| config_err!("config.json: no \"architectures\" or \"model_type\""))?;
+        let arch = match arch_name {
+            "LlamaForCausalLM" | "llama" => Arch::Llama,
+            "MistralForCausalLM" | "mistral" => Arch::Mistral,
+            "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
+            other => {
+                return Err(crate::error::unsupported!(
+                    "config.json architecture {other:?}; llmcad runs LlamaForCausalLM, \
+                     MistralForCausalLM and Qwen2ForCausalLM"
+                ))
+            }
+        };
+        let get = |k: &str| config.get(k).filter(|v| !v.is_null());
+        let req = |k: &str| -> Result<usize> {
+            get(k)
+                .and_then(Json::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| config_err!("config.json: missing or invalid \"{k}\""))
+        };
+        let opt_f = |k: &str, default: f64| get(k).and_then(Json::as_f64).unwrap_or(default);
+        let hidden = req("hidden_size")?;
+        let n_heads = req("num_attention_heads")?;
+        let n_kv_heads = match get("num_key_value_heads") {
+            Some(_) => req("num_key_value_heads")?,
+            None => n_heads,
+        };
+        let head_dim = match get("head_dim") {
+            Some(_) => req("head_dim")?,
+            None if n_heads > 0 => hidden / n_heads,
+            None => 0,
+        };
+        let scaling = match get("rope_scaling") {
+            None => RopeScaling::None,
+            Some(s) => {
+                let ty = s
+                    .get("rope_type")
+                    .or_else(|| s.get("type"))
+                    .and_then(Json::as_str)
+                    .unwrap_or("default");
+                let f = |k: &str| -> Result<f32> {
+                    s.get(k)
+                        .and_then(Json::as_f64)
+                        .map(|v| v as f32)
+                        .ok_or_else(|| config_err!("config.json: rope_scaling needs \"{k}\""))
+                };
+                match ty {
+                    "default" => RopeScaling::None,
+                    "linear" => RopeScaling::Linear { factor: f("factor")? },
+                    "llama3" => RopeScaling::Llama3 {
+                        factor: f("factor")?,
+                        low_freq_factor: f("low_freq_factor")?,
+                        high_freq_factor: f("high_freq_factor")?,
+                        original_context: f("original_max_position_embeddings")?,
+                    },
+                    other => {
+                        return Err(crate::error::unsupported!(
+                            "config.json: rope_scaling type {other:?}"
+                        ))
+                    }
+                }
+            }
+        };
+        let cfg = ModelConfig {
+            arch,
+            n_layers: req("num_hidden_layers")?,
+            hidden,
+            ffn: req("intermediate_size")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab: req("vocab_size")?,
+            max_context: req("max_position_embeddings")?,
+            rms_eps: opt_f("rms_norm_eps", 1e-6) as f32,
+            rope: RopeConfig {
+                theta: opt_f("rope_theta", 10000.0) as f32,
+                layout: RopeLayout::HalfSplit,
+                dims: head_dim,
+                scaling,
+            },
+            attn_bias: arch == Arch::Qwen2
+                || get("attention_bias").and_then(Json::as_bool).unwrap_or(false),
+            special: SpecialTokens::default(),
+        };
+        Ok(cfg)
+    }
+}
+
+/// Token ids named by a JSON field that may be one id or a list of ids.
+pub fn json_ids(v: Option<&Json>) -> Vec<u32> {
+    match v {
+        Some(Json::Number(n)) => n.as_u64().map(|id| vec![id as u32]).unwrap_or_default(),
+        Some(Json::Array(a)) => a.iter().filter_map(Json::as_u64).map(|id| id as u32).collect(),
+        _ => Vec::new(),
+    }
+}

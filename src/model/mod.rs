@@ -1,0 +1,244 @@
+//! A model ready to run: configuration, weights and tokenizer, loaded from a GGUF file or a
+//! Hugging Face directory.
+
+pub mod config;
+pub mod weights;
+
+pub use config::{Arch, ModelConfig, RopeConfig, RopeLayout, RopeScaling, SpecialTokens};
+pub use weights::{LayerWeights, Matrix, ModelWeights};
+
+use crate::error::{format_err, Error, Result};
+use crate::format::gguf::GgufFile;
+use crate::format::hf_dir::HfDir;
+use crate::format::safetensors;
+use crate::quant::DType;
+use crate::tokenizer::{ChatTemplate, Tokenizer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use weights::{Naming, WeightLoader};
+
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Quantize float matrices to this block type while loading (`--quantize`).
+    pub quantize: Option<DType>,
+    /// Show a progress bar on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    Gguf,
+    HuggingFace,
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: Arc<ModelWeights>,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub path: PathBuf,
+    pub format: FileFormat,
+    /// `general.name` or the directory name.
+    pub name: String,
+}
+
+/// Strings that end a turn in common chat formats; each counts as a stop token when the
+/// vocabulary has it as a special token.
+const END_OF_TURN: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+];
+
+impl Model {
+    /// Loads a GGUF file, a Hugging Face directory, or the directory of a `.safetensors` path.
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        if path.is_dir() {
+            return Self::load_hf(path, opts);
+        }
+        let mut magic = [0u8; 4];
+        let n = std::io::Read::read(
+            &mut std::fs::File::open(path).map_err(|e| Error::io(path, e))?,
+            &mut magic,
+        )
+        .map_err(|e| Error::io(path, e))?;
+        if n == 4 && &magic == crate::format::gguf::MAGIC {
+            Self::load_gguf(path, opts)
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            Self::load_hf(path.parent().unwrap_or(Path::new(".")), opts)
+        } else {
+            Err(format_err!(
+                "{}: neither a GGUF file nor a Hugging Face model directory",
+                path.display()
+            ))
+        }
+    }
+
+    fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        let g = GgufFile::open(path)?;
+        let mut config = ModelConfig::from_gguf(&g)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let chat_template = match g.get_str("tokenizer.chat_template")? {
+            Some(src) => Some(ChatTemplate::new(
+                src,
+                token_text(&tokenizer, g.get_u64("tokenizer.ggml.bos_token_id")?),
+                token_text(&tokenizer, g.get_u64("tokenizer.ggml.eos_token_id")?),
+            )?),
+            None => None,
+        };
+        let id = |k: &str| -> Result<Option<u32>> { Ok(g.get_u64(k)?.map(|v| v as u32)) };
+        let mut stop: Vec<u32> = ["eos", "eot", "eom"]
+            .iter()
+            .map(|s| id(&format!("tokenizer.ggml.{s}_token_id")))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        stop.extend(end_of_turn_ids(&tokenizer));
+        config.special = SpecialTokens {
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            stop: dedup(stop),
+            add_bos: tokenizer.add_bos(),
+        };
+        let mut loader = WeightLoader::new(g.tensors.clone(), Naming::Gguf, &config);
+        if let Some(f) = loader.raw("rope_freqs.weight") {
+            let mut factors = vec![0f32; f.numel()];
+            crate::quant::dequantize_row(f.dtype, &f.data, &mut factors);
+            config.rope.scaling = RopeScaling::Factors(factors);
+        }
+        config.validate()?;
+        loader = WeightLoader::new(g.tensors.clone(), Naming::Gguf, &config);
+        let weights = load_weights(loader, opts)?;
+        check_vocab(&config, &tokenizer)?;
+        let name = g
+            .get_str("general.name")?
+            .map(str::to_string)
+            .unwrap_or_else(|| file_stem(path));
+        Ok(Model {
+            config,
+            weights: Arc::new(weights),
+            tokenizer,
+            chat_template,
+            path: path.to_path_buf(),
+            format: FileFormat::Gguf,
+            name,
+        })
+    }
+
+    fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Model> {
+        let hf = HfDir::open(dir)?;
+        let mut config = ModelConfig::from_hf(&hf.config)?;
+        config.validate()?;
+        let tokenizer = Tokenizer::from_hf_files(&hf.tokenizer_json, hf.tokenizer_config.as_ref())?;
+        let tc = hf.tokenizer_config.as_ref();
+        let special_text = |k: &str| -> Option<String> {
+            let v = tc?.get(k)?;
+            v.as_str()
+                .or_else(|| v.get("content").and_then(|c| c.as_str()))
+                .map(str::to_string)
+        };
+        let chat_template = match tc.and_then(|t| t.get("chat_template")) {
+            Some(src) => Some(ChatTemplate::from_config_value(
+                src,
+                special_text("bos_token"),
+                special_text("eos_token"),
+            )?),
+            None => None,
+        };
+        let from = |k: &str| {
+            let mut ids = config::json_ids(hf.generation_config.as_ref().and_then(|g| g.get(k)));
+            ids.extend(config::json_ids(hf.config.get(k)));
+            ids
+        };
+        let bos = from("bos_token_id").first().copied().or_else(|| {
+            special_text("bos_token").and_then(|t| tokenizer.token_to_id(&t))
+        });
+        let mut eos_ids = from("eos_token_id");
+        if let Some(id) = special_text("eos_token").and_then(|t| tokenizer.token_to_id(&t)) {
+            eos_ids.push(id);
+        }
+        let mut stop = eos_ids.clone();
+        stop.extend(end_of_turn_ids(&tokenizer));
+        config.special = SpecialTokens {
+            bos,
+            eos: eos_ids.first().copied(),
+            stop: dedup(stop),
+            add_bos: tokenizer.add_bos(),
+        };
+        let tensors = safetensors::read_dir(dir)?;
+        let weights = load_weights(WeightLoader::new(tensors, Naming::HuggingFace, &config), opts)?;
+        check_vocab(&config, &tokenizer)?;
+        Ok(Model {
+            config,
+            weights: Arc::new(weights),
+            tokenizer,
+            chat_template,
+            path: dir.to_path_buf(),
+            format: FileFormat::HuggingFace,
+            name: file_stem(dir),
+        })
+    }
+}
+
+fn load_weights(mut loader: WeightLoader<'_>, opts: &LoadOptions) -> Result<ModelWeights> {
+    loader.quantize_to = opts.quantize;
+    let bar = crate::progress::bar(opts.progress, "loading");
+    let tick = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    if let Some(q) = opts.quantize {
+        if !q.is_quantized() {
+            return Err(Error::InvalidArgument(format!(
+                "--quantize takes a block type (q8_0, q4_0, q4_1), not {q}"
+            )));
+        }
+        bar.set_message(format!("quantizing to {q}"));
+    }
+    let w = loader.load(&tick);
+    bar.finish_and_clear();
+    w
+}
+
+/// The vocabulary the tokenizer knows must cover the model's embedding rows the other way
+/// round too: every id the tokenizer can produce needs an embedding.
+fn check_vocab(cfg: &ModelConfig, tok: &Tokenizer) -> Result<()> {
+    if tok.vocab_size() > cfg.vocab {
+        return Err(format_err!(
+            "the tokenizer has {} tokens but the model only {} embedding rows",
+            tok.vocab_size(),
+            cfg.vocab
+        ));
+    }
+    Ok(())
+}
+
+fn token_text(tok: &Tokenizer, id: Option<u64>) -> Option<String> {
+    id.and_then(|id| tok.id_to_token(id as u32))
+}
+
+fn end_of_turn_ids(tok: &Tokenizer) -> impl Iterator<Item = u32> + '_ {
+    END_OF_TURN
+        .iter()
+        .filter_map(|t| tok.token_to_id(t))
+        .filter(|&id| tok.is_special(id))
+}
+
+fn dedup(mut v: Vec<u32>) -> Vec<u32> {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|x| seen.insert(*x));
+    v
+}
+
+fn file_stem(p: &Path) -> String {
+    p.file_stem()
+        .or(p.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}

@@ -1,0 +1,373 @@
+//! The weights of a Llama-family decoder, gathered by role from either file format.
+
+use super::config::ModelConfig;
+use crate::error::{format_err, Result};
+use crate::format::{Bytes, RawTensor};
+use crate::quant::{dequantize_row, quantize_row, DType};
+use std::collections::HashMap;
+
+/// A weight matrix `[rows, cols]` (a linear layer's `[out, in]`), rows contiguous.
+#[derive(Clone, Debug)]
+pub struct Matrix {
+    pub name: String,
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Bytes,
+}
+
+impl Matrix {
+    pub fn row_bytes(&self) -> usize {
+        self.dtype.row_bytes(self.cols)
+    }
+
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    pub fn byte_len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        dequantize_row(self.dtype, self.row(r), out);
+    }
+}
+
+/// One transformer block.
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub wq: Matrix,
+    pub wk: Matrix,
+    pub wv: Matrix,
+    pub wo: Matrix,
+    /// q/k/v biases (Qwen2 only).
+    pub bias: Option<QkvBias>,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Matrix,
+    pub w_up: Matrix,
+    pub w_down: Matrix,
+}
+
+#[derive(Clone, Debug)]
+pub struct QkvBias {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+impl LayerWeights {
+    pub fn matrices(&self) -> [&Matrix; 7] {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelWeights {
+    /// Token embeddings `[vocab, hidden]`.
+    pub embed: Matrix,
+    pub layers: Vec<LayerWeights>,
+    pub norm: Vec<f32>,
+    /// LM head `[vocab, hidden]`; shares `embed`'s bytes when the embeddings are tied.
+    pub head: Matrix,
+    pub tied_head: bool,
+}
+
+impl ModelWeights {
+    /// Every matrix once (the tied head is not counted twice).
+    pub fn matrices(&self) -> Vec<&Matrix> {
+        let mut m = vec![&self.embed];
+        for l in &self.layers {
+            m.extend(l.matrices());
+        }
+        if !self.tied_head {
+            m.push(&self.head);
+        }
+        m
+    }
+
+    /// Parameters, counting a tied head once.
+    pub fn parameter_count(&self) -> usize {
+        let norms: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.attn_norm.len()
+                    + l.ffn_norm.len()
+                    + l.bias.as_ref().map_or(0, |b| b.q.len() + b.k.len() + b.v.len())
+            })
+            .sum();
+        self.matrices().iter().map(|m| m.rows * m.cols).sum::<usize>() + norms + self.norm.len()
+    }
+
+    /// Bytes of weight data as stored (matrices plus f32 norms).
+    pub fn byte_count(&self) -> usize {
+        self.matrices().iter().map(|m| m.byte_len()).sum::<usize>()
+            + 4 * (self.parameter_count()
+                - self.matrices().iter().map(|m| m.rows * m.cols).sum::<usize>())
+    }
+
+    /// Bytes of one transformer block's weights.
+    pub fn layer_bytes(&self, i: usize) -> usize {
+        let l = &self.layers[i];
+        l.matrices().iter().map(|m| m.byte_len()).sum::<usize>()
+            + 4 * (l.attn_norm.len() + l.ffn_norm.len())
+    }
+
+    /// Parameters per weight type, for `info`.
+    pub fn dtype_mix(&self) -> Vec<(DType, usize)> {
+        let mut mix: Vec<(DType, usize)> = Vec::new();
+        for m in self.matrices() {
+            match mix.iter_mut().find(|(d, _)| *d == m.dtype) {
+                Some((_, n)) => *n += m.rows * m.cols,
+                None => mix.push((m.dtype, m.rows * m.cols)),
+            }
+        }
+        mix
+    }
+}
+
+/// Which tensor plays a role, in each file format's naming scheme.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Naming {
+    Gguf,
+    HuggingFace,
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Embed,
+    Norm,
+    Head,
+    AttnNorm,
+    Q,
+    K,
+    V,
+    O,
+    QBias,
+    KBias,
+    VBias,
+    FfnNorm,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Naming {
+    fn name(self, role: Role, layer: usize) -> String {
+        use Role::*;
+        match self {
+            Naming::Gguf => {
+                let blk = |s: &str| format!("blk.{layer}.{s}");
+                match role {
+                    Embed => "token_embd.weight".into(),
+                    Norm => "output_norm.weight".into(),
+                    Head => "output.weight".into(),
+                    AttnNorm => blk("attn_norm.weight"),
+                    Q => blk("attn_q.weight"),
+                    K => blk("attn_k.weight"),
+                    V => blk("attn_v.weight"),
+                    O => blk("attn_output.weight"),
+                    QBias => blk("attn_q.bias"),
+                    KBias => blk("attn_k.bias"),
+                    VBias => blk("attn_v.bias"),
+                    FfnNorm => blk("ffn_norm.weight"),
+                    Gate => blk("ffn_gate.weight"),
+                    Up => blk("ffn_up.weight"),
+                    Down => blk("ffn_down.weight"),
+                }
+            }
+            Naming::HuggingFace => {
+                let blk = |s: &str| format!("model.layers.{layer}.{s}");
+                match role {
+                    Embed => "model.embed_tokens.weight".into(),
+                    Norm => "model.norm.weight".into(),
+                    Head => "lm_head.weight".into(),
+                    AttnNorm => blk("input_layernorm.weight"),
+                    Q => blk("self_attn.q_proj.weight"),
+                    K => blk("self_attn.k_proj.weight"),
+                    V => blk("self_attn.v_proj.weight"),
+                    O => blk("self_attn.o_proj.weight"),
+                    QBias => blk("self_attn.q_proj.bias"),
+                    KBias => blk("self_attn.k_proj.bias"),
+                    VBias => blk("self_attn.v_proj.bias"),
+                    FfnNorm => blk("post_attention_layernorm.weight"),
+                    Gate => blk("mlp.gate_proj.weight"),
+                    Up => blk("mlp.up_proj.weight"),
+                    Down => blk("mlp.down_proj.weight"),
+                }
+            }
+        }
+    }
+}
+
+/// Collects and checks every tensor a model of `cfg`'s shape needs.
+pub struct WeightLoader<'a> {
+    tensors: HashMap<String, RawTensor>,
+    naming: Naming,
+    cfg: &'a ModelConfig,
+    /// Float matrices are quantized to this type while loading (`--quantize`).
+    pub quantize_to: Option<DType>,
+}
+
+impl<'a> WeightLoader<'a> {
+    pub fn new(tensors: Vec<RawTensor>, naming: Naming, cfg: &'a ModelConfig) -> Self {
+        WeightLoader {
+            tensors: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            naming,
+            cfg,
+            quantize_to: None,
+        }
+    }
+
+    /// A raw tensor by exact name (e.g. GGUF's `rope_freqs.weight`), if present.
+    pub fn raw(&self, name: &str) -> Option<&RawTensor> {
+        self.tensors.get(name)
+    }
+
+    /// Gathers every weight; `progress(done, total)` is called as tensors are loaded.
+    pub fn load(&self, progress: &dyn Fn(usize, usize)) -> Result<ModelWeights> {
+        let c = self.cfg;
+        let total = 3 + c.n_layers * 9;
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let tick = || {
+            let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            progress(d, total);
+        };
+        let embed = self.matrix(Role::Embed, 0, c.vocab, c.hidden)?;
+        tick();
+        let norm = self.vector(Role::Norm, 0, c.hidden)?;
+        tick();
+        let (head, tied_head) = if self.tensors.contains_key(&self.naming.name(Role::Head, 0)) {
+            (self.matrix(Role::Head, 0, c.vocab, c.hidden)?, false)
+        } else {
+            (embed.clone(), true)
+        };
+        tick();
+        let q = c.q_dim();
+        let kv = c.kv_dim();
+        let layers = (0..c.n_layers)
+            .map(|i| {
+                let layer = LayerWeights {
+                    attn_norm: self.vector(Role::AttnNorm, i, c.hidden)?,
+                    wq: self.matrix(Role::Q, i, q, c.hidden)?,
+                    wk: self.matrix(Role::K, i, kv, c.hidden)?,
+                    wv: self.matrix(Role::V, i, kv, c.hidden)?,
+                    wo: self.matrix(Role::O, i, c.hidden, q)?,
+                    bias: if c.attn_bias {
+                        Some(QkvBias {
+                            q: self.vector(Role::QBias, i, q)?,
+                            k: self.vector(Role::KBias, i, kv)?,
+                            v: self.vector(Role::VBias, i, kv)?,
+                        })
+                    } else {
+                        None
+                    },
+                    ffn_norm: self.vector(Role::FfnNorm, i, c.hidden)?,
+                    w_gate: self.matrix(Role::Gate, i, c.ffn, c.hidden)?,
+                    w_up: self.matrix(Role::Up, i, c.ffn, c.hidden)?,
+                    w_down: self.matrix(Role::Down, i, c.hidden, c.ffn)?,
+                };
+                (0..9).for_each(|_| tick());
+                Ok(layer)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ModelWeights {
+            embed,
+            layers,
+            norm,
+            head,
+            tied_head,
+        })
+    }
+
+    fn get(&self, role: Role, layer: usize) -> Result<&RawTensor> {
+        let name = self.naming.name(role, layer);
+        self.tensors
+            .get(&name)
+            .ok_or_else(|| format_err!("tensor {name} is missing from the model file"))
+    }
+
+    fn matrix(&self, role: Role, layer: usize, rows: usize, cols: usize) -> Result<Matrix> {
+        let t = self.get(role, layer)?;
+        if t.shape != [rows, cols] {
+            return Err(format_err!(
+                "tensor {} has shape {:?}, expected [{rows}, {cols}] for this config",
+                t.name,
+                t.shape
+            ));
+        }
+        let m = Matrix {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            rows,
+            cols,
+            data: t.data.clone(),
+        };
+        match self.quantize_to {
+            Some(to) if !m.dtype.is_quantized() && cols % to.block_len() == 0 => {
+                Ok(quantize_matrix(&m, to))
+            }
+            Some(to) => {
+                log::warn!("{}: kept as {} (cannot quantize {cols} columns to {to})", m.name, m.dtype);
+                Ok(m)
+            }
+            None => Ok(m),
+        }
+    }
+
+    fn vector(&self, role: Role, layer: usize, len: usize) -> Result<Vec<f32>> {
+        let t = self.get(role, layer)?;
+        if t.numel() != len || t.shape.len() != 1 {
+            return Err(format_err!(
+                "tensor {} has shape {:?}, expected [{len}]",
+                t.name,
+                t.shape
+            ));
+        }
+        let mut v = vec![0f32; len];
+        dequantize_row(t.dtype, &t.data, &mut v);
+        Ok(v)
+    }
+}
+
+/// Re-encodes a float matrix in a block-quantized type (rows in parallel).
+pub fn quantize_matrix(m: &Matrix, to: DType) -> Matrix {
+    let rb_in = m.row_bytes();
+    let rb_out = to.row_bytes(m.cols);
+    let mut out = vec![0u8; rb_out * m.rows];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rows_per = m.rows.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for (chunk_idx, chunk) in out.chunks_mut(rows_per * rb_out).enumerate() {
+            s.spawn(move || {
+                let mut row = vec![0f32; m.cols];
+                let mut buf = Vec::with_capacity(rb_out);
+                for (j, dst) in chunk.chunks_mut(rb_out).enumerate() {
+                    let r = chunk_idx * rows_per + j;
+                    dequantize_row(m.dtype, &m.data[r * rb_in..(r + 1) * rb_in], &mut row);
+                    buf.clear();
+                    quantize_row(to, &row, &mut buf);
+                    dst.copy_from_slice(&buf);
+                }
+            });
+        }
+    });
+    Matrix {
+        name: m.name.clone(),
+        dtype: to,
+        rows: m.rows,
+        cols: m.cols,
+        data: out.into(),
+    }
+}
