@@ -95,8 +95,14 @@ impl Batch {
                 if parents.len() != n {
                     return bad(format!("{} parents for {n} tokens", parents.len()));
                 }
-                if let Some(i) = parents.iter().enumerate().position(|(i, p)| p.is_some_and(|p| p >= i)) {
-                    return bad(format!("tree node {i} has a parent that does not precede it"));
+                if let Some(i) = parents
+                    .iter()
+                    .enumerate()
+                    .position(|(i, p)| p.is_some_and(|p| p >= i))
+                {
+                    return bad(format!(
+                        "tree node {i} has a parent that does not precede it"
+                    ));
                 }
             }
             BatchMask::Dense(rows) => {
@@ -105,7 +111,9 @@ impl Batch {
                 }
                 for (i, r) in rows.iter().enumerate() {
                     if r.windows(2).any(|w| w[0] >= w[1]) || r.last().is_some_and(|&j| j > i) {
-                        return bad(format!("mask row {i} must be increasing and end at most at {i}"));
+                        return bad(format!(
+                            "mask row {i} must be increasing and end at most at {i}"
+                        ));
                     }
                 }
             }
@@ -144,8 +152,15 @@ impl Want {
 /// Scores for the requested rows: dense logits, or the best k (id, logit) pairs per row.
 #[derive(Clone, Debug)]
 pub enum Logits {
-    Dense { vocab: usize, data: Vec<f32> },
-    TopK { k: usize, ids: Vec<u32>, logits: Vec<f32> },
+    Dense {
+        vocab: usize,
+        data: Vec<f32>,
+    },
+    TopK {
+        k: usize,
+        ids: Vec<u32>,
+        logits: Vec<f32>,
+    },
 }
 
 impl Logits {
@@ -271,7 +286,11 @@ mod tests {
         // 0 ─ 1 ─ 3
         //   └ 2
         // 4 (second root)
-        let b = Batch::tree(&[10, 11, 12, 13, 14], &[None, Some(0), Some(0), Some(1), None], 7);
+        let b = Batch::tree(
+            &[10, 11, 12, 13, 14],
+            &[None, Some(0), Some(0), Some(1), None],
+            7,
+        );
         assert_eq!(b.positions, [7, 8, 8, 9, 7]);
         assert_eq!(b.visible(3), [0, 1, 3]);
         assert_eq!(b.visible(2), [0, 2]);

@@ -110,7 +110,11 @@ pub fn check_context(prompt_len: usize, max_tokens: usize, backend: &dyn Backend
                 backend.config().max_context
             )
         };
-        return Err(Error::ContextOverflow { needed, limit, hint });
+        return Err(Error::ContextOverflow {
+            needed,
+            limit,
+            hint,
+        });
     }
     Ok(())
 }

@@ -5,12 +5,14 @@
 pub mod backend;
 pub mod cpu;
 pub mod error;
+pub mod export;
 pub mod format;
 pub mod generate;
 pub mod model;
 mod progress;
 pub mod quant;
 pub mod sampling;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -49,7 +49,11 @@ impl SamplingParams {
     /// How many best candidates a backend must return so that sampling is exact, or `None`
     /// when the whole vocabulary is needed.
     pub fn candidates_needed(&self) -> Option<usize> {
-        let penalized = if self.repeat_penalty != 1.0 { self.repeat_last_n } else { 0 };
+        let penalized = if self.repeat_penalty != 1.0 {
+            self.repeat_last_n
+        } else {
+            0
+        };
         if self.is_greedy() {
             Some(1 + penalized)
         } else if self.top_k > 0 {
@@ -103,7 +107,11 @@ pub fn penalize(cands: &mut [(u32, f32)], recent: &[u32], penalty: f32) {
 
 /// The probability of every surviving candidate after all filters, best first.
 /// `cands` are (id, logit); `recent` are the last tokens for the repetition penalty.
-pub fn distribution(params: &SamplingParams, cands: &[(u32, f32)], recent: &[u32]) -> Vec<(u32, f32)> {
+pub fn distribution(
+    params: &SamplingParams,
+    cands: &[(u32, f32)],
+    recent: &[u32],
+) -> Vec<(u32, f32)> {
     let mut c = cands.to_vec();
     let window = &recent[recent.len().saturating_sub(params.repeat_last_n)..];
     penalize(&mut c, window, params.repeat_penalty);
@@ -141,7 +149,10 @@ pub fn distribution(params: &SamplingParams, cands: &[(u32, f32)], recent: &[u32
     probs.truncate(keep);
     let sum: f32 = probs.iter().sum();
     c.truncate(keep);
-    c.iter().zip(probs).map(|(&(id, _), p)| (id, p / sum)).collect()
+    c.iter()
+        .zip(probs)
+        .map(|(&(id, _), p)| (id, p / sum))
+        .collect()
 }
 
 /// Candidates of one output row, as many as these parameters need (all of them for sampling
@@ -168,7 +179,12 @@ pub fn next_token(
 }
 
 /// Picks the next token from `cands` (greedy when the temperature is 0).
-pub fn sample(params: &SamplingParams, cands: &[(u32, f32)], recent: &[u32], rng: &mut SamplerRng) -> u32 {
+pub fn sample(
+    params: &SamplingParams,
+    cands: &[(u32, f32)],
+    recent: &[u32],
+    rng: &mut SamplerRng,
+) -> u32 {
     let dist = distribution(params, cands, recent);
     if dist.len() == 1 {
         return dist[0].0;
@@ -182,7 +198,11 @@ mod tests {
     use super::*;
 
     fn cands(logits: &[f32]) -> Vec<(u32, f32)> {
-        logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect()
+        logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect()
     }
 
     #[test]
@@ -213,12 +233,21 @@ mod tests {
         };
         let logits = cands(&[3.0, 2.0, 1.0, 0.0, -5.0]);
         assert_eq!(distribution(&base, &logits, &[]).len(), 5);
-        let k2 = SamplingParams { top_k: 2, ..base.clone() };
+        let k2 = SamplingParams {
+            top_k: 2,
+            ..base.clone()
+        };
         assert_eq!(distribution(&k2, &logits, &[]).len(), 2);
-        let p = SamplingParams { top_p: 0.9, ..base.clone() };
+        let p = SamplingParams {
+            top_p: 0.9,
+            ..base.clone()
+        };
         // softmax of 3,2,1,0,-5 ≈ .644 .237 .087 .032 .0002 → 0.968 reached at the third
         assert_eq!(distribution(&p, &logits, &[]).len(), 3);
-        let m = SamplingParams { min_p: 0.2, ..base.clone() };
+        let m = SamplingParams {
+            min_p: 0.2,
+            ..base.clone()
+        };
         assert_eq!(distribution(&m, &logits, &[]).len(), 2);
         let d = distribution(&base, &logits, &[]);
         assert!((d.iter().map(|x| x.1).sum::<f32>() - 1.0).abs() < 1e-6);

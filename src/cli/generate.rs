@@ -57,15 +57,24 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     if a.device != "cpu" {
-        bail!("--device {}: this build runs models on the CPU only (--device cpu)", a.device);
+        bail!(
+            "--device {}: this build runs models on the CPU only (--device cpu)",
+            a.device
+        );
     }
     let prompt_text = match (&a.prompt, &a.file) {
         (Some(p), None) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         _ => bail!("give a prompt with -p TEXT or -f FILE"),
     };
     let model = a.model.load()?;
-    let text = if a.chat { chat_prompt(&model, &prompt_text)? } else { prompt_text };
+    let text = if a.chat {
+        chat_prompt(&model, &prompt_text)?
+    } else {
+        prompt_text
+    };
     let prompt = model.tokenizer.encode(&text)?;
 
     let opts = CpuOptions {
@@ -92,22 +101,31 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let mut stream = model.tokenizer.stream();
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
-    let out = generate(&mut backend, &prompt, &model.config.special.stop, &gen_opts, &mut |id| {
-        if a.json {
-            return true;
-        }
-        match stream.push(id) {
-            Ok(Some(piece)) => {
-                if let Err(e) = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()) {
-                    write_err = Some(e);
-                    return false;
-                }
-                true
+    let out = generate(
+        &mut backend,
+        &prompt,
+        &model.config.special.stop,
+        &gen_opts,
+        &mut |id| {
+            if a.json {
+                return true;
             }
-            Ok(None) => true,
-            Err(_) => true,
-        }
-    })?;
+            match stream.push(id) {
+                Ok(Some(piece)) => {
+                    if let Err(e) = stdout
+                        .write_all(piece.as_bytes())
+                        .and_then(|_| stdout.flush())
+                    {
+                        write_err = Some(e);
+                        return false;
+                    }
+                    true
+                }
+                Ok(None) => true,
+                Err(_) => true,
+            }
+        },
+    )?;
     if let Some(e) = write_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e.into());
@@ -156,7 +174,10 @@ fn backend_name(b: &CpuBackend) -> String {
 /// Renders one user message in the model's own chat template.
 fn chat_prompt(model: &Model, user: &str) -> anyhow::Result<String> {
     let Some(t) = &model.chat_template else {
-        bail!("--chat: {} has no chat template; pass the formatted prompt with -p", model.name);
+        bail!(
+            "--chat: {} has no chat template; pass the formatted prompt with -p",
+            model.name
+        );
     };
     Ok(t.render(
         &[ChatMessage {

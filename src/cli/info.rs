@@ -34,14 +34,24 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         c.rope.theta, c.rope.layout, c.rope.dims, c.rope.scaling
     );
     println!("parameters:   {params} ({:.1} M)", params as f64 / 1e6);
-    println!("weights:      {bytes} bytes ({:.1} MiB)", bytes as f64 / (1 << 20) as f64);
+    println!(
+        "weights:      {bytes} bytes ({:.1} MiB)",
+        bytes as f64 / (1 << 20) as f64
+    );
     let mix: Vec<String> = w
         .dtype_mix()
         .iter()
         .map(|(d, n)| format!("{d} {:.1}%", 100.0 * *n as f64 / params as f64))
         .collect();
     println!("types:        {} (norms F32)", mix.join(", "));
-    println!("head:         {}", if w.tied_head { "tied to the embeddings" } else { "separate" });
+    println!(
+        "head:         {}",
+        if w.tied_head {
+            "tied to the embeddings"
+        } else {
+            "separate"
+        }
+    );
     let s = &c.special;
     println!(
         "tokenizer:    {} tokens, bos {:?}, eos {:?}, stop {:?}, add_bos {}",

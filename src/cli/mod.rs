@@ -10,7 +10,11 @@ use llmcad::quant::DType;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "llmcad", version, about = "Fast on-device LLM inference with a drafter and a verifier")]
+#[command(
+    name = "llmcad",
+    version,
+    about = "Fast on-device LLM inference with a drafter and a verifier"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -3,8 +3,8 @@
 //! token tree: its ancestors). Keys are visited in slot order, so a node's result is the same
 //! floating-point computation whether it is verified in a tree or decoded on its own.
 
-use super::pool::{SharedMut, ThreadPool};
 use super::ops::softmax;
+use super::pool::{SharedMut, ThreadPool};
 
 /// Which batch nodes a query sees, besides the prefix.
 pub enum Visibility<'a> {

@@ -70,7 +70,9 @@ impl KvCache {
 
     /// See `Backend::kv_compact`.
     pub fn compact(&mut self, base: usize, keep: &[usize]) -> Result<()> {
-        if keep.windows(2).any(|w| w[0] >= w[1]) || keep.last().is_some_and(|&j| base + j >= self.len) {
+        if keep.windows(2).any(|w| w[0] >= w[1])
+            || keep.last().is_some_and(|&j| base + j >= self.len)
+        {
             return Err(Error::InvalidArgument(format!(
                 "kv compaction: keep {keep:?} from base {base} with {} entries",
                 self.len

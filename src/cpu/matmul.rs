@@ -49,7 +49,8 @@ pub fn linear_many(
     outs: &mut [&mut [f32]],
 ) {
     let t_rows = input.rows();
-    let needs_q8 = precision == Precision::Q8Activations && layers.iter().any(|m| m.dtype.is_quantized());
+    let needs_q8 =
+        precision == Precision::Q8Activations && layers.iter().any(|m| m.dtype.is_quantized());
     if needs_q8 && !input.quantized {
         let q = input.q8.as_deref_mut().expect("scratch");
         q.quantize(input.x, input.cols);

@@ -123,7 +123,11 @@ impl CpuBackend {
         };
 
         let mut xn = vec![0f32; n * h];
-        let (mut q, mut k, mut v) = (vec![0f32; n * q_dim], vec![0f32; n * kv_dim], vec![0f32; n * kv_dim]);
+        let (mut q, mut k, mut v) = (
+            vec![0f32; n * q_dim],
+            vec![0f32; n * kv_dim],
+            vec![0f32; n * kv_dim],
+        );
         let mut att = vec![0f32; n * q_dim];
         let mut o = vec![0f32; n * h];
         let (mut gate, mut up) = (vec![0f32; n * ffn], vec![0f32; n * ffn]);
@@ -143,8 +147,18 @@ impl CpuBackend {
                 add_rows(&mut v, &b.v);
             }
             for i in 0..n {
-                rope.apply(c.rope.layout, i, &mut q[i * q_dim..(i + 1) * q_dim], c.head_dim);
-                rope.apply(c.rope.layout, i, &mut k[i * kv_dim..(i + 1) * kv_dim], c.head_dim);
+                rope.apply(
+                    c.rope.layout,
+                    i,
+                    &mut q[i * q_dim..(i + 1) * q_dim],
+                    c.head_dim,
+                );
+                rope.apply(
+                    c.rope.layout,
+                    i,
+                    &mut k[i * kv_dim..(i + 1) * kv_dim],
+                    c.head_dim,
+                );
                 self.kv.write(
                     li,
                     base + i,
@@ -155,7 +169,13 @@ impl CpuBackend {
             let (kc, vc) = self.kv.layer(li);
             attention::attend(&self.pool, &shape, &q, kc, vc, base, &vis, &mut att);
             let mut input = Input::new(&att, q_dim, &mut self.q8);
-            linear_many(&self.pool, self.precision, &mut input, &[&l.wo], &mut [&mut o]);
+            linear_many(
+                &self.pool,
+                self.precision,
+                &mut input,
+                &[&l.wo],
+                &mut [&mut o],
+            );
             add_into(&mut x, &o);
 
             rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut xn);
@@ -169,7 +189,13 @@ impl CpuBackend {
             );
             swiglu(&mut gate, &up);
             let mut input = Input::new(&gate, ffn, &mut self.q8);
-            linear_many(&self.pool, self.precision, &mut input, &[&l.w_down], &mut [&mut o]);
+            linear_many(
+                &self.pool,
+                self.precision,
+                &mut input,
+                &[&l.w_down],
+                &mut [&mut o],
+            );
             add_into(&mut x, &o);
         }
         self.kv.advance(n);
@@ -216,7 +242,10 @@ impl Backend for CpuBackend {
             &[&self.weights.head],
             &mut [&mut logits],
         );
-        let dense = Logits::Dense { vocab, data: logits };
+        let dense = Logits::Dense {
+            vocab,
+            data: logits,
+        };
         Ok(match want.top_k {
             None => dense,
             Some(k) => dense.into_top_k(k),

@@ -81,9 +81,12 @@ impl ThreadPool {
         // SAFETY: the reference is only used by workers between the generation bump below and
         // `pending` reaching zero, and we do not return (or unwind) before that, so `f`
         // outlives every use.
-        let job: &'static Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static Job>(job) };
+        let job: &'static Job =
+            unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static Job>(job) };
         *self.shared.job.lock().unwrap() = Some(job);
-        self.shared.pending.store(self.n_threads - 1, Ordering::SeqCst);
+        self.shared
+            .pending
+            .store(self.n_threads - 1, Ordering::SeqCst);
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
         if *self.shared.sleepers.lock().unwrap() > 0 {
             self.shared.wake.notify_all();
@@ -223,7 +226,10 @@ mod tests {
                     seen[i].fetch_add(1, Ordering::Relaxed);
                 }
             });
-            assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1), "n = {n}");
+            assert!(
+                seen.iter().all(|s| s.load(Ordering::Relaxed) == 1),
+                "n = {n}"
+            );
         }
     }
 

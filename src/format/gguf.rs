@@ -324,7 +324,7 @@ impl<'a> Reader<'a> {
         let left = (self.buf.len() - self.pos) as u64;
         if count.saturating_mul(min_bytes_each) > left {
             return Err(format_err!(
-                "corrupt GGUF: {what} {count} cannot fit in the {left} bytes left in the file"
+                "truncated or corrupt GGUF: {what} {count} cannot fit in the {left} bytes left in the file"
             ));
         }
         Ok(())

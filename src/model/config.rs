@@ -19,7 +19,9 @@ pub enum RopeLayout {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1's per-frequency scaling.
     Llama3 {
         factor: f32,
@@ -222,7 +224,9 @@ impl ModelConfig {
             None => g
                 .get_array("tokenizer.ggml.tokens")?
                 .map(|a| a.len())
-                .ok_or_else(|| config_err!("GGUF has neither {} nor a token list", key("vocab_size")))?,
+                .ok_or_else(|| {
+                    config_err!("GGUF has neither {} nor a token list", key("vocab_size"))
+                })?,
         };
         let cfg = ModelConfig {
             arch,
@@ -303,7 +307,9 @@ impl ModelConfig {
                 };
                 match ty {
                     "default" => RopeScaling::None,
-                    "linear" => RopeScaling::Linear { factor: f("factor")? },
+                    "linear" => RopeScaling::Linear {
+                        factor: f("factor")?,
+                    },
                     "llama3" => RopeScaling::Llama3 {
                         factor: f("factor")?,
                         low_freq_factor: f("low_freq_factor")?,
@@ -336,7 +342,9 @@ impl ModelConfig {
                 scaling,
             },
             attn_bias: arch == Arch::Qwen2
-                || get("attention_bias").and_then(Json::as_bool).unwrap_or(false),
+                || get("attention_bias")
+                    .and_then(Json::as_bool)
+                    .unwrap_or(false),
             special: SpecialTokens::default(),
         };
         Ok(cfg)
@@ -347,7 +355,11 @@ impl ModelConfig {
 pub fn json_ids(v: Option<&Json>) -> Vec<u32> {
     match v {
         Some(Json::Number(n)) => n.as_u64().map(|id| vec![id as u32]).unwrap_or_default(),
-        Some(Json::Array(a)) => a.iter().filter_map(Json::as_u64).map(|id| id as u32).collect(),
+        Some(Json::Array(a)) => a
+            .iter()
+            .filter_map(Json::as_u64)
+            .map(|id| id as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }

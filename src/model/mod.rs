@@ -156,9 +156,10 @@ impl Model {
             ids.extend(config::json_ids(hf.config.get(k)));
             ids
         };
-        let bos = from("bos_token_id").first().copied().or_else(|| {
-            special_text("bos_token").and_then(|t| tokenizer.token_to_id(&t))
-        });
+        let bos = from("bos_token_id")
+            .first()
+            .copied()
+            .or_else(|| special_text("bos_token").and_then(|t| tokenizer.token_to_id(&t)));
         let mut eos_ids = from("eos_token_id");
         if let Some(id) = special_text("eos_token").and_then(|t| tokenizer.token_to_id(&t)) {
             eos_ids.push(id);
@@ -172,7 +173,10 @@ impl Model {
             add_bos: tokenizer.add_bos(),
         };
         let tensors = safetensors::read_dir(dir)?;
-        let weights = load_weights(WeightLoader::new(tensors, Naming::HuggingFace, &config), opts)?;
+        let weights = load_weights(
+            WeightLoader::new(tensors, Naming::HuggingFace, &config),
+            opts,
+        )?;
         check_vocab(&config, &tokenizer)?;
         Ok(Model {
             config,

@@ -104,17 +104,28 @@ impl ModelWeights {
             .map(|l| {
                 l.attn_norm.len()
                     + l.ffn_norm.len()
-                    + l.bias.as_ref().map_or(0, |b| b.q.len() + b.k.len() + b.v.len())
+                    + l.bias
+                        .as_ref()
+                        .map_or(0, |b| b.q.len() + b.k.len() + b.v.len())
             })
             .sum();
-        self.matrices().iter().map(|m| m.rows * m.cols).sum::<usize>() + norms + self.norm.len()
+        self.matrices()
+            .iter()
+            .map(|m| m.rows * m.cols)
+            .sum::<usize>()
+            + norms
+            + self.norm.len()
     }
 
     /// Bytes of weight data as stored (matrices plus f32 norms).
     pub fn byte_count(&self) -> usize {
         self.matrices().iter().map(|m| m.byte_len()).sum::<usize>()
             + 4 * (self.parameter_count()
-                - self.matrices().iter().map(|m| m.rows * m.cols).sum::<usize>())
+                - self
+                    .matrices()
+                    .iter()
+                    .map(|m| m.rows * m.cols)
+                    .sum::<usize>())
     }
 
     /// Bytes of one transformer block's weights.
@@ -319,7 +330,11 @@ impl<'a> WeightLoader<'a> {
                 Ok(quantize_matrix(&m, to))
             }
             Some(to) => {
-                log::warn!("{}: kept as {} (cannot quantize {cols} columns to {to})", m.name, m.dtype);
+                log::warn!(
+                    "{}: kept as {} (cannot quantize {cols} columns to {to})",
+                    m.name,
+                    m.dtype
+                );
                 Ok(m)
             }
             None => Ok(m),

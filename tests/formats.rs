@@ -1,0 +1,178 @@
+//! Loading models: both formats describe the same function, and bad files give clear errors.
+
+mod common;
+
+use common::*;
+use llmcad::backend::{Backend, Batch, Want};
+use llmcad::cpu::Precision;
+use llmcad::model::{LoadOptions, Model};
+use llmcad::quant::DType;
+use llmcad::synthetic::{write_tiny, TinySpec};
+use llmcad::Error;
+use std::path::Path;
+
+fn logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
+    let mut b = cpu(m, Precision::F32, 2);
+    let out = b.forward(&Batch::chain(tokens, 0), Want::ALL_FULL).unwrap();
+    out.dense(0).unwrap().iter().chain(out.dense(tokens.len() - 1).unwrap()).copied().collect()
+}
+
+const TOKENS: [u32; 9] = [1, 40, 77, 300, 5, 120, 2, 1, 260];
+
+/// GGUF stores q/k permuted for interleaved RoPE, HF in rotate-half order: the same model in
+/// both formats must compute the same logits.
+#[test]
+fn gguf_and_hf_give_the_same_logits() {
+    for spec in [
+        TinySpec::default(),
+        TinySpec { tied: false, seed: 3, ..Default::default() },
+        TinySpec { arch: llmcad::model::Arch::Qwen2, seed: 4, ..Default::default() },
+        TinySpec { n_kv_heads: 4, seed: 5, ..Default::default() },
+    ] {
+        let name = format!("eq-{:?}-{}", spec.arch, spec.seed);
+        let t = write_tiny(scratch_dir(), &name, &spec, DType::F32, DType::F32).unwrap();
+        let (g, h) = (load(&t.gguf), load(&t.hf_dir));
+        let want = match spec.arch {
+            llmcad::model::Arch::Qwen2 => llmcad::model::RopeLayout::HalfSplit,
+            _ => llmcad::model::RopeLayout::Interleaved,
+        };
+        assert_eq!(g.config.rope.layout, want);
+        let err = rel_err(&logits(&g, &TOKENS), &logits(&h, &TOKENS));
+        assert!(err < 1e-5, "{name}: GGUF vs HF relative error {err}");
+    }
+}
+
+/// F16/BF16 safetensors and quantize-on-load: quantizing on load gives the very blocks a Q8_0
+/// GGUF of the same weights holds, so the logits are identical.
+#[test]
+fn quantize_on_load_matches_a_quantized_gguf() {
+    let spec = TinySpec { seed: 9, ..Default::default() };
+    let f32m = write_tiny(scratch_dir(), "q-f32", &spec, DType::Q8_0, DType::F32).unwrap();
+    let q_gguf = load(&f32m.gguf);
+    let q_hf = Model::load(&f32m.hf_dir, &LoadOptions { quantize: Some(DType::Q8_0), progress: false }).unwrap();
+    assert!(q_hf.weights.layers[0].wq.dtype == DType::Q8_0);
+    let a = logits(&q_gguf, &TOKENS);
+    let b = logits(&q_hf, &TOKENS);
+    assert!(rel_err(&a, &b) < 1e-6, "{}", rel_err(&a, &b));
+
+    let exact = logits(&load(&f32m.hf_dir), &TOKENS);
+    for dt in [DType::F16, DType::BF16] {
+        let m = write_tiny(scratch_dir(), &format!("q-{dt}"), &spec, DType::F32, dt).unwrap();
+        let err = rel_err(&logits(&load(&m.hf_dir), &TOKENS), &exact);
+        let bound = if dt == DType::F16 { 2e-3 } else { 2e-2 };
+        assert!(err < bound, "{dt}: {err}");
+    }
+    let q4 = Model::load(&f32m.hf_dir, &LoadOptions { quantize: Some(DType::Q4_0), progress: false }).unwrap();
+    let err = rel_err(&logits(&q4, &TOKENS), &exact);
+    assert!(err < 0.25, "q4_0 on load: {err}");
+}
+
+fn expect_err(path: &Path, needles: &[&str]) -> Error {
+    let err = match Model::load(path, &LoadOptions::default()) {
+        Ok(_) => panic!("{} loaded but should not", path.display()),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    for n in needles {
+        assert!(msg.contains(n), "error {msg:?} should mention {n:?}");
+    }
+    err
+}
+
+fn tiny_gguf_bytes() -> Vec<u8> {
+    std::fs::read(&tiny_f32().gguf).unwrap()
+}
+
+#[test]
+fn truncated_gguf_is_refused() {
+    let bytes = tiny_gguf_bytes();
+    let dir = scratch_dir();
+    for (i, cut) in [3usize, 20, 100, 5000, bytes.len() - 1].into_iter().enumerate() {
+        let p = dir.join(format!("trunc{i}.gguf"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let needle = if cut < 4 { "neither a GGUF" } else if cut < 5000 { "truncated" } else { "past the end" };
+        expect_err(&p, &[needle]);
+    }
+}
+
+/// Finds the tensor-info record of `name` in a GGUF and returns the offset of its type field.
+fn tensor_type_offset(bytes: &[u8], name: &str) -> usize {
+    let needle = [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();
+    let at = bytes.windows(needle.len()).position(|w| w == needle.as_slice()).unwrap();
+    let dims_at = at + needle.len();
+    let n_dims = u32::from_le_bytes(bytes[dims_at..dims_at + 4].try_into().unwrap()) as usize;
+    dims_at + 4 + 8 * n_dims
+}
+
+#[test]
+fn tensor_offset_past_the_end_is_refused() {
+    let mut bytes = tiny_gguf_bytes();
+    let at = tensor_type_offset(&bytes, "blk.1.ffn_up.weight") + 4;
+    let past_end = bytes.len() as u64 * 2;
+    bytes[at..at + 8].copy_from_slice(&past_end.to_le_bytes());
+    let p = scratch_dir().join("offset.gguf");
+    std::fs::write(&p, &bytes).unwrap();
+    expect_err(&p, &["blk.1.ffn_up.weight", "past the end"]);
+}
+
+#[test]
+fn unknown_dtype_is_refused_with_tensor_and_type() {
+    let mut bytes = tiny_gguf_bytes();
+    let at = tensor_type_offset(&bytes, "blk.0.attn_q.weight");
+    bytes[at..at + 4].copy_from_slice(&12u32.to_le_bytes()); // Q4_K
+    let p = scratch_dir().join("dtype.gguf");
+    std::fs::write(&p, &bytes).unwrap();
+    let e = expect_err(&p, &["blk.0.attn_q.weight", "Q4_K"]);
+    assert!(matches!(e, Error::Unsupported(_)));
+}
+
+#[test]
+fn lying_safetensors_header_is_refused() {
+    let src = &tiny_f32().hf_dir;
+    let dir = scratch_dir().join("lying-hf");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut st = std::fs::read(src.join("model.safetensors")).unwrap();
+    // header length claims more bytes than the file has
+    let too_long = st.len() as u64 + 10;
+    st[..8].copy_from_slice(&too_long.to_le_bytes());
+    std::fs::write(dir.join("model.safetensors"), &st).unwrap();
+    expect_err(&dir, &["model.safetensors", "not a valid safetensors"]);
+    // and a file cut short in the data
+    let st = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &st[..st.len() - 100]).unwrap();
+    expect_err(&dir, &["not a valid safetensors"]);
+}
+
+#[test]
+fn config_with_missing_fields_is_refused() {
+    let src = &tiny_f32().hf_dir;
+    let dir = scratch_dir().join("bad-config");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("num_hidden_layers");
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let e = expect_err(&dir, &["num_hidden_layers"]);
+    assert!(matches!(e, Error::Config(_)));
+    std::fs::write(dir.join("config.json"), "{ not json").unwrap();
+    expect_err(&dir, &["config.json", "invalid JSON"]);
+}
+
+#[test]
+fn wrong_tensor_shape_is_refused() {
+    let src = &tiny_f32().hf_dir;
+    let dir = scratch_dir().join("bad-shape");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["intermediate_size"] = 96.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    expect_err(&dir, &["mlp.gate_proj.weight", "expected [96, 64]"]);
+}
