@@ -17,12 +17,28 @@ pub enum BatchMask {
     Dense(Vec<Vec<usize>>),
 }
 
+/// Which cached slots (written by earlier passes) each batch node attends to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum CacheView {
+    /// Every cached slot: the committed prefix (verification, plain decoding).
+    #[default]
+    All,
+    /// Slots `0..committed` are the committed prefix, seen by every node; the slots after it
+    /// hold speculative nodes (a drafter's token tree) and node i sees only `visible[i]`
+    /// (absolute slot indices, increasing): its drafted ancestors.
+    Speculative {
+        committed: usize,
+        visible: Vec<Vec<usize>>,
+    },
+}
+
 /// A forward pass's input: one token per node, at an explicit position, with a mask.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     pub tokens: Vec<u32>,
     pub positions: Vec<usize>,
     pub mask: BatchMask,
+    pub cache: CacheView,
 }
 
 impl Batch {
@@ -32,6 +48,7 @@ impl Batch {
             tokens: tokens.to_vec(),
             positions: (start..start + tokens.len()).collect(),
             mask: BatchMask::Causal,
+            cache: CacheView::All,
         }
     }
 
@@ -53,6 +70,7 @@ impl Batch {
             tokens: tokens.to_vec(),
             positions,
             mask: BatchMask::Tree(parents.to_vec()),
+            cache: CacheView::All,
         }
     }
 
@@ -82,10 +100,31 @@ impl Batch {
         }
     }
 
-    /// Checks the batch is well formed (lengths, order, mask references).
-    pub fn validate(&self) -> Result<()> {
+    /// Checks the batch is well formed (lengths, order, mask references) for a cache that
+    /// holds `cached` slots.
+    pub fn validate(&self, cached: usize) -> Result<()> {
         let n = self.tokens.len();
         let bad = |m: String| Err(crate::Error::InvalidArgument(m));
+        if let CacheView::Speculative { committed, visible } = &self.cache {
+            if visible.len() != n || *committed > cached {
+                return bad(format!(
+                    "speculative cache view: {} rows for {n} tokens, {committed} committed of \
+                     {cached} cached slots",
+                    visible.len()
+                ));
+            }
+            let out_of_range = |r: &Vec<usize>| {
+                r.windows(2).any(|w| w[0] >= w[1])
+                    || r.first().is_some_and(|&s| s < *committed)
+                    || r.last().is_some_and(|&s| s >= cached)
+            };
+            if let Some(i) = visible.iter().position(out_of_range) {
+                return bad(format!(
+                    "speculative cache view of node {i} must list increasing slots in \
+                     {committed}..{cached}"
+                ));
+            }
+        }
         if self.positions.len() != n {
             return bad(format!("{} positions for {n} tokens", self.positions.len()));
         }
@@ -142,6 +181,11 @@ impl Want {
     pub const LAST_FULL: Want = Want {
         rows: Rows::Last,
         top_k: None,
+    };
+    /// Every row's best token only (timing passes, greedy verification).
+    pub const ALL_TOP1: Want = Want {
+        rows: Rows::All,
+        top_k: Some(1),
     };
     pub const ALL_FULL: Want = Want {
         rows: Rows::All,
@@ -295,7 +339,7 @@ mod tests {
         assert_eq!(b.visible(3), [0, 1, 3]);
         assert_eq!(b.visible(2), [0, 2]);
         assert_eq!(b.visible(4), [4]);
-        b.validate().unwrap();
+        b.validate(0).unwrap();
     }
 
     #[test]
@@ -309,19 +353,37 @@ mod tests {
     fn malformed_batches_are_refused() {
         let mut b = Batch::chain(&[1, 2], 0);
         b.positions.pop();
-        assert!(b.validate().is_err());
+        assert!(b.validate(0).is_err());
         let b = Batch {
             tokens: vec![1, 2],
             positions: vec![0, 1],
             mask: BatchMask::Tree(vec![None, Some(1)]),
+            cache: CacheView::All,
         };
-        assert!(b.validate().is_err());
+        assert!(b.validate(0).is_err());
         let b = Batch {
             tokens: vec![1, 2],
             positions: vec![0, 1],
             mask: BatchMask::Dense(vec![vec![0], vec![1, 0]]),
+            cache: CacheView::All,
         };
-        assert!(b.validate().is_err());
+        assert!(b.validate(0).is_err());
+        let view = |visible: Vec<Vec<usize>>| Batch {
+            cache: CacheView::Speculative {
+                committed: 4,
+                visible,
+            },
+            ..Batch::chain(&[1, 2], 6)
+        };
+        view(vec![vec![4], vec![4, 5]]).validate(6).unwrap();
+        for bad in [
+            vec![vec![4]],
+            vec![vec![3], vec![]],
+            vec![vec![5, 4], vec![]],
+            vec![vec![], vec![6]],
+        ] {
+            assert!(view(bad.clone()).validate(6).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod model;
 mod progress;
 pub mod quant;
 pub mod sampling;
+pub mod spec;
 pub mod synthetic;
 pub mod tokenizer;
 

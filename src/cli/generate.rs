@@ -1,10 +1,11 @@
 //! `llmcad generate`: stream a continuation of a prompt.
 
-use super::{ModelArgs, RunArgs};
+use super::{ModelArgs, RunArgs, SpecArgs};
 use anyhow::{bail, Context};
 use clap::Args;
 use llmcad::cpu::{default_threads, CpuBackend, CpuOptions};
 use llmcad::generate::{generate, GenerateOptions};
+use llmcad::spec::{generate_speculative, SpecStats};
 use llmcad::model::Model;
 use llmcad::sampling::SamplingParams;
 use llmcad::tokenizer::ChatMessage;
@@ -50,6 +51,8 @@ pub struct GenerateArgs {
     /// Device for the model: cpu.
     #[arg(long, default_value = "cpu")]
     device: String,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// Print one JSON object (ids, text, stats) instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -83,6 +86,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         context: a.run.ctx_size.unwrap_or(model.config.max_context),
     };
     let mut backend = CpuBackend::new(model.config.clone(), model.weights.clone(), &opts);
+    let drafter = a.spec.load_drafter(&model)?;
     let gen_opts = GenerateOptions {
         max_tokens: a.n_predict,
         sampling: SamplingParams {
@@ -101,31 +105,51 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let mut stream = model.tokenizer.stream();
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
-    let out = generate(
-        &mut backend,
-        &prompt,
-        &model.config.special.stop,
-        &gen_opts,
-        &mut |id| {
-            if a.json {
-                return true;
-            }
-            match stream.push(id) {
-                Ok(Some(piece)) => {
-                    if let Err(e) = stdout
-                        .write_all(piece.as_bytes())
-                        .and_then(|_| stdout.flush())
-                    {
-                        write_err = Some(e);
-                        return false;
-                    }
-                    true
+    let mut on_token = |id| {
+        if a.json {
+            return true;
+        }
+        match stream.push(id) {
+            Ok(Some(piece)) => {
+                if let Err(e) = stdout
+                    .write_all(piece.as_bytes())
+                    .and_then(|_| stdout.flush())
+                {
+                    write_err = Some(e);
+                    return false;
                 }
-                Ok(None) => true,
-                Err(_) => true,
+                true
             }
-        },
-    )?;
+            Ok(None) | Err(_) => true,
+        }
+    };
+    let stop_ids = &model.config.special.stop;
+    let (out, spec_stats) = match &drafter {
+        None => (
+            generate(&mut backend, &prompt, stop_ids, &gen_opts, &mut on_token)?,
+            None,
+        ),
+        Some((d, spec)) => {
+            let mut draft_backend = CpuBackend::new(
+                d.config.clone(),
+                d.weights.clone(),
+                &CpuOptions {
+                    threads: a.spec.draft_threads.unwrap_or(opts.threads),
+                    ..opts.clone()
+                },
+            );
+            let r = generate_speculative(
+                &mut backend,
+                &mut draft_backend,
+                &prompt,
+                stop_ids,
+                &gen_opts,
+                spec,
+                &mut on_token,
+            )?;
+            (r.generation, Some(r.spec))
+        }
+    };
     if let Some(e) = write_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e.into());
@@ -146,6 +170,10 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
                 "device": backend_name(&backend),
             }
         });
+        let mut json = json;
+        if let Some(sp) = &spec_stats {
+            spec_json(&mut json["stats"], sp, s.target_passes, s.decode_ms());
+        }
         writeln!(stdout, "{json}")?;
     } else {
         if let Some(rest) = stream.finish()? {
@@ -162,8 +190,44 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             s.tokens_per_s(),
             out.stop.as_str()
         );
+        if let Some(sp) = &spec_stats {
+            eprintln!(
+                "speculation: {} target passes, {:.2} tokens per pass, {} of {} drafted tokens accepted, {:.1} nodes per tree, threshold {:.4} (mean {:.4})",
+                s.target_passes,
+                sp.mean_accepted_per_pass(s.target_passes),
+                sp.accepted_tokens,
+                sp.draft_tokens,
+                sp.mean_tree_nodes(s.target_passes),
+                sp.threshold.last,
+                sp.threshold.mean(),
+            );
+        }
     }
     Ok(())
+}
+
+/// Adds the speculation fields to `--json` stats.
+fn spec_json(stats: &mut serde_json::Value, sp: &SpecStats, passes: usize, decode_ms: f64) {
+    let draft_ms = sp.draft_time.as_secs_f64() * 1e3;
+    let verify_ms = sp.verify_time.as_secs_f64() * 1e3;
+    let t = &sp.threshold;
+    let extra = serde_json::json!({
+        "target_passes": passes,
+        "draft_tokens": sp.draft_tokens,
+        "draft_passes": sp.draft_passes,
+        "accepted_tokens": sp.accepted_tokens,
+        "mean_accepted_per_pass": sp.mean_accepted_per_pass(passes),
+        "mean_tree_nodes": sp.mean_tree_nodes(passes),
+        "threshold": {"first": t.first, "last": t.last, "min": t.min, "max": t.max,
+                      "geometric_mean": t.mean(), "updates": t.count},
+        "draft_ms": draft_ms,
+        "verify_ms": verify_ms,
+        "overhead_ms": (decode_ms - draft_ms - verify_ms).max(0.0),
+        "cost_curve_ms": sp.cost_curve.as_ref().map(|c| c.points.clone()),
+    });
+    if let (Some(dst), serde_json::Value::Object(src)) = (stats.as_object_mut(), extra) {
+        dst.extend(src);
+    }
 }
 
 fn backend_name(b: &CpuBackend) -> String {

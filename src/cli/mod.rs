@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use llmcad::cpu::Precision;
 use llmcad::model::{LoadOptions, Model};
 use llmcad::quant::DType;
+use llmcad::spec::{check_pair, FallbackPolicy, SpecMode, SpecOptions};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -88,5 +89,72 @@ impl RunArgs {
         } else {
             Precision::Q8Activations
         }
+    }
+}
+
+/// Speculative decoding: a drafter model and how its drafts are shaped.
+#[derive(Args, Clone, Debug)]
+pub struct SpecArgs {
+    /// Drafter model (same vocabulary as the target; GGUF or Hugging Face directory).
+    #[arg(long)]
+    pub draft: Option<PathBuf>,
+    /// Quantize the drafter's float weights while loading (q8_0 or q4_0).
+    #[arg(long, value_parser = parse_quant)]
+    pub draft_quantize: Option<DType>,
+    /// tree (token trees, default with --draft), chain (vanilla speculative decoding) or none.
+    #[arg(long, value_parser = ["tree", "chain", "none"])]
+    pub spec: Option<String>,
+    /// Drafted tokens per pass with --spec chain.
+    #[arg(long, default_value_t = 4)]
+    pub draft_max: usize,
+    /// Most nodes per token tree, root included (default: sized by measured cost, up to 64).
+    #[arg(long)]
+    pub tree_nodes: Option<usize>,
+    /// Most drafted tokens on one tree path.
+    #[arg(long, default_value_t = 12)]
+    pub tree_depth: usize,
+    /// A drafter candidate besides its first choice opens a branch at this probability.
+    #[arg(long, default_value_t = 0.3)]
+    pub branch_threshold: f32,
+    /// When to stop drafting: adaptive, or fixed:X (verify when the best path confidence < X).
+    #[arg(long, default_value = "adaptive")]
+    pub fallback: FallbackPolicy,
+    /// CPU threads for the drafter (default: --threads).
+    #[arg(long)]
+    pub draft_threads: Option<usize>,
+}
+
+impl SpecArgs {
+    /// The drafter and speculation options, or `None` for target-only decoding.
+    pub fn load_drafter(&self, target: &Model) -> anyhow::Result<Option<(Model, SpecOptions)>> {
+        let mode = match (self.spec.as_deref(), &self.draft) {
+            (Some("none"), _) | (None, None) => return Ok(None),
+            (Some(m), None) => anyhow::bail!("--spec {m} needs a drafter: add --draft MODEL"),
+            (Some("chain"), Some(_)) => SpecMode::Chain { k: self.draft_max },
+            _ => SpecMode::Tree,
+        };
+        if self.draft_max == 0 || self.tree_depth == 0 || self.tree_nodes == Some(0) {
+            anyhow::bail!("--draft-max, --tree-depth and --tree-nodes must be at least 1");
+        }
+        let path = self.draft.as_ref().expect("checked above");
+        let drafter = Model::load(
+            path,
+            &LoadOptions {
+                quantize: self.draft_quantize,
+                progress: true,
+            },
+        )?;
+        for w in check_pair(target, &drafter)? {
+            eprintln!("warning: {w}");
+        }
+        let spec = SpecOptions {
+            mode,
+            fallback: self.fallback,
+            max_nodes: self.tree_nodes,
+            max_depth: self.tree_depth,
+            branch_threshold: self.branch_threshold,
+            ..SpecOptions::default()
+        };
+        Ok(Some((drafter, spec)))
     }
 }

@@ -20,8 +20,19 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
-/// `out[i]` (n_heads × head_dim) = attention of query `q[i]` over cache slots `0..base` and the
-/// visible batch slots `base + j`.
+/// The cached slots (before the batch) each query sees.
+pub enum Prefix<'a> {
+    /// Slots `0..base`.
+    All,
+    /// Slots `0..committed` and then `extra[i]` for query i (a drafter's speculative tree).
+    Partial {
+        committed: usize,
+        extra: &'a [Vec<usize>],
+    },
+}
+
+/// `out[i]` (n_heads × head_dim) = attention of query `q[i]` over its cached slots (`prefix`)
+/// and the visible batch slots `base + j`.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     pool: &ThreadPool,
@@ -30,6 +41,7 @@ pub fn attend(
     k_cache: &[f32],
     v_cache: &[f32],
     base: usize,
+    prefix: &Prefix<'_>,
     vis: &Visibility<'_>,
     out: &mut [f32],
 ) {
@@ -49,7 +61,13 @@ pub fn attend(
             let (i, h) = (job / shape.n_heads, job % shape.n_heads);
             let g = h / group;
             slots.clear();
-            slots.extend(0..base);
+            match prefix {
+                Prefix::All => slots.extend(0..base),
+                Prefix::Partial { committed, extra } => {
+                    slots.extend(0..*committed);
+                    slots.extend_from_slice(&extra[i]);
+                }
+            }
             match vis {
                 Visibility::Causal => slots.extend(base..=base + i),
                 Visibility::Lists(l) => slots.extend(l[i].iter().map(|j| base + j)),

@@ -11,11 +11,11 @@ pub mod pool;
 pub use matmul::Precision;
 pub use pool::ThreadPool;
 
-use crate::backend::{Backend, Batch, BatchMask, Logits, Rows, Want};
+use crate::backend::{Backend, Batch, BatchMask, CacheView, Logits, Rows, Want};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ModelWeights};
 use crate::quant::Q8Acts;
-use attention::{AttentionShape, Visibility};
+use attention::{AttentionShape, Prefix, Visibility};
 use kv::KvCache;
 use matmul::{linear_many, Input};
 use ops::{rms_norm, swiglu, RopeTable};
@@ -79,7 +79,7 @@ impl CpuBackend {
 
     /// Final hidden states (after the output norm) for the rows the caller wants.
     fn hidden_states(&mut self, batch: &Batch, rows: Rows) -> Result<Vec<f32>> {
-        batch.validate()?;
+        batch.validate(self.kv.len())?;
         let c = &self.cfg;
         let w = &*self.weights;
         let n = batch.len();
@@ -115,6 +115,13 @@ impl CpuBackend {
                 lists = (0..n).map(|i| batch.visible(i)).collect();
                 Visibility::Lists(&lists)
             }
+        };
+        let prefix = match &batch.cache {
+            CacheView::All => Prefix::All,
+            CacheView::Speculative { committed, visible } => Prefix::Partial {
+                committed: *committed,
+                extra: visible,
+            },
         };
         let shape = AttentionShape {
             n_heads: c.n_heads,
@@ -167,7 +174,9 @@ impl CpuBackend {
                 );
             }
             let (kc, vc) = self.kv.layer(li);
-            attention::attend(&self.pool, &shape, &q, kc, vc, base, &vis, &mut att);
+            attention::attend(
+                &self.pool, &shape, &q, kc, vc, base, &prefix, &vis, &mut att,
+            );
             let mut input = Input::new(&att, q_dim, &mut self.q8);
             linear_many(
                 &self.pool,

@@ -1,0 +1,254 @@
+//! Speculative generation: the drafter grows a tree, the target verifies it in one pass, the
+//! accepted path (plus the target's own token) is emitted and committed to both caches.
+
+use super::cost::{CostCurve, CostModel, RoundCost, CURVE_SIZES};
+use super::drafter::{Drafter, TreeShape};
+use super::fallback::{Fallback, FallbackPolicy, Outcome, ThresholdTrace};
+use super::verify::{accept, Verdict};
+use crate::backend::{Backend, Rows, Want};
+use crate::error::Result;
+use crate::generate::{check_context, prefill, GenerateOptions, Generation, StopReason};
+use crate::sampling::{next_token, SamplerRng};
+use std::time::{Duration, Instant};
+
+/// How drafts are shaped.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SpecMode {
+    /// Token trees under the fallback policy (LLMCad).
+    Tree,
+    /// Vanilla speculative decoding: a chain of exactly `k` drafted tokens per pass.
+    Chain { k: usize },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpecOptions {
+    pub mode: SpecMode,
+    pub fallback: FallbackPolicy,
+    /// Most nodes per tree; `None` sizes trees by measured cost (capped at `AUTO_MAX_NODES`).
+    pub max_nodes: Option<usize>,
+    pub max_depth: usize,
+    pub branch_threshold: f32,
+    pub max_children: usize,
+}
+
+/// The node cap when trees are sized by cost (the verifier kernels are tuned up to 64).
+pub const AUTO_MAX_NODES: usize = 64;
+
+impl Default for SpecOptions {
+    fn default() -> Self {
+        SpecOptions {
+            mode: SpecMode::Tree,
+            fallback: FallbackPolicy::Adaptive,
+            max_nodes: None,
+            max_depth: 12,
+            branch_threshold: 0.3,
+            max_children: 4,
+        }
+    }
+}
+
+impl SpecOptions {
+    fn shape(&self) -> TreeShape {
+        match self.mode {
+            SpecMode::Chain { k } => TreeShape::chain(k),
+            SpecMode::Tree => TreeShape {
+                max_nodes: self.max_nodes.unwrap_or(AUTO_MAX_NODES),
+                max_depth: self.max_depth,
+                branch_threshold: self.branch_threshold,
+                max_children: self.max_children,
+            },
+        }
+    }
+}
+
+/// What speculation did, on top of the plain generation stats.
+#[derive(Clone, Debug, Default)]
+pub struct SpecStats {
+    /// Drafted tokens (tree nodes other than the roots).
+    pub draft_tokens: usize,
+    pub draft_passes: usize,
+    /// Drafted tokens the target accepted.
+    pub accepted_tokens: usize,
+    /// Tokens emitted by verification passes (accepted + the target's own).
+    pub emitted_tokens: usize,
+    pub tree_nodes: usize,
+    pub draft_time: Duration,
+    pub verify_time: Duration,
+    pub threshold: ThresholdTrace,
+    /// The verifier's measured pass time vs nodes, when trees were sized by cost.
+    pub cost_curve: Option<CostCurve>,
+}
+
+impl SpecStats {
+    /// Tokens emitted per target pass (the number the drafter's README reports).
+    pub fn mean_accepted_per_pass(&self, passes: usize) -> f64 {
+        ratio(self.emitted_tokens, passes)
+    }
+
+    pub fn mean_tree_nodes(&self, passes: usize) -> f64 {
+        ratio(self.tree_nodes, passes)
+    }
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+pub struct SpecGeneration {
+    pub generation: Generation,
+    pub spec: SpecStats,
+}
+
+/// Generates like [`crate::generate::generate`] (same tokens under greedy decoding, the same
+/// distribution under sampling) with `drafter` proposing and `target` verifying.
+pub fn generate_speculative(
+    target: &mut dyn Backend,
+    drafter: &mut dyn Backend,
+    prompt: &[u32],
+    stop_ids: &[u32],
+    opts: &GenerateOptions,
+    spec: &SpecOptions,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<SpecGeneration> {
+    if opts.max_tokens == 0 {
+        return Ok(SpecGeneration {
+            generation: crate::generate::generate(target, prompt, stop_ids, opts, on_token)?,
+            spec: SpecStats::default(),
+        });
+    }
+    check_context(prompt.len(), opts.max_tokens, target)?;
+    check_context(prompt.len(), 0, drafter)?;
+    let params = &opts.sampling;
+    let mut rng = SamplerRng::new(params.seed);
+    let want = Want {
+        rows: Rows::All,
+        top_k: params.candidates_needed(),
+    };
+    let mut out = SpecGeneration {
+        generation: Generation {
+            tokens: Vec::new(),
+            stop: StopReason::MaxTokens,
+            stats: Default::default(),
+        },
+        spec: SpecStats::default(),
+    };
+    let stats = &mut out.generation.stats;
+    stats.prompt_tokens = prompt.len();
+
+    let t0 = Instant::now();
+    let logits = prefill(target, prompt, opts.prefill_chunk, params.candidates_needed())?;
+    let mut history = prompt.to_vec();
+    let mut root = next_token(params, &logits, 0, &history, &mut rng);
+    stats.prompt_time = t0.elapsed();
+
+    let t1 = Instant::now();
+    let shape = spec.shape();
+    let mut cost = match (&spec.mode, spec.max_nodes) {
+        (SpecMode::Tree, None) => Some(CostModel::new(CostCurve::measure(
+            target,
+            &CURVE_SIZES,
+            2,
+        )?)),
+        _ => None,
+    };
+    let mut fallback = Fallback::new(match spec.mode {
+        SpecMode::Tree => spec.fallback,
+        SpecMode::Chain { .. } => FallbackPolicy::Fixed(0.0),
+    });
+    let mut drafter = Drafter::new(drafter, prompt, opts.prefill_chunk);
+    let tokens = &mut out.generation.tokens;
+    let stop = 'outer: loop {
+        // the root is the target's token: emit it before drafting past it
+        tokens.push(root);
+        history.push(root);
+        if !on_token(root) {
+            break StopReason::Cancelled;
+        }
+        if !opts.ignore_eos && stop_ids.contains(&root) {
+            break StopReason::EndOfSequence;
+        }
+        let remaining = opts.max_tokens - tokens.len();
+        if remaining == 0 {
+            break StopReason::MaxTokens;
+        }
+
+        let round = Instant::now();
+        let committed = target.kv_len();
+        let mut shape = shape.clone();
+        // never draft past what is left to generate or what the target's cache holds
+        shape.max_depth = shape.max_depth.min(remaining - 1);
+        shape.max_nodes = shape.max_nodes.min(target.kv_capacity() - committed);
+        let draft = drafter.draft(root, &shape, &mut |tree, conf| {
+            !fallback.should_verify(conf)
+                && cost
+                    .as_ref()
+                    .is_none_or(|c| c.worth_growing(tree.len(), conf))
+        })?;
+        let draft_ms = round.elapsed();
+
+        let t = Instant::now();
+        let logits = target.forward(&draft.tree.batch(committed), want)?;
+        let verdict = accept(params, &draft.tree, &logits, &history, &mut rng);
+        target.kv_compact(committed, &verdict.path)?;
+        drafter.commit(&draft, &verdict.path)?;
+        out.spec.verify_time += t.elapsed();
+        out.spec.draft_time += draft_ms;
+
+        let drafted = draft.tree.len() - 1;
+        let accepted = verdict.path.len() - 1;
+        stats.target_passes += 1;
+        out.spec.tree_nodes += draft.tree.len();
+        out.spec.draft_tokens += drafted;
+        out.spec.draft_passes += draft.passes;
+        out.spec.accepted_tokens += accepted;
+        out.spec.emitted_tokens += accepted + 1;
+        fallback.record(outcome(&draft.tree, &verdict));
+        if let Some(c) = cost.as_mut() {
+            c.record(&RoundCost {
+                draft_ms: draft_ms.as_secs_f64() * 1e3,
+                draft_passes: draft.passes,
+                drafted_conf: draft.tree.nodes()[1..]
+                    .iter()
+                    .map(|n| n.conf as f64)
+                    .sum(),
+                accepted,
+                total_ms: round.elapsed().as_secs_f64() * 1e3,
+                emitted: accepted + 1,
+            });
+        }
+
+        let emitted = verdict.emitted(&draft.tree);
+        let (accepted_tokens, next) = emitted.split_at(emitted.len() - 1);
+        for &tok in accepted_tokens {
+            tokens.push(tok);
+            history.push(tok);
+            if !on_token(tok) {
+                break 'outer StopReason::Cancelled;
+            }
+            if !opts.ignore_eos && stop_ids.contains(&tok) {
+                break 'outer StopReason::EndOfSequence;
+            }
+        }
+        root = next[0];
+    };
+    stats.decode_time = t1.elapsed();
+    stats.generated_tokens = tokens.len();
+    out.generation.stop = stop;
+    out.spec.threshold = fallback.trace().clone();
+    out.spec.cost_curve = cost.map(|c| c.curve().clone());
+    Ok(out)
+}
+
+/// Whether verification found an error in the drafted tree, for the fallback policy.
+fn outcome(tree: &super::TokenTree, v: &Verdict) -> Outcome {
+    let last = *v.path.last().expect("the root is always accepted");
+    // no child of the last accepted node matched the target's token (or it would be accepted)
+    match tree.children(last).map(|c| tree.node(c).conf).reduce(f32::max) {
+        Some(conf) => Outcome::Rejected { conf },
+        None => Outcome::NoError,
+    }
+}

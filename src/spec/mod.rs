@@ -1,0 +1,16 @@
+//! Collaborative decoding: a drafter proposes token trees, the target verifies them in one
+//! batched pass, a self-adjusting fallback decides when to verify. Output is lossless: greedy
+//! decoding gives the target's own tokens, sampling keeps the target's distribution.
+
+pub mod cost;
+mod decode;
+pub mod drafter;
+pub mod fallback;
+mod pair;
+pub mod tree;
+pub mod verify;
+
+pub use decode::{generate_speculative, SpecGeneration, SpecMode, SpecOptions, SpecStats};
+pub use fallback::FallbackPolicy;
+pub use pair::check_pair;
+pub use tree::TokenTree;
