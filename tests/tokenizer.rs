@@ -352,3 +352,41 @@ fn broken_template_is_a_template_error() {
         .unwrap_err();
     assert!(matches!(e, Error::Template(_)), "{e}");
 }
+
+/// The drafter's GGUF in the shared folder (always present) embeds the same vocabulary: it
+/// must agree with the reference tokenizer.json even where the fetched target is missing, and
+/// the HF tokenizer_config's chat template must render the reference prompts.
+#[test]
+fn shared_drafter_gguf_and_hf_chat_template() {
+    let shared = common::shared();
+    let g = GgufFile::open(&shared.join("models/smollm2-135m-draft/smollm2-135m-draft.q8_0.gguf"))
+        .unwrap();
+    let from_gguf = Tokenizer::from_gguf(&g).unwrap();
+    let dir = shared.join("models/smollm2-135m-instruct");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    let from_json = Tokenizer::from_hf_files(&dir.join("tokenizer.json"), Some(&config)).unwrap();
+    for text in CORPUS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(random_texts(100))
+    {
+        let ids = from_gguf.encode(&text).unwrap();
+        assert_eq!(ids, from_json.encode(&text).unwrap(), "{text:?}");
+        assert_eq!(from_json.decode(&ids).unwrap(), text);
+    }
+    let template = ChatTemplate::from_config_value(
+        &config["chat_template"],
+        config["bos_token"].as_str().map(str::to_string),
+        config["eos_token"].as_str().map(str::to_string),
+    )
+    .unwrap();
+    for r in common::references().iter().filter(|r| r.kind == "chat") {
+        let text = template
+            .render(&[ChatMessage::new("user", r.prompt.clone())], true)
+            .unwrap();
+        assert_eq!(text, r.prompt_text);
+        assert_eq!(from_json.encode(&text).unwrap(), r.prompt_ids);
+    }
+}
