@@ -84,18 +84,13 @@ pub(super) fn build(g: &GgufFile) -> Result<Built> {
     }
     let add_bos_key = g.get_bool("tokenizer.ggml.add_bos_token")?;
     let (mut tokenizer, default_add_bos) = match model {
-        "gpt2" => (byte_level_bpe(g, vocab)?, false),
+        "gpt2" => byte_level_bpe(g, vocab)?,
         "llama" => (sentencepiece_bpe(g, vocab, &tokens, &types)?, true),
         other => {
             return Err(Error::Tokenizer(format!(
                 "tokenizer.ggml.model {other:?} is not supported (llmcad reads \"gpt2\" and \"llama\" vocabularies)"
             )))
         }
-    };
-    let pre_add_bos = if model == "gpt2" {
-        pre_tokenizer_kind(g.get_str("tokenizer.ggml.pre")?.unwrap_or(""))?.add_bos
-    } else {
-        false
     };
     let mut special = Vec::new();
     let mut user = Vec::new();
@@ -113,7 +108,7 @@ pub(super) fn build(g: &GgufFile) -> Result<Built> {
     tokenizer.add_tokens(user).map_err(tok_err)?;
     Ok(Built {
         tokenizer,
-        add_bos: add_bos_key.unwrap_or(default_add_bos || pre_add_bos),
+        add_bos: add_bos_key.unwrap_or(default_add_bos),
     })
 }
 
@@ -243,7 +238,8 @@ pub(super) fn pre_tokenizer_kind(pre: &str) -> Result<PreKind> {
     }
 }
 
-fn byte_level_bpe(g: &GgufFile, vocab: Vocab) -> Result<tokenizers::Tokenizer> {
+/// The tokenizer and llama.cpp's default `add_bos` for its pre-tokenizer type.
+fn byte_level_bpe(g: &GgufFile, vocab: Vocab) -> Result<(tokenizers::Tokenizer, bool)> {
     let pre = g.get_str("tokenizer.ggml.pre")?.unwrap_or("");
     let kind = pre_tokenizer_kind(pre)?;
     let raw = g
@@ -288,7 +284,7 @@ fn byte_level_bpe(g: &GgufFile, vocab: Vocab) -> Result<tokenizers::Tokenizer> {
     let mut t = tokenizers::Tokenizer::new(model);
     t.with_pre_tokenizer(Some(PreSequence::new(steps)));
     t.with_decoder(Some(ByteLevel::new(false, true, false)));
-    Ok(t)
+    Ok((t, kind.add_bos))
 }
 
 // ---------------------------------------------------------------------------------------------
