@@ -1,94 +1,148 @@
-//! TEMPORARY stub: replaced by the real tokenizer module (being written on branch `tokenizer`).
+//! Text ⇄ token ids, through the `tokenizers` crate: from a Hugging Face `tokenizer.json` (plus
+//! `tokenizer_config.json`) or from the vocabulary embedded in a GGUF file (byte-level BPE or
+//! SentencePiece-style), chat templates (minijinja) and incremental detokenization.
+//!
+//! Contract: [`Tokenizer::encode`] never adds BOS (callers prepend it when
+//! [`Tokenizer::add_bos`] says so) and recognises special tokens written out in the text, as
+//! llama.cpp does; [`Tokenizer::decode`] skips nothing and renders special tokens as their text.
+
+mod chat_template;
+mod gguf_vocab;
+mod stream;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use stream::TextStream;
+
 use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
+use std::collections::HashSet;
 use std::path::Path;
 
+pub(crate) fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+/// A tokenizer with the few facts the engine needs besides the vocabulary.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    add_bos: bool,
+    /// Ids of control/special tokens (rendered by `decode`, skipped by `stream_skip_special`).
+    special: HashSet<u32>,
 }
 
 impl Tokenizer {
-    pub fn from_gguf(_g: &GgufFile) -> Result<Self> {
-        Self::from_hf_files(
-            Path::new("../shared/models/smollm2-135m-instruct/tokenizer.json"),
-            None,
-        )
+    /// Builds the tokenizer from the vocabulary in a GGUF file (`tokenizer.ggml.*`).
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let built = gguf_vocab::build(g)?;
+        Ok(Self::wrap(built.tokenizer, built.add_bos))
     }
-    pub fn from_hf_files(p: &Path, _c: Option<&serde_json::Value>) -> Result<Self> {
-        Ok(Tokenizer {
-            inner: tokenizers::Tokenizer::from_file(p)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?,
-        })
+
+    /// Loads `tokenizer.json`; `tokenizer_config` (the parsed `tokenizer_config.json`) gives
+    /// `add_bos_token`. Without it, BOS is added when the file's post-processor would add a
+    /// special token in front of a single sequence (as `transformers` does).
+    pub fn from_hf_files(path: &Path, config: Option<&serde_json::Value>) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let add_bos = config
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or_else(|| post_processor_adds_bos(json.get("post_processor")));
+        Ok(Self::wrap(inner, add_bos))
     }
+
+    fn wrap(inner: tokenizers::Tokenizer, add_bos: bool) -> Self {
+        let special = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        Tokenizer {
+            inner,
+            add_bos,
+            special,
+        }
+    }
+
+    /// Incremental decoder for generated tokens (special tokens rendered as text).
     pub fn stream(&self) -> TextStream<'_> {
-        TextStream(self, vec![], 0)
+        TextStream::new(self, false)
     }
+
+    /// Like [`Tokenizer::stream`], but special tokens (`<|im_end|>`, …) produce no text.
+    pub fn stream_skip_special(&self) -> TextStream<'_> {
+        TextStream::new(self, true)
+    }
+
+    /// Whether a prompt should start with BOS (`add_bos_token`).
     pub fn add_bos(&self) -> bool {
-        false
+        self.add_bos
     }
+
+    /// Number of token ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
     pub fn token_to_id(&self, t: &str) -> Option<u32> {
         self.inner.token_to_id(t)
     }
+
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
+
+    /// A control token (GGUF token type control/unknown, or a `special` added token).
     pub fn is_special(&self, id: u32) -> bool {
-        id < 17
+        self.special.contains(&id)
     }
+
+    /// Token ids of `text`, without BOS; special tokens written in the text are matched.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self
             .inner
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?
+            .encode_fast(text, false)
+            .map_err(tok_err)?
             .get_ids()
             .to_vec())
     }
+
+    /// Text of `ids`; special tokens appear as their text.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+        self.decode_with(ids, false)
+    }
+
+    /// Ids outside the vocabulary (padding rows of a larger embedding table) give no text.
+    pub(crate) fn decode_with(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(tok_err)
+    }
+
+    /// The underlying `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
     }
 }
 
-pub struct ChatTemplate;
-pub struct TextStream<'a>(&'a Tokenizer, Vec<u32>, usize);
-impl TextStream<'_> {
-    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
-        self.1.push(id);
-        let t = self.0.decode(&self.1)?;
-        if t.ends_with('\u{fffd}') {
-            return Ok(None);
-        }
-        let r = t[self.2..].to_string();
-        self.2 = t.len();
-        Ok(Some(r))
-    }
-    pub fn finish(&mut self) -> Result<Option<String>> {
-        Ok(None)
-    }
-}
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-impl ChatTemplate {
-    pub fn new(_s: &str, _b: Option<String>, _e: Option<String>) -> Result<Self> {
-        Ok(ChatTemplate)
-    }
-    pub fn from_config_value(
-        _s: &serde_json::Value,
-        _b: Option<String>,
-        _e: Option<String>,
-    ) -> Result<Self> {
-        Ok(ChatTemplate)
-    }
-    pub fn summary(&self) -> String {
-        String::new()
-    }
-    pub fn render(&self, m: &[ChatMessage], _g: bool) -> Result<String> {
-        Ok(format!("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", m[0].content))
+/// Whether a `tokenizer.json` post-processor puts a special token before a single sequence
+/// (`TemplateProcessing` whose `single` starts with a `SpecialToken`, possibly in a `Sequence`).
+fn post_processor_adds_bos(pp: Option<&serde_json::Value>) -> bool {
+    let Some(pp) = pp else { return false };
+    match pp.get("type").and_then(|t| t.as_str()) {
+        Some("TemplateProcessing") => pp
+            .get("single")
+            .and_then(|s| s.as_array())
+            .and_then(|s| s.first())
+            .is_some_and(|first| first.get("SpecialToken").is_some()),
+        Some("Sequence") => pp
+            .get("processors")
+            .and_then(|p| p.as_array())
+            .is_some_and(|ps| ps.iter().any(|p| post_processor_adds_bos(Some(p)))),
+        _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests;
