@@ -78,7 +78,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     } else {
         prompt_text
     };
-    let prompt = model.tokenizer.encode(&text)?;
+    let prompt = model.encode_prompt(&text)?;
 
     let opts = CpuOptions {
         threads: a.run.threads.unwrap_or_else(default_threads),
@@ -102,7 +102,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
 
-    let mut stream = model.tokenizer.stream();
+    let mut stream = model.tokenizer.stream_skip_special();
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
     let mut on_token = |id| {
@@ -160,7 +160,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         let json = serde_json::json!({
             "prompt_tokens": prompt,
             "tokens": out.tokens,
-            "text": model.tokenizer.decode(&out.tokens)?,
+            "text": model.tokenizer.decode(text_tokens(&out.tokens, stop_ids))?,
             "stop": out.stop.as_str(),
             "stats": {
                 "prompt_ms": s.prompt_ms(),
@@ -180,6 +180,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             write!(stdout, "{rest}")?;
         }
         writeln!(stdout)?;
+        stdout.flush()?;
         eprintln!(
             "prompt: {} tokens in {:.1} ms ({:.1} tokens/s); generated {} tokens in {:.1} ms ({:.1} tokens/s); stop: {}",
             s.prompt_tokens,
@@ -204,6 +205,14 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The generated tokens without the stop token that ended them (not part of the text).
+fn text_tokens<'a>(tokens: &'a [u32], stop_ids: &[u32]) -> &'a [u32] {
+    match tokens.split_last() {
+        Some((last, rest)) if stop_ids.contains(last) => rest,
+        _ => tokens,
+    }
 }
 
 /// Adds the speculation fields to `--json` stats.

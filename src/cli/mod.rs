@@ -1,5 +1,6 @@
 //! Subcommands, with llama.cpp's option names where they exist.
 
+mod bench;
 mod generate;
 mod info;
 
@@ -27,12 +28,15 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Describe a model file: architecture, sizes, types, tokenizer, chat template.
     Info(info::InfoArgs),
+    /// Measure CPU speed and compare speculative modes; prints tables, writes JSON.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Generate(a) => generate::run(a),
         Command::Info(a) => info::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

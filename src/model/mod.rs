@@ -56,6 +56,18 @@ const END_OF_TURN: &[&str] = &[
 ];
 
 impl Model {
+    /// Tokenizes a prompt (special tokens in the text recognised) and puts BOS first when the
+    /// model's tokenizer asks for it.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(text)?;
+        if let Some(bos) = self.config.special.bos {
+            if self.tokenizer.add_bos() && ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Loads a GGUF file, a Hugging Face directory, or the directory of a `.safetensors` path.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
         if path.is_dir() {

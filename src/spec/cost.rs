@@ -163,11 +163,12 @@ mod tests {
             points: vec![(1, 10.0), (64, 10.5)],
         });
         assert!(flat.worth_growing(8, 0.05));
+        // every node costs 3 ms, a token is worth 10 ms: grow while confidence > 0.3
         let steep = CostModel::new(CostCurve {
-            points: vec![(1, 10.0), (64, 640.0)],
+            points: vec![(1, 10.0), (64, 199.0)],
         });
-        assert!(steep.worth_growing(1, 0.9));
-        assert!(!steep.worth_growing(8, 0.5));
+        assert!(steep.worth_growing(8, 0.4));
+        assert!(!steep.worth_growing(8, 0.2));
     }
 
     #[test]

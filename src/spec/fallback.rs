@@ -186,7 +186,7 @@ mod tests {
         }
         assert_eq!(f.threshold(), MAX_ALPHA);
         let t = f.trace();
-        assert_eq!(t.count, 203);
+        assert_eq!(t.count, 204, "the start and every update");
         assert_eq!((t.first, t.min, t.max, t.last), (START_ALPHA, MIN_ALPHA, MAX_ALPHA, MAX_ALPHA));
     }
 

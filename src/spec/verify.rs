@@ -130,7 +130,7 @@ mod tests {
         let greedy = SamplingParams::default();
         let mut rng = SamplerRng::new(0);
         // target picks 3 at the root, 5 after it, then 7 after node 4
-        let l = logits_preferring(&[3, 0, 0, 0, 7], 8);
+        let l = logits_preferring(&[3, 0, 5, 0, 7], 8);
         let v = accept(&greedy, &t, &l, &[1], &mut rng);
         assert_eq!(v.path, [0, 2, 4]);
         assert_eq!(v.next, 7);

@@ -1,0 +1,135 @@
+//! The `llmcad` binary end to end: JSON output, clear errors (never a panic) for bad input.
+
+mod common;
+
+use common::*;
+use llmcad::quant::DType;
+use llmcad::synthetic::{write_tiny, TinySpec};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn llmcad(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llmcad"))
+        .args(args)
+        .output()
+        .expect("run llmcad")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs a command that must fail with a message containing every needle, and no panic.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let o = llmcad(args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{args:?} should fail");
+    // 1: a refused input, 2: a usage error (clap); a panic would exit with 101
+    assert!(matches!(o.status.code(), Some(1 | 2)), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {err:?} should mention {n:?}");
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn json_output_has_ids_text_and_stats() {
+    let m = tiny_f32();
+    let o = llmcad(&["generate", "-m", path(&m.gguf), "-p", "the cat", "-n", "7", "--ignore-eos", "--json", "-t", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!v["prompt_tokens"].as_array().unwrap().is_empty());
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 7);
+    assert!(v["text"].is_string());
+    for k in ["prompt_ms", "decode_ms", "tokens_per_s", "device"] {
+        assert!(!v["stats"][k].is_null(), "stats.{k} missing: {v}");
+    }
+}
+
+#[test]
+fn speculative_json_adds_its_stats_and_matches_plain_decoding() {
+    let (t, d) = tiny_pair(DType::F32);
+    let base = ["generate", "-m", path(&t), "-p", "in the", "-n", "12", "--ignore-eos", "--json", "-t", "1"];
+    let plain = llmcad(&base);
+    let mut args = base.to_vec();
+    args.extend(["--draft", path(&d), "--tree-nodes", "8"]);
+    let spec = llmcad(&args);
+    assert!(spec.status.success(), "{}", stderr(&spec));
+    let (p, s): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_slice(&plain.stdout).unwrap(), serde_json::from_slice(&spec.stdout).unwrap());
+    assert_eq!(p["tokens"], s["tokens"]);
+    for k in [
+        "target_passes",
+        "draft_tokens",
+        "accepted_tokens",
+        "mean_accepted_per_pass",
+        "mean_tree_nodes",
+        "threshold",
+        "draft_ms",
+        "verify_ms",
+        "overhead_ms",
+    ] {
+        assert!(!s["stats"][k].is_null(), "stats.{k} missing: {s}");
+    }
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_refused() {
+    let m = tiny_f32();
+    let long = "the cat sat on the mat ".repeat(200);
+    fails_with(&["generate", "-m", path(&m.gguf), "-p", &long, "-n", "4"], &["context", "prompt"]);
+    // fits alone, but not with -n on top: the message says what to lower
+    fails_with(&["generate", "-m", path(&m.gguf), "-p", "the cat", "-n", "600"], &["-n"]);
+}
+
+#[test]
+fn bad_models_and_options_give_clear_errors() {
+    let dir = scratch_dir();
+    let trunc = dir.join("cli-trunc.gguf");
+    let bytes = std::fs::read(&tiny_f32().gguf).unwrap();
+    std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(&["generate", "-m", path(&trunc), "-p", "x"], &["cli-trunc.gguf"]);
+    fails_with(&["info", "-m", "/nonexistent/model.gguf"], &["/nonexistent/model.gguf"]);
+    let m = tiny_f32();
+    fails_with(&["generate", "-m", path(&m.gguf), "-p", "x", "--spec", "tree"], &["--draft"]);
+    let other = TinySpec { extra_vocab: 8, n_layers: 1, ..TinySpec::default() };
+    let o = write_tiny(dir, "cli-bigvocab", &other, DType::F32, DType::F32).unwrap();
+    fails_with(
+        &["generate", "-m", path(&m.gguf), "-p", "x", "--draft", path(&o.gguf)],
+        &["vocabularies differ"],
+    );
+    fails_with(&["generate", "-m", path(&m.gguf), "-p", "x", "--fallback", "sometimes"], &["fixed:X"]);
+}
+
+#[test]
+fn info_describes_the_model() {
+    let m = tiny_f32();
+    let o = llmcad(&["info", "-m", path(&m.hf_dir)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in ["llama", "3 layers", "Hugging Face", "ChatML"] {
+        assert!(out.contains(needle), "{out} should mention {needle}");
+    }
+}
+
+#[test]
+fn chat_answer_from_the_real_model() {
+    let Some(model) = real_model() else { return };
+    let o = llmcad(&[
+        "generate",
+        "-m",
+        path(&model),
+        "--chat",
+        "-p",
+        "What is the capital of France?",
+        "-n",
+        "32",
+        "--f32-activations",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "The capital of France is Paris.");
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: installs Lavapipe (Mesa's CPU Vulkan driver, for the wgpu
+# tests) when no Vulkan driver is there, fetches the real SmolLM2 model, then `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+fi
+bash models/fetch-smollm2.sh >/dev/null
+cargo test --release --locked --no-fail-fast "$@"

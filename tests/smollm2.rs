@@ -1,0 +1,116 @@
+//! The real SmolLM2-135M-Instruct (Q4_1 GGUF) against the independent float32 reference in
+//! ../shared/reference/, and speculative decoding with the distilled drafter in
+//! ../shared/models/smollm2-135m-draft/. CI fetches the model (models/fetch-smollm2.sh).
+
+mod common;
+
+use common::*;
+use llmcad::cpu::Precision;
+use llmcad::generate::GenerateOptions;
+use llmcad::model::{LoadOptions, Model};
+use llmcad::spec::{generate_speculative, SpecMode, SpecOptions};
+use std::sync::OnceLock;
+
+fn target() -> Option<&'static Model> {
+    static M: OnceLock<Model> = OnceLock::new();
+    let path = real_model()?;
+    Some(M.get_or_init(|| load(&path)))
+}
+
+fn drafter() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| {
+        let p = shared().join("models/smollm2-135m-draft/smollm2-135m-draft.q8_0.gguf");
+        Model::load(&p, &LoadOptions::default()).unwrap()
+    })
+}
+
+/// Greedy outputs per reference line with `precision`; returns how many chat lines matched.
+fn run_references(m: &Model, precision: Precision) -> (usize, usize) {
+    let mut b = cpu(m, precision, 2);
+    let (mut chat, mut matched) = (0, 0);
+    for r in references() {
+        assert_eq!(m.encode_prompt(&r.prompt_text).unwrap(), r.prompt_ids, "{}", r.prompt);
+        let got = greedy(&mut b, &r.prompt_ids, r.output_ids.len(), &m.config.special.stop);
+        let same = got.iter().zip(&r.output_ids).take_while(|(a, b)| a == b).count();
+        let ok = got == r.output_ids;
+        eprintln!(
+            "{precision:?} {} {:?}: {same}/{} tokens agree{}",
+            r.kind,
+            r.prompt,
+            r.output_ids.len(),
+            if ok { "" } else { " (MISMATCH)" }
+        );
+        if r.kind == "chat" {
+            chat += 1;
+            matched += usize::from(ok);
+        }
+    }
+    (matched, chat)
+}
+
+#[test]
+fn f32_path_reproduces_every_chat_reference() {
+    let Some(m) = target() else { return };
+    let (matched, chat) = run_references(m, Precision::F32);
+    assert!(chat >= 6);
+    assert_eq!(matched, chat, "the exact f32 path must match every chat line");
+}
+
+#[test]
+fn default_path_reproduces_the_chat_references() {
+    let Some(m) = target() else { return };
+    let (matched, chat) = run_references(m, Precision::default());
+    assert_eq!(matched, chat, "the default path must match every chat line");
+}
+
+/// Twenty varied prompts, 128 tokens each: tree, chain and target-only give the same ids.
+#[test]
+fn speculation_with_the_distilled_drafter_is_lossless() {
+    let Some(m) = target() else { return };
+    let d = drafter();
+    assert!(llmcad::spec::check_pair(m, d).unwrap().is_empty());
+    let template = m.chat_template.as_ref().expect("SmolLM2 has a chat template");
+    // the benchmark's prompt set: twenty varied chat requests
+    let prompts: Vec<&str> = include_str!("../benches/prompts.txt").lines().collect();
+    assert_eq!(prompts.len(), 20);
+    let opts = GenerateOptions {
+        max_tokens: 128,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let modes = [
+        SpecOptions {
+            max_nodes: Some(32),
+            ..SpecOptions::default()
+        },
+        SpecOptions::default(),
+        SpecOptions {
+            mode: SpecMode::Chain { k: 4 },
+            ..SpecOptions::default()
+        },
+    ];
+    let (mut passes, mut emitted) = (0, 0);
+    for p in &prompts {
+        let text = template
+            .render(&[llmcad::tokenizer::ChatMessage::new("user", p)], true)
+            .unwrap();
+        let prompt = m.encode_prompt(&text).unwrap();
+        let mut t = cpu(m, Precision::default(), 2);
+        let want = llmcad::generate::generate(&mut t, &prompt, &[], &opts, &mut |_| true)
+            .unwrap()
+            .tokens;
+        for spec in &modes {
+            let mut t = cpu(m, Precision::default(), 2);
+            let mut dr = cpu(d, Precision::default(), 2);
+            let out = generate_speculative(&mut t, &mut dr, &prompt, &[], &opts, spec, &mut |_| true)
+                .unwrap();
+            assert_eq!(out.generation.tokens, want, "{p:?} with {spec:?}");
+            passes += out.generation.stats.target_passes;
+            emitted += out.spec.emitted_tokens;
+        }
+    }
+    let per_pass = emitted as f64 / passes as f64;
+    eprintln!("mean tokens per target pass over all modes: {per_pass:.2}");
+    assert!(per_pass > 1.5, "the distilled drafter should be accepted often ({per_pass:.2})");
+}
