@@ -39,7 +39,19 @@ fn path(p: &Path) -> &str {
 #[test]
 fn json_output_has_ids_text_and_stats() {
     let m = tiny_f32();
-    let o = llmcad(&["generate", "-m", path(&m.gguf), "-p", "the cat", "-n", "7", "--ignore-eos", "--json", "-t", "1"]);
+    let o = llmcad(&[
+        "generate",
+        "-m",
+        path(&m.gguf),
+        "-p",
+        "the cat",
+        "-n",
+        "7",
+        "--ignore-eos",
+        "--json",
+        "-t",
+        "1",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(!v["prompt_tokens"].as_array().unwrap().is_empty());
@@ -53,14 +65,28 @@ fn json_output_has_ids_text_and_stats() {
 #[test]
 fn speculative_json_adds_its_stats_and_matches_plain_decoding() {
     let (t, d) = tiny_pair(DType::F32);
-    let base = ["generate", "-m", path(&t), "-p", "in the", "-n", "12", "--ignore-eos", "--json", "-t", "1"];
+    let base = [
+        "generate",
+        "-m",
+        path(&t),
+        "-p",
+        "in the",
+        "-n",
+        "12",
+        "--ignore-eos",
+        "--json",
+        "-t",
+        "1",
+    ];
     let plain = llmcad(&base);
     let mut args = base.to_vec();
     args.extend(["--draft", path(&d), "--tree-nodes", "8"]);
     let spec = llmcad(&args);
     assert!(spec.status.success(), "{}", stderr(&spec));
-    let (p, s): (serde_json::Value, serde_json::Value) =
-        (serde_json::from_slice(&plain.stdout).unwrap(), serde_json::from_slice(&spec.stdout).unwrap());
+    let (p, s): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&plain.stdout).unwrap(),
+        serde_json::from_slice(&spec.stdout).unwrap(),
+    );
     assert_eq!(p["tokens"], s["tokens"]);
     for k in [
         "target_passes",
@@ -81,9 +107,23 @@ fn speculative_json_adds_its_stats_and_matches_plain_decoding() {
 fn prompt_longer_than_the_context_is_refused() {
     let m = tiny_f32();
     let long = "the cat sat on the mat ".repeat(200);
-    fails_with(&["generate", "-m", path(&m.gguf), "-p", &long, "-n", "4"], &["context", "prompt"]);
+    fails_with(
+        &["generate", "-m", path(&m.gguf), "-p", &long, "-n", "4"],
+        &["context", "prompt"],
+    );
     // fits alone, but not with -n on top: the message says what to lower
-    fails_with(&["generate", "-m", path(&m.gguf), "-p", "the cat", "-n", "600"], &["-n"]);
+    fails_with(
+        &[
+            "generate",
+            "-m",
+            path(&m.gguf),
+            "-p",
+            "the cat",
+            "-n",
+            "600",
+        ],
+        &["-n"],
+    );
 }
 
 #[test]
@@ -92,17 +132,49 @@ fn bad_models_and_options_give_clear_errors() {
     let trunc = dir.join("cli-trunc.gguf");
     let bytes = std::fs::read(&tiny_f32().gguf).unwrap();
     std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
-    fails_with(&["generate", "-m", path(&trunc), "-p", "x"], &["cli-trunc.gguf"]);
-    fails_with(&["info", "-m", "/nonexistent/model.gguf"], &["/nonexistent/model.gguf"]);
+    fails_with(
+        &["generate", "-m", path(&trunc), "-p", "x"],
+        &["cli-trunc.gguf"],
+    );
+    fails_with(
+        &["info", "-m", "/nonexistent/model.gguf"],
+        &["/nonexistent/model.gguf"],
+    );
     let m = tiny_f32();
-    fails_with(&["generate", "-m", path(&m.gguf), "-p", "x", "--spec", "tree"], &["--draft"]);
-    let other = TinySpec { extra_vocab: 8, n_layers: 1, ..TinySpec::default() };
+    fails_with(
+        &["generate", "-m", path(&m.gguf), "-p", "x", "--spec", "tree"],
+        &["--draft"],
+    );
+    let other = TinySpec {
+        extra_vocab: 8,
+        n_layers: 1,
+        ..TinySpec::default()
+    };
     let o = write_tiny(dir, "cli-bigvocab", &other, DType::F32, DType::F32).unwrap();
     fails_with(
-        &["generate", "-m", path(&m.gguf), "-p", "x", "--draft", path(&o.gguf)],
+        &[
+            "generate",
+            "-m",
+            path(&m.gguf),
+            "-p",
+            "x",
+            "--draft",
+            path(&o.gguf),
+        ],
         &["vocabularies differ"],
     );
-    fails_with(&["generate", "-m", path(&m.gguf), "-p", "x", "--fallback", "sometimes"], &["fixed:X"]);
+    fails_with(
+        &[
+            "generate",
+            "-m",
+            path(&m.gguf),
+            "-p",
+            "x",
+            "--fallback",
+            "sometimes",
+        ],
+        &["fixed:X"],
+    );
 }
 
 #[test]
@@ -131,5 +203,8 @@ fn chat_answer_from_the_real_model() {
         "--f32-activations",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "The capital of France is Paris.");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "The capital of France is Paris."
+    );
 }

@@ -14,7 +14,12 @@ use std::path::Path;
 fn logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
     let mut b = cpu(m, Precision::F32, 2);
     let out = b.forward(&Batch::chain(tokens, 0), Want::ALL_FULL).unwrap();
-    out.dense(0).unwrap().iter().chain(out.dense(tokens.len() - 1).unwrap()).copied().collect()
+    out.dense(0)
+        .unwrap()
+        .iter()
+        .chain(out.dense(tokens.len() - 1).unwrap())
+        .copied()
+        .collect()
 }
 
 const TOKENS: [u32; 9] = [1, 40, 77, 300, 5, 120, 2, 1, 260];
@@ -25,9 +30,21 @@ const TOKENS: [u32; 9] = [1, 40, 77, 300, 5, 120, 2, 1, 260];
 fn gguf_and_hf_give_the_same_logits() {
     for spec in [
         TinySpec::default(),
-        TinySpec { tied: false, seed: 3, ..Default::default() },
-        TinySpec { arch: llmcad::model::Arch::Qwen2, seed: 4, ..Default::default() },
-        TinySpec { n_kv_heads: 4, seed: 5, ..Default::default() },
+        TinySpec {
+            tied: false,
+            seed: 3,
+            ..Default::default()
+        },
+        TinySpec {
+            arch: llmcad::model::Arch::Qwen2,
+            seed: 4,
+            ..Default::default()
+        },
+        TinySpec {
+            n_kv_heads: 4,
+            seed: 5,
+            ..Default::default()
+        },
     ] {
         let name = format!("eq-{:?}-{}", spec.arch, spec.seed);
         let t = write_tiny(scratch_dir(), &name, &spec, DType::F32, DType::F32).unwrap();
@@ -46,10 +63,20 @@ fn gguf_and_hf_give_the_same_logits() {
 /// GGUF of the same weights holds, so the logits are identical.
 #[test]
 fn quantize_on_load_matches_a_quantized_gguf() {
-    let spec = TinySpec { seed: 9, ..Default::default() };
+    let spec = TinySpec {
+        seed: 9,
+        ..Default::default()
+    };
     let f32m = write_tiny(scratch_dir(), "q-f32", &spec, DType::Q8_0, DType::F32).unwrap();
     let q_gguf = load(&f32m.gguf);
-    let q_hf = Model::load(&f32m.hf_dir, &LoadOptions { quantize: Some(DType::Q8_0), progress: false }).unwrap();
+    let q_hf = Model::load(
+        &f32m.hf_dir,
+        &LoadOptions {
+            quantize: Some(DType::Q8_0),
+            progress: false,
+        },
+    )
+    .unwrap();
     assert!(q_hf.weights.layers[0].wq.dtype == DType::Q8_0);
     let a = logits(&q_gguf, &TOKENS);
     let b = logits(&q_hf, &TOKENS);
@@ -63,7 +90,14 @@ fn quantize_on_load_matches_a_quantized_gguf() {
         assert!(err < bound, "{dt}: {err}");
     }
     let q4m = write_tiny(scratch_dir(), "q4-gguf", &spec, DType::Q4_0, DType::F32).unwrap();
-    let q4 = Model::load(&f32m.hf_dir, &LoadOptions { quantize: Some(DType::Q4_0), progress: false }).unwrap();
+    let q4 = Model::load(
+        &f32m.hf_dir,
+        &LoadOptions {
+            quantize: Some(DType::Q4_0),
+            progress: false,
+        },
+    )
+    .unwrap();
     let err = rel_err(&logits(&q4, &TOKENS), &logits(&load(&q4m.gguf), &TOKENS));
     assert!(err < 1e-6, "q4_0 on load vs a Q4_0 GGUF: {err}");
 }
@@ -88,7 +122,10 @@ fn tiny_gguf_bytes() -> Vec<u8> {
 fn truncated_gguf_is_refused() {
     let bytes = tiny_gguf_bytes();
     let dir = scratch_dir();
-    for (i, cut) in [3usize, 20, 100, 5000, bytes.len() - 1].into_iter().enumerate() {
+    for (i, cut) in [3usize, 20, 100, 5000, bytes.len() - 1]
+        .into_iter()
+        .enumerate()
+    {
         let p = dir.join(format!("trunc{i}.gguf"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
         // the tiny GGUF's header (vocabulary, merges) is longer than 5000 bytes
@@ -106,7 +143,10 @@ fn truncated_gguf_is_refused() {
 /// Finds the tensor-info record of `name` in a GGUF and returns the offset of its type field.
 fn tensor_type_offset(bytes: &[u8], name: &str) -> usize {
     let needle = [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();
-    let at = bytes.windows(needle.len()).position(|w| w == needle.as_slice()).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .unwrap();
     let dims_at = at + needle.len();
     let n_dims = u32::from_le_bytes(bytes[dims_at..dims_at + 4].try_into().unwrap()) as usize;
     dims_at + 4 + 8 * n_dims
@@ -159,10 +199,15 @@ fn config_with_missing_fields_is_refused() {
     let src = &tiny_f32().hf_dir;
     let dir = scratch_dir().join("bad-config");
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     cfg.as_object_mut().unwrap().remove("num_hidden_layers");
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let e = expect_err(&dir, &["num_hidden_layers"]);
@@ -176,10 +221,15 @@ fn wrong_tensor_shape_is_refused() {
     let src = &tiny_f32().hf_dir;
     let dir = scratch_dir().join("bad-shape");
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     cfg["intermediate_size"] = 96.into();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     expect_err(&dir, &["mlp.gate_proj.weight", "expected [96, 64]"]);

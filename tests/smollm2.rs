@@ -30,9 +30,23 @@ fn run_references(m: &Model, precision: Precision) -> (usize, usize) {
     let mut b = cpu(m, precision, 2);
     let (mut chat, mut matched) = (0, 0);
     for r in references() {
-        assert_eq!(m.encode_prompt(&r.prompt_text).unwrap(), r.prompt_ids, "{}", r.prompt);
-        let got = greedy(&mut b, &r.prompt_ids, r.output_ids.len(), &m.config.special.stop);
-        let same = got.iter().zip(&r.output_ids).take_while(|(a, b)| a == b).count();
+        assert_eq!(
+            m.encode_prompt(&r.prompt_text).unwrap(),
+            r.prompt_ids,
+            "{}",
+            r.prompt
+        );
+        let got = greedy(
+            &mut b,
+            &r.prompt_ids,
+            r.output_ids.len(),
+            &m.config.special.stop,
+        );
+        let same = got
+            .iter()
+            .zip(&r.output_ids)
+            .take_while(|(a, b)| a == b)
+            .count();
         let ok = got == r.output_ids;
         eprintln!(
             "{precision:?} {} {:?}: {same}/{} tokens agree{}",
@@ -54,7 +68,10 @@ fn f32_path_reproduces_every_chat_reference() {
     let Some(m) = target() else { return };
     let (matched, chat) = run_references(m, Precision::F32);
     assert!(chat >= 6);
-    assert_eq!(matched, chat, "the exact f32 path must match every chat line");
+    assert_eq!(
+        matched, chat,
+        "the exact f32 path must match every chat line"
+    );
 }
 
 #[test]
@@ -70,7 +87,10 @@ fn speculation_with_the_distilled_drafter_is_lossless() {
     let Some(m) = target() else { return };
     let d = drafter();
     assert!(llmcad::spec::check_pair(m, d).unwrap().is_empty());
-    let template = m.chat_template.as_ref().expect("SmolLM2 has a chat template");
+    let template = m
+        .chat_template
+        .as_ref()
+        .expect("SmolLM2 has a chat template");
     // the benchmark's prompt set: twenty varied chat requests
     let prompts: Vec<&str> = include_str!("../benches/prompts.txt").lines().collect();
     assert_eq!(prompts.len(), 20);
@@ -93,7 +113,7 @@ fn speculation_with_the_distilled_drafter_is_lossless() {
     let (mut passes, mut emitted) = (0, 0);
     for p in &prompts {
         let text = template
-            .render(&[llmcad::tokenizer::ChatMessage::new("user", p)], true)
+            .render(&[llmcad::tokenizer::ChatMessage::new("user", *p)], true)
             .unwrap();
         let prompt = m.encode_prompt(&text).unwrap();
         let mut t = cpu(m, Precision::default(), 2);
@@ -103,8 +123,9 @@ fn speculation_with_the_distilled_drafter_is_lossless() {
         for spec in &modes {
             let mut t = cpu(m, Precision::default(), 2);
             let mut dr = cpu(d, Precision::default(), 2);
-            let out = generate_speculative(&mut t, &mut dr, &prompt, &[], &opts, spec, &mut |_| true)
-                .unwrap();
+            let out =
+                generate_speculative(&mut t, &mut dr, &prompt, &[], &opts, spec, &mut |_| true)
+                    .unwrap();
             assert_eq!(out.generation.tokens, want, "{p:?} with {spec:?}");
             passes += out.generation.stats.target_passes;
             emitted += out.spec.emitted_tokens;
@@ -112,5 +133,8 @@ fn speculation_with_the_distilled_drafter_is_lossless() {
     }
     let per_pass = emitted as f64 / passes as f64;
     eprintln!("mean tokens per target pass over all modes: {per_pass:.2}");
-    assert!(per_pass > 1.5, "the distilled drafter should be accepted often ({per_pass:.2})");
+    assert!(
+        per_pass > 1.5,
+        "the distilled drafter should be accepted often ({per_pass:.2})"
+    );
 }

@@ -36,13 +36,27 @@ fn family(dtype: DType) -> &'static Family {
         let tensors = spec.tensors();
         // targets load from GGUF, drafters from HF directories (pairs may mix formats)
         let write = |name: &str, s: &TinySpec, t: &[_]| {
-            let m = write_model(scratch_dir(), &format!("spec-{dtype}-{name}"), &s.config(), t, dtype, DType::F32)
-                .unwrap();
+            let m = write_model(
+                scratch_dir(),
+                &format!("spec-{dtype}-{name}"),
+                &s.config(),
+                t,
+                dtype,
+                DType::F32,
+            )
+            .unwrap();
             if name == "target" {
                 load(&m.gguf)
             } else {
                 let quantize = (dtype != DType::F32).then_some(dtype);
-                Model::load(&m.hf_dir, &LoadOptions { quantize, progress: false }).unwrap()
+                Model::load(
+                    &m.hf_dir,
+                    &LoadOptions {
+                        quantize,
+                        progress: false,
+                    },
+                )
+                .unwrap()
             }
         };
         let target = write("target", &spec, &tensors);
@@ -87,8 +101,16 @@ fn spec_run(
 ) -> llmcad::spec::SpecGeneration {
     let mut t = cpu(target, Precision::default(), 2);
     let mut d: CpuBackend = cpu(drafter, Precision::default(), 1);
-    generate_speculative(&mut t, &mut d, prompt, &target.config.special.stop, opts, spec, &mut |_| true)
-        .unwrap()
+    generate_speculative(
+        &mut t,
+        &mut d,
+        prompt,
+        &target.config.special.stop,
+        opts,
+        spec,
+        &mut |_| true,
+    )
+    .unwrap()
 }
 
 fn modes() -> Vec<SpecOptions> {
@@ -108,6 +130,10 @@ fn modes() -> Vec<SpecOptions> {
         tree(Some(64), 20, 0.02, FallbackPolicy::Fixed(0.0)),
         tree(Some(9), 3, 0.0, FallbackPolicy::Fixed(0.0)),
         tree(Some(32), 12, 0.3, FallbackPolicy::Fixed(0.2)),
+        SpecOptions {
+            overlap: false,
+            ..tree(Some(16), 8, 0.1, FallbackPolicy::Adaptive)
+        },
     ];
     for k in [1, 2, 4, 8] {
         m.push(SpecOptions {
@@ -151,8 +177,14 @@ fn greedy_agrees(dtype: DType) {
         }
     }
     // the checks above mean something only if drafts were both accepted and rejected
-    assert!(accepted > drafted / 10, "{accepted} of {drafted} drafted tokens accepted");
-    assert!(rejected_rounds > 10, "only {rejected_rounds} runs saw a rejection");
+    assert!(
+        accepted > drafted / 10,
+        "{accepted} of {drafted} drafted tokens accepted"
+    );
+    assert!(
+        rejected_rounds > 10,
+        "only {rejected_rounds} runs saw a rejection"
+    );
 }
 
 #[test]
@@ -176,10 +208,21 @@ fn stops_at_end_of_sequence_like_the_target() {
     };
     let mut t = cpu(&f.target, Precision::default(), 1);
     let mut d = cpu(&f.drafters[0], Precision::default(), 1);
-    let out = generate_speculative(&mut t, &mut d, &[5, 6], &stop, &opts, &SpecOptions::default(), &mut |_| true)
-        .unwrap();
+    let out = generate_speculative(
+        &mut t,
+        &mut d,
+        &[5, 6],
+        &stop,
+        &opts,
+        &SpecOptions::default(),
+        &mut |_| true,
+    )
+    .unwrap();
     assert_eq!(out.generation.tokens.len(), 1);
-    assert_eq!(out.generation.stop, llmcad::generate::StopReason::EndOfSequence);
+    assert_eq!(
+        out.generation.stop,
+        llmcad::generate::StopReason::EndOfSequence
+    );
     // a callback that stops after 3 tokens
     let mut seen = 0;
     let opts = GenerateOptions {
@@ -189,10 +232,18 @@ fn stops_at_end_of_sequence_like_the_target() {
     };
     let mut t = cpu(&f.target, Precision::default(), 1);
     let mut d = cpu(&f.drafters[0], Precision::default(), 1);
-    let out = generate_speculative(&mut t, &mut d, &[5, 6], &[], &opts, &SpecOptions::default(), &mut |_| {
-        seen += 1;
-        seen < 3
-    })
+    let out = generate_speculative(
+        &mut t,
+        &mut d,
+        &[5, 6],
+        &[],
+        &opts,
+        &SpecOptions::default(),
+        &mut |_| {
+            seen += 1;
+            seen < 3
+        },
+    )
     .unwrap();
     assert_eq!(out.generation.tokens.len(), 3);
     assert_eq!(out.generation.stop, llmcad::generate::StopReason::Cancelled);
@@ -215,6 +266,18 @@ fn a_perfect_drafter_is_always_accepted() {
     assert_eq!(out.generation.stats.target_passes, 8);
     assert_eq!(out.spec.accepted_tokens, 32);
     assert_eq!(out.spec.mean_accepted_per_pass(8), 5.0);
+
+    // a tree with a perfect drafter: what was drafted during verification gets used
+    let spec = SpecOptions {
+        max_nodes: Some(4),
+        max_depth: 3,
+        fallback: FallbackPolicy::Fixed(0.0),
+        ..SpecOptions::default()
+    };
+    let out = spec_run(&f.target, &f.drafters[0], &[1, 2, 3], &opts, &spec);
+    assert!(out.spec.overlap_drafted > 0);
+    assert!(out.spec.overlap_kept > 0, "{:?}", out.spec);
+    assert_eq!(out.generation.tokens, plain(&f.target, &[1, 2, 3], &opts));
 }
 
 /// Upper tail of the chi-square distribution at p = 0.001 (Wilson–Hilferty).
@@ -231,7 +294,10 @@ fn homogeneity(a: &HashMap<Vec<u32>, usize>, b: &HashMap<Vec<u32>, usize>) -> (f
     keys.dedup();
     let mut stat = 0.0;
     for k in &keys {
-        let (x, y) = (*a.get(*k).unwrap_or(&0) as f64, *b.get(*k).unwrap_or(&0) as f64);
+        let (x, y) = (
+            *a.get(*k).unwrap_or(&0) as f64,
+            *b.get(*k).unwrap_or(&0) as f64,
+        );
         stat += (x - y).powi(2) / (x + y);
     }
     (stat, keys.len() - 1)
@@ -275,12 +341,20 @@ fn speculative_sampling_keeps_the_target_distribution() {
     for seed in runs..2 * runs {
         let out = spec_run(&f.target, &f.drafters[1], &prompt, &opts(seed), &spec);
         accepted += out.spec.accepted_tokens;
-        *spec_counts.entry(out.generation.tokens[1..].to_vec()).or_insert(0) += 1;
+        *spec_counts
+            .entry(out.generation.tokens[1..].to_vec())
+            .or_insert(0) += 1;
     }
-    assert!(accepted > runs as usize / 2, "speculation must be exercised ({accepted} accepted)");
+    assert!(
+        accepted > runs as usize / 2,
+        "speculation must be exercised ({accepted} accepted)"
+    );
     let (stat, df) = homogeneity(&plain_counts, &spec_counts);
     assert!(df >= 3, "the test needs several outcomes, got {}", df + 1);
-    assert!(stat < chi2_critical(df), "chi-square {stat:.1} over {df} degrees of freedom");
+    assert!(
+        stat < chi2_critical(df),
+        "chi-square {stat:.1} over {df} degrees of freedom"
+    );
 
     // the same test rejects a sampler that is not the target's: greedy drafts taken as is
     let mut biased = HashMap::new();
@@ -291,7 +365,10 @@ fn speculative_sampling_keeps_the_target_distribution() {
         *biased.entry(out.tokens[1..].to_vec()).or_insert(0) += 1;
     }
     let (stat, df) = homogeneity(&plain_counts, &biased);
-    assert!(stat > chi2_critical(df), "a wrong distribution must fail ({stat:.1}, df {df})");
+    assert!(
+        stat > chi2_critical(df),
+        "a wrong distribution must fail ({stat:.1}, df {df})"
+    );
 }
 
 #[test]
@@ -305,8 +382,15 @@ fn mismatched_pairs_are_refused() {
         n_layers: 1,
         ..TinySpec::default()
     };
-    let m = write_model(scratch_dir(), "spec-bigvocab", &spec.config(), &spec.tensors(), DType::F32, DType::F32)
-        .unwrap();
+    let m = write_model(
+        scratch_dir(),
+        "spec-bigvocab",
+        &spec.config(),
+        &spec.tensors(),
+        DType::F32,
+        DType::F32,
+    )
+    .unwrap();
     let other = load(&m.gguf);
     let err = check_pair(&f.target, &other).unwrap_err().to_string();
     assert!(err.contains("vocabularies differ"), "{err}");

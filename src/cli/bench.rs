@@ -80,7 +80,11 @@ fn cpu_table(a: &BenchArgs, m: &Model) -> anyhow::Result<serde_json::Value> {
     let mut prompt = m.tokenizer.encode(PROMPTS)?;
     prompt.truncate(a.n_prompt.max(1));
     println!("\n{} on the CPU ({:?})", m.name, a.run.precision());
-    println!("| threads | prompt tokens/s (pp{}) | decode tokens/s (tg{}) |", prompt.len(), a.n_gen);
+    println!(
+        "| threads | prompt tokens/s (pp{}) | decode tokens/s (tg{}) |",
+        prompt.len(),
+        a.n_gen
+    );
     println!("|---|---|---|");
     let mut rows = Vec::new();
     for &t in &a.thread_counts {
@@ -122,8 +126,14 @@ fn spec_modes() -> Vec<(String, Option<SpecOptions>)> {
         fallback,
         ..SpecOptions::default()
     };
-    modes.push(("tree adaptive, cost-sized".into(), Some(tree(None, FallbackPolicy::Adaptive))));
-    modes.push(("tree adaptive, 32 nodes".into(), Some(tree(Some(32), FallbackPolicy::Adaptive))));
+    modes.push((
+        "tree adaptive, cost-sized".into(),
+        Some(tree(None, FallbackPolicy::Adaptive)),
+    ));
+    modes.push((
+        "tree adaptive, 32 nodes".into(),
+        Some(tree(Some(32), FallbackPolicy::Adaptive)),
+    ));
     for x in [0.01, 0.05, 0.2] {
         modes.push((
             format!("tree fixed:{x}, 32 nodes"),

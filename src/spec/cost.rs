@@ -52,7 +52,10 @@ impl CostCurve {
             0 => 0.0,
             1 => p[0].1 * n as f64 / p[0].0 as f64,
             _ => {
-                let i = p.windows(2).position(|w| n <= w[1].0).unwrap_or(p.len() - 2);
+                let i = p
+                    .windows(2)
+                    .position(|w| n <= w[1].0)
+                    .unwrap_or(p.len() - 2);
                 let ((n0, t0), (n1, t1)) = (p[i], p[i + 1]);
                 t0 + (t1 - t0) * (n as f64 - n0 as f64) / (n1 - n0) as f64
             }
@@ -129,7 +132,8 @@ impl CostModel {
                 .push(round.accepted as f64 / round.drafted_conf);
         }
         if round.emitted > 0 {
-            self.ms_per_token.push(round.total_ms / round.emitted as f64);
+            self.ms_per_token
+                .push(round.total_ms / round.emitted as f64);
         }
     }
 }

@@ -2,13 +2,14 @@
 //! accepted path (plus the target's own token) is emitted and committed to both caches.
 
 use super::cost::{CostCurve, CostModel, RoundCost, CURVE_SIZES};
-use super::drafter::{Drafter, TreeShape};
+use super::drafter::{Draft, Drafter, Extension, TreeShape};
 use super::fallback::{Fallback, FallbackPolicy, Outcome, ThresholdTrace};
 use super::verify::{accept, Verdict};
-use crate::backend::{Backend, Rows, Want};
-use crate::error::Result;
+use crate::backend::{Backend, Batch, Logits, Rows, Want};
+use crate::error::{Error, Result};
 use crate::generate::{check_context, prefill, GenerateOptions, Generation, StopReason};
 use crate::sampling::{next_token, SamplerRng};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How drafts are shaped.
@@ -29,6 +30,8 @@ pub struct SpecOptions {
     pub max_depth: usize,
     pub branch_threshold: f32,
     pub max_children: usize,
+    /// Keep drafting on another thread while the target verifies (tree mode).
+    pub overlap: bool,
 }
 
 /// The node cap when trees are sized by cost (the verifier kernels are tuned up to 64).
@@ -43,6 +46,7 @@ impl Default for SpecOptions {
             max_depth: 12,
             branch_threshold: 0.3,
             max_children: 4,
+            overlap: true,
         }
     }
 }
@@ -75,6 +79,9 @@ pub struct SpecStats {
     pub draft_time: Duration,
     pub verify_time: Duration,
     pub threshold: ThresholdTrace,
+    /// Nodes drafted while the target verified, and how many of them were used.
+    pub overlap_drafted: usize,
+    pub overlap_kept: usize,
     /// The verifier's measured pass time vs nodes, when trees were sized by cost.
     pub cost_curve: Option<CostCurve>,
 }
@@ -140,7 +147,12 @@ pub fn generate_speculative(
     stats.prompt_tokens = prompt.len();
 
     let t0 = Instant::now();
-    let logits = prefill(target, prompt, opts.prefill_chunk, params.candidates_needed())?;
+    let logits = prefill(
+        target,
+        prompt,
+        opts.prefill_chunk,
+        params.candidates_needed(),
+    )?;
     let mut history = prompt.to_vec();
     let mut root = next_token(params, &logits, 0, &history, &mut rng);
     stats.prompt_time = t0.elapsed();
@@ -148,18 +160,17 @@ pub fn generate_speculative(
     let t1 = Instant::now();
     let shape = spec.shape();
     let mut cost = match (&spec.mode, spec.max_nodes) {
-        (SpecMode::Tree, None) => Some(CostModel::new(CostCurve::measure(
-            target,
-            &CURVE_SIZES,
-            2,
-        )?)),
+        (SpecMode::Tree, None) => {
+            Some(CostModel::new(CostCurve::measure(target, &CURVE_SIZES, 2)?))
+        }
         _ => None,
     };
     let mut fallback = Fallback::new(match spec.mode {
         SpecMode::Tree => spec.fallback,
         SpecMode::Chain { .. } => FallbackPolicy::Fixed(0.0),
     });
-    let mut drafter = Drafter::new(drafter, prompt, opts.prefill_chunk);
+    let mut drafter = Drafter::new(drafter, prompt, opts.prefill_chunk, shape.max_children);
+    let overlap = spec.overlap && spec.mode == SpecMode::Tree;
     let tokens = &mut out.generation.tokens;
     let stop = 'outer: loop {
         // the root is the target's token: emit it before drafting past it
@@ -191,10 +202,16 @@ pub fn generate_speculative(
         let draft_ms = round.elapsed();
 
         let t = Instant::now();
-        let logits = target.forward(&draft.tree.batch(committed), want)?;
+        let batch = draft.tree.batch(committed);
+        let (logits, extension) = if overlap {
+            verify_while_drafting(target, &mut drafter, &draft, &batch, want, shape.max_depth)?
+        } else {
+            (target.forward(&batch, want)?, None)
+        };
         let verdict = accept(params, &draft.tree, &logits, &history, &mut rng);
         target.kv_compact(committed, &verdict.path)?;
-        drafter.commit(&draft, &verdict.path)?;
+        out.spec.overlap_drafted += extension.as_ref().map_or(0, |e| e.len());
+        out.spec.overlap_kept += drafter.commit(&draft, &verdict.path, verdict.next, extension)?;
         out.spec.verify_time += t.elapsed();
         out.spec.draft_time += draft_ms;
 
@@ -211,10 +228,7 @@ pub fn generate_speculative(
             c.record(&RoundCost {
                 draft_ms: draft_ms.as_secs_f64() * 1e3,
                 draft_passes: draft.passes,
-                drafted_conf: draft.tree.nodes()[1..]
-                    .iter()
-                    .map(|n| n.conf as f64)
-                    .sum(),
+                drafted_conf: draft.tree.nodes()[1..].iter().map(|n| n.conf as f64).sum(),
                 accepted,
                 total_ms: round.elapsed().as_secs_f64() * 1e3,
                 emitted: accepted + 1,
@@ -243,11 +257,37 @@ pub fn generate_speculative(
     Ok(out)
 }
 
+/// Runs the target over the tree while the drafter, on another thread, drafts a chain below
+/// the tree's most likely leaf; the drafter stops as soon as the target is done.
+fn verify_while_drafting(
+    target: &mut dyn Backend,
+    drafter: &mut Drafter,
+    draft: &Draft,
+    batch: &Batch,
+    want: Want,
+    max_steps: usize,
+) -> Result<(Logits, Option<Extension>)> {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| drafter.extend(draft, &stop, max_steps));
+        let verified = target.forward(batch, want);
+        stop.store(true, Ordering::Release);
+        let extension = worker
+            .join()
+            .map_err(|_| Error::InvalidArgument("the drafting thread panicked".into()))?;
+        Ok((verified?, Some(extension?)))
+    })
+}
+
 /// Whether verification found an error in the drafted tree, for the fallback policy.
 fn outcome(tree: &super::TokenTree, v: &Verdict) -> Outcome {
     let last = *v.path.last().expect("the root is always accepted");
     // no child of the last accepted node matched the target's token (or it would be accepted)
-    match tree.children(last).map(|c| tree.node(c).conf).reduce(f32::max) {
+    match tree
+        .children(last)
+        .map(|c| tree.node(c).conf)
+        .reduce(f32::max)
+    {
         Some(conf) => Outcome::Rejected { conf },
         None => Outcome::NoError,
     }

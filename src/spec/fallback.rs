@@ -175,7 +175,9 @@ mod tests {
         f.record(Outcome::Rejected { conf: 0.5 });
         assert!((f.threshold() - (0.005f32 * 0.5).sqrt()).abs() < 1e-6);
         let before = f.threshold();
-        f.record(Outcome::Rejected { conf: before / 16.0 });
+        f.record(Outcome::Rejected {
+            conf: before / 16.0,
+        });
         assert!((f.threshold() - before / 4.0).abs() < 1e-6);
         for _ in 0..100 {
             f.record(Outcome::NoError);
@@ -187,7 +189,10 @@ mod tests {
         assert_eq!(f.threshold(), MAX_ALPHA);
         let t = f.trace();
         assert_eq!(t.count, 204, "the start and every update");
-        assert_eq!((t.first, t.min, t.max, t.last), (START_ALPHA, MIN_ALPHA, MAX_ALPHA, MAX_ALPHA));
+        assert_eq!(
+            (t.first, t.min, t.max, t.last),
+            (START_ALPHA, MIN_ALPHA, MAX_ALPHA, MAX_ALPHA)
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@ pub fn check_pair(target: &Model, drafter: &Model) -> Result<Vec<String>> {
             drafter.name, target.name
         )))
     };
-    let (tv, dv) = (target.tokenizer.vocab_size(), drafter.tokenizer.vocab_size());
+    let (tv, dv) = (
+        target.tokenizer.vocab_size(),
+        drafter.tokenizer.vocab_size(),
+    );
     if tv != dv || target.config.vocab != drafter.config.vocab {
         return mismatch(format!(
             "vocabularies differ ({tv} tokens / {} logits vs {dv} / {})",
@@ -27,7 +30,9 @@ pub fn check_pair(target: &Model, drafter: &Model) -> Result<Vec<String>> {
             drafter.tokenizer.id_to_token(id),
         );
         if a != b {
-            return mismatch(format!("token {id} is {a:?} in the target, {b:?} in the drafter"));
+            return mismatch(format!(
+                "token {id} is {a:?} in the target, {b:?} in the drafter"
+            ));
         }
     }
     let (ts, ds) = (&target.config.special, &drafter.config.special);

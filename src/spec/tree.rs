@@ -53,7 +53,9 @@ impl TokenTree {
     /// Adds `token` under `parent`, or returns the existing sibling with the same token
     /// (identical siblings are merged; the better probability is kept).
     pub fn add_child(&mut self, parent: usize, token: u32, prob: f32) -> usize {
-        let same = self.children(parent).find(|&c| self.nodes[c].token == token);
+        let same = self
+            .children(parent)
+            .find(|&c| self.nodes[c].token == token);
         if let Some(i) = same {
             if prob > self.nodes[i].prob {
                 self.nodes[i].prob = prob;

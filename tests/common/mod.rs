@@ -13,36 +13,74 @@ use std::sync::OnceLock;
 /// A directory that lives as long as the test process.
 pub fn scratch_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path()
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
 }
 
 /// The default tiny target, F32 in both formats.
 pub fn tiny_f32() -> &'static TinyModel {
     static M: OnceLock<TinyModel> = OnceLock::new();
-    M.get_or_init(|| write_tiny(scratch_dir(), "tiny-f32", &TinySpec::default(), DType::F32, DType::F32).unwrap())
+    M.get_or_init(|| {
+        write_tiny(
+            scratch_dir(),
+            "tiny-f32",
+            &TinySpec::default(),
+            DType::F32,
+            DType::F32,
+        )
+        .unwrap()
+    })
 }
 
 /// A tiny target and a drafter derived from it (same vocabulary, fewer noisy layers), GGUF.
 pub fn tiny_pair(dtype: DType) -> (PathBuf, PathBuf) {
-    let spec = TinySpec { n_layers: 4, seed: 11, ..TinySpec::default() };
+    let spec = TinySpec {
+        n_layers: 4,
+        seed: 11,
+        ..TinySpec::default()
+    };
     let target = spec.tensors();
     let name = format!("pair-{dtype}");
-    let t = write_model(scratch_dir(), &format!("{name}-target"), &spec.config(), &target, dtype, DType::F32).unwrap();
-    let dspec = TinySpec { n_layers: 1, ..spec.clone() };
+    let t = write_model(
+        scratch_dir(),
+        &format!("{name}-target"),
+        &spec.config(),
+        &target,
+        dtype,
+        DType::F32,
+    )
+    .unwrap();
+    let dspec = TinySpec {
+        n_layers: 1,
+        ..spec.clone()
+    };
     let d = derive_drafter(&target, 1, 0.3, 5);
-    let d = write_model(scratch_dir(), &format!("{name}-draft"), &dspec.config(), &d, dtype, DType::F32).unwrap();
+    let d = write_model(
+        scratch_dir(),
+        &format!("{name}-draft"),
+        &dspec.config(),
+        &d,
+        dtype,
+        DType::F32,
+    )
+    .unwrap();
     (t.gguf, d.gguf)
 }
 
 pub fn load(path: &Path) -> Model {
-    Model::load(path, &LoadOptions::default()).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+    Model::load(path, &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 
 pub fn cpu(m: &Model, precision: Precision, threads: usize) -> CpuBackend {
     CpuBackend::new(
         m.config.clone(),
         m.weights.clone(),
-        &CpuOptions { threads, precision, context: m.config.max_context },
+        &CpuOptions {
+            threads,
+            precision,
+            context: m.config.max_context,
+        },
     )
 }
 
@@ -60,12 +98,16 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 /// The real SmolLM2 GGUF. Missing → the test fails with instructions, unless
 /// LLMCAD_SKIP_REAL_MODEL=1, when it prints a notice and the caller returns.
 pub fn real_model() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
     if p.exists() {
         return Some(p);
     }
     if std::env::var("LLMCAD_SKIP_REAL_MODEL").as_deref() == Ok("1") {
-        eprintln!("NOTICE: skipping a real-model test: {} is missing (LLMCAD_SKIP_REAL_MODEL=1)", p.display());
+        eprintln!(
+            "NOTICE: skipping a real-model test: {} is missing (LLMCAD_SKIP_REAL_MODEL=1)",
+            p.display()
+        );
         return None;
     }
     panic!("{} is missing: run models/fetch-smollm2.sh (or set LLMCAD_SKIP_REAL_MODEL=1 to skip locally)", p.display());
@@ -85,11 +127,18 @@ pub struct Reference {
 }
 
 pub fn references() -> Vec<Reference> {
-    let text = std::fs::read_to_string(shared().join("reference/smollm2_greedy.jsonl")).expect("reference file");
+    let text = std::fs::read_to_string(shared().join("reference/smollm2_greedy.jsonl"))
+        .expect("reference file");
     text.lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let ids = |k: &str| v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let ids = |k: &str| {
+                v[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect()
+            };
             Reference {
                 kind: v["kind"].as_str().unwrap().into(),
                 prompt: v["prompt"].as_str().unwrap().into(),
@@ -103,7 +152,12 @@ pub fn references() -> Vec<Reference> {
 
 /// Greedy continuation of `prompt` for `n` tokens (stopping at a stop token).
 pub fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize, stop: &[u32]) -> Vec<u32> {
-    let opts = llmcad::generate::GenerateOptions { max_tokens: n, ..Default::default() };
+    let opts = llmcad::generate::GenerateOptions {
+        max_tokens: n,
+        ..Default::default()
+    };
     b.kv_truncate(0);
-    llmcad::generate::generate(b, prompt, stop, &opts, &mut |_| true).unwrap().tokens
+    llmcad::generate::generate(b, prompt, stop, &opts, &mut |_| true)
+        .unwrap()
+        .tokens
 }
