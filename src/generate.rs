@@ -93,6 +93,35 @@ pub struct Generation {
     pub stats: Stats,
 }
 
+/// Where emitted tokens go: the output and the sampler's history.
+pub(crate) struct Output<'a> {
+    pub tokens: &'a mut Vec<u32>,
+    pub history: &'a mut Vec<u32>,
+}
+
+impl Output<'_> {
+    /// Emits `token` and says why generation must stop after it, if it must.
+    pub fn emit(
+        &mut self,
+        token: u32,
+        stop_ids: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Option<StopReason> {
+        self.tokens.push(token);
+        self.history.push(token);
+        if !on_token(token) {
+            Some(StopReason::Cancelled)
+        } else if !opts.ignore_eos && stop_ids.contains(&token) {
+            Some(StopReason::EndOfSequence)
+        } else if self.tokens.len() >= opts.max_tokens {
+            Some(StopReason::MaxTokens)
+        } else {
+            None
+        }
+    }
+}
+
 /// Checks that `prompt_len + max_tokens` fits the backend's context before any work.
 pub fn check_context(prompt_len: usize, max_tokens: usize, backend: &dyn Backend) -> Result<()> {
     let limit = backend.kv_capacity();
@@ -169,16 +198,12 @@ pub fn generate(
             break StopReason::MaxTokens;
         }
         let next = next_token(&opts.sampling, &logits, 0, &history, &mut rng);
-        tokens.push(next);
-        history.push(next);
-        if !on_token(next) {
-            break StopReason::Cancelled;
-        }
-        if !opts.ignore_eos && stop_ids.contains(&next) {
-            break StopReason::EndOfSequence;
-        }
-        if tokens.len() == opts.max_tokens {
-            break StopReason::MaxTokens;
+        let mut out = Output {
+            tokens: &mut tokens,
+            history: &mut history,
+        };
+        if let Some(stop) = out.emit(next, stop_ids, opts, on_token) {
+            break stop;
         }
         let batch = Batch::chain(&[next], backend.kv_len());
         logits = backend.forward(

@@ -394,4 +394,22 @@ fn mismatched_pairs_are_refused() {
     let other = load(&m.gguf);
     let err = check_pair(&f.target, &other).unwrap_err().to_string();
     assert!(err.contains("vocabularies differ"), "{err}");
+    // same vocabulary, another end-of-sequence token
+    let small = TinySpec {
+        n_layers: 1,
+        ..TinySpec::default()
+    };
+    let m = write_model(
+        scratch_dir(),
+        "spec-eos",
+        &small.config(),
+        &small.tensors(),
+        DType::F32,
+        DType::F32,
+    )
+    .unwrap();
+    let mut other = load(&m.gguf);
+    other.config.special.eos = Some(7);
+    let err = check_pair(&f.target, &other).unwrap_err().to_string();
+    assert!(err.contains("EOS"), "{err}");
 }

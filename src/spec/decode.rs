@@ -7,7 +7,7 @@ use super::fallback::{Fallback, FallbackPolicy, Outcome, ThresholdTrace};
 use super::verify::{accept, Verdict};
 use crate::backend::{Backend, Batch, Logits, Rows, Want};
 use crate::error::{Error, Result};
-use crate::generate::{check_context, prefill, GenerateOptions, Generation, StopReason};
+use crate::generate::{check_context, prefill, GenerateOptions, Generation, Output, StopReason};
 use crate::sampling::{next_token, SamplerRng};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -174,18 +174,14 @@ pub fn generate_speculative(
     let tokens = &mut out.generation.tokens;
     let stop = 'outer: loop {
         // the root is the target's token: emit it before drafting past it
-        tokens.push(root);
-        history.push(root);
-        if !on_token(root) {
-            break StopReason::Cancelled;
-        }
-        if !opts.ignore_eos && stop_ids.contains(&root) {
-            break StopReason::EndOfSequence;
+        let mut output = Output {
+            tokens,
+            history: &mut history,
+        };
+        if let Some(stop) = output.emit(root, stop_ids, opts, on_token) {
+            break stop;
         }
         let remaining = opts.max_tokens - tokens.len();
-        if remaining == 0 {
-            break StopReason::MaxTokens;
-        }
 
         let round = Instant::now();
         let committed = target.kv_len();
@@ -237,14 +233,13 @@ pub fn generate_speculative(
 
         let emitted = verdict.emitted(&draft.tree);
         let (accepted_tokens, next) = emitted.split_at(emitted.len() - 1);
+        let mut output = Output {
+            tokens,
+            history: &mut history,
+        };
         for &tok in accepted_tokens {
-            tokens.push(tok);
-            history.push(tok);
-            if !on_token(tok) {
-                break 'outer StopReason::Cancelled;
-            }
-            if !opts.ignore_eos && stop_ids.contains(&tok) {
-                break 'outer StopReason::EndOfSequence;
+            if let Some(stop) = output.emit(tok, stop_ids, opts, on_token) {
+                break 'outer stop;
             }
         }
         root = next[0];
