@@ -1,0 +1,89 @@
+// y[t, row] = Σ_c W[row, c] · x[t, c] for up to 64 tokens per workgroup tile.
+//
+// A workgroup owns ROWS weight rows. Per chunk of CHUNK columns it decodes those rows once into
+// workgroup memory, then every thread multiplies them with the activations of its tokens. Each
+// output is one thread's sequential sum over the columns, so a (row, token) result is the same
+// computation for any batch size and any slot: tree verification reproduces decoding bit for bit.
+//
+// The WEIGHTS placeholder below is replaced by a weight-format snippet that declares binding 1 and `load_w`.
+{{ENABLE}}
+struct Params {
+    rows: u32,      // rows of this weight chunk
+    cols: u32,
+    n: u32,         // tokens
+    x_stride: u32,  // floats per activation row
+    x_off: u32,
+    y_stride: u32,  // floats per output row
+    y_off: u32,     // output index of (token 0, chunk row 0)
+    mode: u32,      // bit 0: add into y (residual); bit 1: add bias
+    q_off: u32,     // words: quants / values
+    d_off: u32,     // words: f16 scales, two per word
+    m_off: u32,     // words: f16 minimums (Q4_1)
+    bias_off: u32,  // bias index of chunk row 0
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+{{WEIGHTS}}
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+
+const ROWS: u32 = 8u;
+const CHUNK: u32 = 256u;
+const TILE: u32 = 64u;
+
+var<workgroup> ws: array<f32, 2048>; // ROWS × CHUNK decoded weights
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row0 = wg.x * ROWS;
+    let t0 = wg.y * TILE;
+    let t_end = min(p.n, t0 + TILE);
+    let r = li % ROWS;
+    let ts = li / ROWS;
+    let row = row0 + r;
+    var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (var c0 = 0u; c0 < p.cols; c0 += CHUNK) {
+        let len = min(CHUNK, p.cols - c0);
+        for (var e = li; e < ROWS * CHUNK; e += 64u) {
+            let rr = e / CHUNK;
+            let cc = e % CHUNK;
+            var v = 0.0;
+            if (row0 + rr < p.rows && cc < len) {
+                v = load_w(row0 + rr, c0 + cc);
+            }
+            ws[e] = v;
+        }
+        workgroupBarrier();
+        if (row < p.rows) {
+            for (var k = 0u; k < 8u; k++) {
+                let t = t0 + ts + 8u * k;
+                if (t < t_end) {
+                    let xo = p.x_off + t * p.x_stride + c0;
+                    var s = acc[k];
+                    for (var c = 0u; c < len; c++) {
+                        s = s + ws[r * CHUNK + c] * x[xo + c];
+                    }
+                    acc[k] = s;
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (row < p.rows) {
+        for (var k = 0u; k < 8u; k++) {
+            let t = t0 + ts + 8u * k;
+            if (t < t_end) {
+                let yi = p.y_off + t * p.y_stride + row;
+                var v = acc[k];
+                if ((p.mode & 2u) != 0u) {
+                    v = v + bias[p.bias_off + row];
+                }
+                if ((p.mode & 1u) != 0u) {
+                    v = y[yi] + v;
+                }
+                y[yi] = v;
+            }
+        }
+    }
+}
