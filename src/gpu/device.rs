@@ -12,8 +12,8 @@ pub struct DeviceOptions {
     pub f16: bool,
     /// Use `SUBGROUP` operations when the adapter has them (`LLMCAD_GPU_NO_SUBGROUP=1`).
     pub subgroups: bool,
-    /// Caps the size of one storage binding below the device's own limit (tests use a tiny
-    /// value to exercise the splitting of large tensors). `LLMCAD_GPU_MAX_BINDING` sets it.
+    /// Caps the size of one weight binding below the device's own limit (tests use a tiny
+    /// value to exercise the splitting of large matrices). `LLMCAD_GPU_MAX_BINDING` sets it.
     pub max_binding: Option<u64>,
 }
 
@@ -43,8 +43,11 @@ pub struct GpuContext {
     pub f16: bool,
     /// `SUBGROUP` is enabled on the device.
     pub subgroups: bool,
-    /// Largest storage binding the kernels use (device limit, or less when asked).
+    /// Largest storage binding the device allows (and the kernels use for activations and the
+    /// KV cache).
     pub max_binding: u64,
+    /// Largest binding for one piece of a weight matrix (`max_binding`, or less when asked).
+    pub weight_binding: u64,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -137,7 +140,8 @@ pub fn open(opts: &DeviceOptions) -> Result<GpuContext> {
     let dev_max = limits
         .max_storage_buffer_binding_size
         .min(limits.max_buffer_size);
-    let max_binding = opts.max_binding.map_or(dev_max, |m| m.clamp(256, dev_max)) & !3;
+    let max_binding = dev_max & !3;
+    let weight_binding = opts.max_binding.map_or(dev_max, |m| m.clamp(256, dev_max)) & !3;
     Ok(GpuContext {
         device,
         queue,
@@ -146,6 +150,7 @@ pub fn open(opts: &DeviceOptions) -> Result<GpuContext> {
         f16,
         subgroups,
         max_binding,
+        weight_binding,
         errors,
     })
 }

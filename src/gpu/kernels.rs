@@ -574,7 +574,7 @@ pub struct WChunk {
 impl GpuMatrix {
     pub fn upload(gpu: &Gpu, m: &Matrix) -> Result<GpuMatrix> {
         let format = WFormat::for_dtype(m.dtype, gpu.ctx.f16);
-        let limit = gpu.ctx.max_binding as usize;
+        let limit = gpu.ctx.weight_binding as usize;
         // packed bytes per row, plus slack for the half-word rounding of each region
         let per_row = match m.dtype {
             DType::BF16 => m.cols * 4,

@@ -178,6 +178,17 @@ impl GpuBackend {
         self.weight_bytes
     }
 
+    /// Bindings the weight matrices occupy (more than the matrix count when some are split).
+    pub fn weight_bindings(&self) -> usize {
+        let mut n = self.embed.chunks.len() + self.head.as_ref().map_or(0, |h| h.chunks.len());
+        for l in &self.layers {
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                n += m.chunks.len();
+            }
+        }
+        n
+    }
+
     fn head(&self) -> &GpuMatrix {
         self.head.as_ref().unwrap_or(&self.embed)
     }

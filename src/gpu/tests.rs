@@ -177,7 +177,7 @@ fn matmul_and_embedding_split_large_matrices() {
     let Some(small) = test_gpu(true, true, Some(512)) else {
         return;
     };
-    assert_eq!(small.ctx.max_binding, 512);
+    assert_eq!(small.ctx.weight_binding, 512);
     let mut rng = SamplerRng::new(4);
     for (dtype, cols) in FORMATS {
         let m = matrix(&mut rng, dtype, 53, cols);
