@@ -1,9 +1,11 @@
-// y[t, row] = Σ_c W[row, c] · x[t, c] for up to 64 tokens per workgroup tile.
+// y[t, row] = Σ_c W[row, c] · x[t, c] for a tile of up to 64 tokens per workgroup.
 //
-// A workgroup owns ROWS weight rows. Per chunk of CHUNK columns it decodes those rows once into
-// workgroup memory, then every thread multiplies them with the activations of its tokens. Each
-// output is one thread's sequential sum over the columns, so a (row, token) result is the same
-// computation for any batch size and any slot: tree verification reproduces decoding bit for bit.
+// A workgroup owns `p.wg_rows` weight rows (64, 32, 16 or 8: fewer rows for more tokens, so all
+// 64 threads have work). Per chunk of columns it decodes those rows once into workgroup memory,
+// then each thread multiplies one row with the activations of up to 8 tokens. Each output is one
+// thread's sequential sum over the columns, whatever the row/token split and chunk size, so a
+// (row, token) result is the same computation for any batch size and any slot: tree
+// verification reproduces decoding bit for bit.
 //
 // The WEIGHTS placeholder below is replaced by a weight-format snippet that declares binding 1 and `load_w`.
 {{ENABLE}}
@@ -20,6 +22,10 @@ struct Params {
     d_off: u32,     // words: f16 scales, two per word
     m_off: u32,     // words: f16 minimums (Q4_1)
     bias_off: u32,  // bias index of chunk row 0
+    wg_rows: u32,   // rows per workgroup: 64 / token slots
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,26 +34,26 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
-const ROWS: u32 = 8u;
-const CHUNK: u32 = 256u;
-const TILE: u32 = 64u;
-
-var<workgroup> ws: array<f32, 2048>; // ROWS × CHUNK decoded weights
+const WS: u32 = 2048u;
+var<workgroup> ws: array<f32, 2048>; // wg_rows × chunk decoded weights
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row0 = wg.x * ROWS;
-    let t0 = wg.y * TILE;
-    let t_end = min(p.n, t0 + TILE);
-    let r = li % ROWS;
-    let ts = li / ROWS;
+    let rows_wg = p.wg_rows;
+    let slots = 64u / rows_wg;      // token slots
+    let chunk = WS / rows_wg;       // columns decoded per step
+    let row0 = wg.x * rows_wg;
+    let t0 = wg.y * slots * 8u;
+    let t_end = min(p.n, t0 + slots * 8u);
+    let r = li % rows_wg;
+    let ts = li / rows_wg;
     let row = row0 + r;
     var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    for (var c0 = 0u; c0 < p.cols; c0 += CHUNK) {
-        let len = min(CHUNK, p.cols - c0);
-        for (var e = li; e < ROWS * CHUNK; e += 64u) {
-            let rr = e / CHUNK;
-            let cc = e % CHUNK;
+    for (var c0 = 0u; c0 < p.cols; c0 += chunk) {
+        let len = min(chunk, p.cols - c0);
+        for (var e = li; e < WS; e += 64u) {
+            let rr = e / chunk;
+            let cc = e % chunk;
             var v = 0.0;
             if (row0 + rr < p.rows && cc < len) {
                 v = load_w(row0 + rr, c0 + cc);
@@ -57,12 +63,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         workgroupBarrier();
         if (row < p.rows) {
             for (var k = 0u; k < 8u; k++) {
-                let t = t0 + ts + 8u * k;
+                let t = t0 + ts + slots * k;
                 if (t < t_end) {
                     let xo = p.x_off + t * p.x_stride + c0;
+                    let wo = r * chunk;
                     var s = acc[k];
                     for (var c = 0u; c < len; c++) {
-                        s = s + ws[r * CHUNK + c] * x[xo + c];
+                        s = s + ws[wo + c] * x[xo + c];
                     }
                     acc[k] = s;
                 }
@@ -72,7 +79,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     if (row < p.rows) {
         for (var k = 0u; k < 8u; k++) {
-            let t = t0 + ts + 8u * k;
+            let t = t0 + ts + slots * k;
             if (t < t_end) {
                 let yi = p.y_off + t * p.y_stride + row;
                 var v = acc[k];

@@ -11,10 +11,8 @@ use std::num::NonZeroU64;
 
 /// Most workgroups in one dispatch dimension (WebGPU's guaranteed minimum).
 const MAX_GROUPS: u32 = 65535;
-/// Matmul rows per workgroup (`ROWS` in matmul.wgsl).
+/// Fewest matmul rows per workgroup (matmul.wgsl, with 64 tokens per workgroup).
 const MM_ROWS: usize = 8;
-/// Matmul tokens per workgroup (`TILE` in matmul.wgsl).
-const MM_TILE: usize = 64;
 /// Largest head dimension attention.wgsl handles.
 pub const MAX_HEAD_DIM: usize = 256;
 
@@ -212,7 +210,10 @@ impl Gpu {
         if a.n == 0 {
             return Ok(());
         }
-        let tiles = a.n.div_ceil(MM_TILE);
+        // token slots per workgroup: enough for the batch (8 tokens each), at most 8
+        let slots = a.n.div_ceil(8).next_power_of_two().min(8);
+        let wg_rows = 64 / slots;
+        let tiles = a.n.div_ceil(slots * 8);
         check_groups(tiles, "matmul tokens")?;
         let mode = a.accumulate as u32 | (a.bias.is_some() as u32) << 1;
         for c in &m.chunks {
@@ -229,12 +230,16 @@ impl Gpu {
                 c.d_off,
                 c.m_off,
                 c.row0 as u32,
+                wg_rows as u32,
+                0,
+                0,
+                0,
             ];
             rec.dispatch(
                 Kernel::Matmul(m.format),
                 &params,
                 &[&c.buf, a.x, a.y, a.bias.unwrap_or(&self.dummy)],
-                (c.rows.div_ceil(MM_ROWS) as u32, tiles as u32),
+                (c.rows.div_ceil(wg_rows) as u32, tiles as u32),
             );
         }
         Ok(())
