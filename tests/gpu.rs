@@ -325,3 +325,53 @@ fn bad_batches_and_overflow_are_errors() {
     assert!(g.kv_compact(0, &[3]).is_err());
     assert!(g.device_name().starts_with("gpu: "));
 }
+
+/// The real SmolLM2 (Q4_1): GPU logits near the exact CPU path, and greedy decoding gives the
+/// reference continuation.
+#[test]
+fn real_model_matches_cpu_and_reference() {
+    let Some(path) = common::real_model() else {
+        return;
+    };
+    let m = load(&path);
+    let Some(mut g) = gpu(
+        &m,
+        &GpuOptions {
+            context: 256,
+            device: DeviceOptions::default(),
+        },
+    ) else {
+        return;
+    };
+    let refs = common::references();
+    let r = &refs[0];
+    let mut c = cpu(&m, Precision::F32, 2);
+    let batch = Batch::chain(&r.prompt_ids, 0);
+    let want = c.forward(&batch, Want::LAST_FULL).unwrap();
+    let t = std::time::Instant::now();
+    let got = g.forward(&batch, Want::LAST_FULL).unwrap();
+    eprintln!(
+        "real model: {}-token prefill on {} in {:?}",
+        r.prompt_ids.len(),
+        g.device_name(),
+        t.elapsed()
+    );
+    let e = rel_err(&dense_rows(&got), &dense_rows(&want));
+    assert!(e < 1e-4, "rel err {e}");
+    // greedy continuation with top-1 readback
+    let mut out = vec![got.argmax(0)];
+    while out.len() < r.output_ids.len() {
+        let step = Batch::chain(&out[out.len() - 1..], g.kv_len());
+        let l = g
+            .forward(
+                &step,
+                Want {
+                    rows: Rows::Last,
+                    top_k: Some(1),
+                },
+            )
+            .unwrap();
+        out.push(l.argmax(0));
+    }
+    assert_eq!(out, r.output_ids);
+}

@@ -394,13 +394,21 @@ impl GpuBackend {
 
     fn forward_inner(&mut self, batch: &Batch, want: Want) -> Result<Logits> {
         let base = self.len;
-        let (mut rec, rows) = match self.record(batch, want) {
+        let (rec, rows) = match self.record(batch, want) {
             Ok(r) => r,
             Err(e) => {
                 self.len = base;
                 return Err(e);
             }
         };
+        let out = self.run_pass(rec, rows, want);
+        if out.is_err() {
+            self.len = base;
+        }
+        out
+    }
+
+    fn run_pass(&self, mut rec: Recorder, rows: usize, want: Want) -> Result<Logits> {
         let vocab = self.cfg.vocab;
         let s = self.scratch.as_ref().expect("scratch");
         let g = &self.gpu;
