@@ -375,3 +375,28 @@ fn real_model_matches_cpu_and_reference() {
     }
     assert_eq!(out, r.output_ids);
 }
+
+/// The cost curve runs every size and leaves the cache as it found it.
+#[test]
+fn pass_cost_curve_measures_every_size() {
+    let m = load(&tiny_f32().gguf);
+    let Some(mut g) = gpu(&m, &opts(true, true, None)) else {
+        return;
+    };
+    g.forward(&Batch::chain(&PROMPT, 0), Want::LAST_FULL)
+        .unwrap();
+    let before = g
+        .forward(&Batch::chain(&[7], PROMPT.len()), Want::LAST_FULL)
+        .unwrap();
+    g.kv_truncate(PROMPT.len());
+    let ns = [1, 2, 4, 8, 9, 16, 32, 64];
+    let curve = g.pass_cost_curve(&ns, 4, 1).unwrap(); // 4 < kv_len: measured at kv_len
+    assert_eq!(curve.iter().map(|c| c.0).collect::<Vec<_>>(), ns);
+    assert!(curve.iter().all(|c| c.1.as_nanos() > 0));
+    assert_eq!(g.kv_len(), PROMPT.len());
+    let after = g
+        .forward(&Batch::chain(&[7], PROMPT.len()), Want::LAST_FULL)
+        .unwrap();
+    assert_eq!(dense_rows(&before), dense_rows(&after));
+    eprintln!("tiny model pass cost: {curve:?}");
+}

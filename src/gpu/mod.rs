@@ -437,9 +437,10 @@ impl GpuBackend {
         }
     }
 
-    /// Seconds of one verification pass of `n` nodes (a random tree over a prefix of
-    /// `prefix` tokens, top-k readback), for each `n`: the median of `reps` runs after a
-    /// warm-up. The cache is left as it was.
+    /// Time of one verification pass of `n` nodes (a binary tree over a prefix of `prefix`
+    /// cache entries, all rows, top-8 readback) for each `n`: the median of `reps` runs after
+    /// a warm-up. Committed entries are never overwritten (a prefix shorter than `kv_len` is
+    /// measured at `kv_len`), and `kv_len` is restored afterwards.
     pub fn pass_cost_curve(
         &mut self,
         ns: &[usize],
@@ -447,6 +448,7 @@ impl GpuBackend {
         reps: usize,
     ) -> Result<Vec<(usize, Duration)>> {
         let saved = self.len;
+        let prefix = prefix.max(saved);
         let mut out = Vec::with_capacity(ns.len());
         let max_n = ns.iter().copied().max().unwrap_or(1);
         if prefix + max_n > self.capacity {
@@ -471,8 +473,12 @@ impl GpuBackend {
             for _ in 0..=reps.max(1) {
                 self.len = prefix;
                 let t = Instant::now();
-                self.forward_inner(&batch, want)?;
+                let r = self.forward_inner(&batch, want);
                 times.push(t.elapsed());
+                if let Err(e) = r {
+                    self.len = saved;
+                    return Err(e);
+                }
             }
             times.remove(0);
             times.sort();
