@@ -400,3 +400,28 @@ fn pass_cost_curve_measures_every_size() {
     assert_eq!(dense_rows(&before), dense_rows(&after));
     eprintln!("tiny model pass cost: {curve:?}");
 }
+
+/// A prefill longer than one 64-token matmul tile, then a batch with a dense mask.
+#[test]
+fn long_prefill_and_dense_mask_match_cpu() {
+    let m = load(&tiny("gpu-long-q8", &TinySpec::default(), DType::Q8_0).0);
+    let Some(mut g) = gpu(&m, &opts(true, true, None)) else {
+        return;
+    };
+    let mut c = cpu(&m, Precision::F32, 2);
+    let long: Vec<u32> = (0..150).map(|i| (i * 37 % 300) as u32).collect();
+    let batch = Batch::chain(&long, 0);
+    let a = g.forward(&batch, Want::ALL_FULL).unwrap();
+    let b = c.forward(&batch, Want::ALL_FULL).unwrap();
+    let e = rel_err(&dense_rows(&a), &dense_rows(&b));
+    assert!(e < 1e-4, "long prefill: {e}");
+    let dense = Batch {
+        tokens: vec![5, 6, 7, 8],
+        positions: vec![150, 151, 151, 152],
+        mask: llmcad::backend::BatchMask::Dense(vec![vec![0], vec![0, 1], vec![2], vec![0, 2, 3]]),
+    };
+    let a = g.forward(&dense, Want::ALL_FULL).unwrap();
+    let b = c.forward(&dense, Want::ALL_FULL).unwrap();
+    let e = rel_err(&dense_rows(&a), &dense_rows(&b));
+    assert!(e < 1e-4, "dense mask: {e}");
+}
