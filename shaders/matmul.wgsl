@@ -30,12 +30,16 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 {{WEIGHTS}}
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<XV>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
+// The VECTOR placeholder below defines XV (f32, or vec4<f32> when the columns, the input
+// stride and offset are multiples of 4), VW (its width), `dotv` and `load_v`.
+{{VECTOR}}
+
 const WS: u32 = 2048u;
-var<workgroup> ws: array<f32, 2048>; // wg_rows × chunk decoded weights
+var<workgroup> ws: array<XV, 2048u / VW>; // wg_rows × chunk decoded weights
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -49,14 +53,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let ts = li / rows_wg;
     let row = row0 + r;
     var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let chunk_v = chunk / VW;
     for (var c0 = 0u; c0 < p.cols; c0 += chunk) {
-        let len = min(chunk, p.cols - c0);
-        for (var e = li; e < WS; e += 64u) {
-            let rr = e / chunk;
-            let cc = e % chunk;
-            var v = 0.0;
-            if (row0 + rr < p.rows && cc < len) {
-                v = load_w(row0 + rr, c0 + cc);
+        let len_v = min(chunk, p.cols - c0) / VW;
+        for (var e = li; e < WS / VW; e += 64u) {
+            let rr = e / chunk_v;
+            let cc = e % chunk_v;
+            var v = XV(0.0);
+            if (row0 + rr < p.rows && cc < len_v) {
+                v = load_v(row0 + rr, c0 + cc * VW);
             }
             ws[e] = v;
         }
@@ -65,11 +70,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             for (var k = 0u; k < 8u; k++) {
                 let t = t0 + ts + slots * k;
                 if (t < t_end) {
-                    let xo = p.x_off + t * p.x_stride + c0;
-                    let wo = r * chunk;
+                    let xo = (p.x_off + t * p.x_stride + c0) / VW;
+                    let wo = r * chunk_v;
                     var s = acc[k];
-                    for (var c = 0u; c < len; c++) {
-                        s = s + ws[wo + c] * x[xo + c];
+                    for (var c = 0u; c < len_v; c++) {
+                        s = s + dotv(ws[wo + c], x[xo + c]);
                     }
                     acc[k] = s;
                 }

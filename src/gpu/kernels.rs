@@ -216,6 +216,7 @@ impl Gpu {
         let tiles = a.n.div_ceil(slots * 8);
         check_groups(tiles, "matmul tokens")?;
         let mode = a.accumulate as u32 | (a.bias.is_some() as u32) << 1;
+        let vec4 = m.cols % 4 == 0 && a.x_stride % 4 == 0 && a.x_off % 4 == 0;
         for c in &m.chunks {
             let params = [
                 c.rows as u32,
@@ -236,7 +237,10 @@ impl Gpu {
                 0,
             ];
             rec.dispatch(
-                Kernel::Matmul(m.format),
+                Kernel::Matmul {
+                    format: m.format,
+                    vec4,
+                },
                 &params,
                 &[&c.buf, a.x, a.y, a.bias.unwrap_or(&self.dummy)],
                 (c.rows.div_ceil(wg_rows) as u32, tiles as u32),

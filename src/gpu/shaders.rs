@@ -16,6 +16,8 @@ const SWIGLU: &str = include_str!("../../shaders/swiglu.wgsl");
 const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 const KV_GATHER: &str = include_str!("../../shaders/kv_gather.wgsl");
 const TOPK: &str = include_str!("../../shaders/topk.wgsl");
+const VEC_SCALAR: &str = include_str!("../../shaders/vec_scalar.wgsl");
+const VEC_VEC4: &str = include_str!("../../shaders/vec_vec4.wgsl");
 const W_F32: &str = include_str!("../../shaders/w_f32.wgsl");
 const W_F16: &str = include_str!("../../shaders/w_f16.wgsl");
 const W_F16_NATIVE: &str = include_str!("../../shaders/w_f16_native.wgsl");
@@ -76,9 +78,15 @@ impl WFormat {
 /// One compiled variant of one kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    Matmul(WFormat),
+    /// Weight format; `vec4`: columns, input stride and offset are multiples of 4.
+    Matmul {
+        format: WFormat,
+        vec4: bool,
+    },
     Embed(WFormat),
-    RmsNorm { subgroups: bool },
+    RmsNorm {
+        subgroups: bool,
+    },
     Rope,
     Swiglu,
     Attention,
@@ -91,7 +99,14 @@ impl Kernel {
     pub fn all() -> Vec<Kernel> {
         let mut v = Vec::new();
         for f in WFormat::ALL {
-            v.push(Kernel::Matmul(f));
+            v.push(Kernel::Matmul {
+                format: f,
+                vec4: false,
+            });
+            v.push(Kernel::Matmul {
+                format: f,
+                vec4: true,
+            });
             v.push(Kernel::Embed(f));
         }
         v.extend([
@@ -107,7 +122,7 @@ impl Kernel {
     }
 
     pub fn needs_f16(self) -> bool {
-        matches!(self, Kernel::Matmul(f) | Kernel::Embed(f) if f.needs_f16())
+        matches!(self, Kernel::Matmul { format: f, .. } | Kernel::Embed(f) if f.needs_f16())
     }
 
     pub fn needs_subgroups(self) -> bool {
@@ -118,7 +133,9 @@ impl Kernel {
     pub fn source(self) -> String {
         let enable = if self.needs_f16() { "enable f16;" } else { "" };
         let text = match self {
-            Kernel::Matmul(f) => MATMUL.replace("{{WEIGHTS}}", f.snippet()),
+            Kernel::Matmul { format, vec4 } => MATMUL
+                .replace("{{WEIGHTS}}", format.snippet())
+                .replace("{{VECTOR}}", if vec4 { VEC_VEC4 } else { VEC_SCALAR }),
             Kernel::Embed(f) => EMBED.replace("{{WEIGHTS}}", f.snippet()),
             Kernel::RmsNorm { subgroups } => RMSNORM.replace(
                 "{{REDUCE}}",

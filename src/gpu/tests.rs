@@ -93,9 +93,12 @@ fn cpu_matmul(m: &Matrix, x: &[f32]) -> Vec<f32> {
     out
 }
 
-const FORMATS: [(DType, usize); 6] = [
+/// Every weight type, with odd column counts (scalar kernels) and multiples of 4 (vec4).
+const FORMATS: [(DType, usize); 8] = [
     (DType::F32, 75),
+    (DType::F32, 132),
     (DType::F16, 75),
+    (DType::F16, 96),
     (DType::BF16, 41),
     (DType::Q8_0, 96),
     (DType::Q4_0, 288),
@@ -123,12 +126,14 @@ fn matmul_without_f16_matches_cpu() {
         return;
     };
     let mut rng = SamplerRng::new(2);
-    let m = matrix(&mut rng, DType::F16, 19, 77);
-    let gm = GpuMatrix::upload(&g, &m).unwrap();
-    assert_eq!(gm.format, shaders::WFormat::F16);
-    let x = randn(&mut rng, 3 * 77, 1.0);
-    let e = rel_err(&run_matmul(&g, &gm, &x, 3), &cpu_matmul(&m, &x));
-    assert!(e < 1e-5, "rel err {e}");
+    for cols in [77, 96] {
+        let m = matrix(&mut rng, DType::F16, 19, cols);
+        let gm = GpuMatrix::upload(&g, &m).unwrap();
+        assert_eq!(gm.format, shaders::WFormat::F16);
+        let x = randn(&mut rng, 3 * cols, 1.0);
+        let e = rel_err(&run_matmul(&g, &gm, &x, 3), &cpu_matmul(&m, &x));
+        assert!(e < 1e-5, "rel err {e}");
+    }
 }
 
 /// A token's result is the same bits for any batch size and any slot in the batch.
@@ -174,10 +179,10 @@ fn matmul_is_bit_identical_for_any_batch_size_and_slot() {
 #[test]
 fn matmul_and_embedding_split_large_matrices() {
     let Some(big) = gpu() else { return };
-    let Some(small) = test_gpu(true, true, Some(512)) else {
+    let Some(small) = test_gpu(true, true, Some(1024)) else {
         return;
     };
-    assert_eq!(small.ctx.weight_binding, 512);
+    assert_eq!(small.ctx.weight_binding, 1024);
     let mut rng = SamplerRng::new(4);
     for (dtype, cols) in FORMATS {
         let m = matrix(&mut rng, dtype, 53, cols);
@@ -185,7 +190,7 @@ fn matmul_and_embedding_split_large_matrices() {
         let b = GpuMatrix::upload(&small, &m).unwrap();
         assert_eq!(a.chunks.len(), 1);
         assert!(b.chunks.len() > 2, "{dtype}: {} chunks", b.chunks.len());
-        assert!(b.chunks.iter().all(|c| c.buf.size() <= 512));
+        assert!(b.chunks.iter().all(|c| c.buf.size() <= 1024));
         let x = randn(&mut rng, 3 * cols, 1.0);
         let ya = run_matmul(&big, &a, &x, 3);
         let yb = run_matmul(&small, &b, &x, 3);
@@ -201,7 +206,7 @@ fn matmul_and_embedding_split_large_matrices() {
         assert_eq!(got, want, "{dtype} embedding");
     }
     // a row that alone exceeds the limit is refused with a message, not a panic
-    let m = matrix(&mut rng, DType::F32, 2, 256);
+    let m = matrix(&mut rng, DType::F32, 2, 512);
     assert!(GpuMatrix::upload(&small, &m).is_err());
 }
 
