@@ -8,6 +8,7 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod generate;
+pub mod gpu;
 pub mod model;
 mod progress;
 pub mod quant;

@@ -1,0 +1,22 @@
+// Repacked Q4_0: 4 words of nibbles per block (byte j: value j low, value j+16 high), then f16
+// scales two per word.
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+fn load_w(row: u32, c: u32) -> f32 {
+    let blk = row * (p.cols / 32u) + c / 32u;
+    let j = c % 32u;
+    let jj = j % 16u;
+    let byte = (w[p.q_off + blk * 4u + jj / 4u] >> ((jj % 4u) * 8u)) & 0xffu;
+    let q = select(byte & 0xfu, byte >> 4u, j >= 16u);
+    let dd = unpack2x16float(w[p.d_off + (blk >> 1u)]);
+    let d = select(dd.x, dd.y, (blk & 1u) == 1u);
+    return d * f32(i32(q) - 8);
+}
+// c is a multiple of 4: four nibbles of one word
+fn load4(row: u32, c: u32) -> vec4<f32> {
+    let blk = row * (p.cols / 32u) + c / 32u;
+    let j = c % 32u;
+    let word = w[p.q_off + blk * 4u + (j % 16u) / 4u] >> select(0u, 4u, j >= 16u);
+    let q = vec4<u32>(word & 0xfu, (word >> 8u) & 0xfu, (word >> 16u) & 0xfu, (word >> 24u) & 0xfu);
+    let dd = unpack2x16float(w[p.d_off + (blk >> 1u)]);
+    return select(dd.x, dd.y, (blk & 1u) == 1u) * (vec4<f32>(q) - 8.0);
+}
