@@ -4,7 +4,8 @@
 
 use super::pool::{SharedMut, ThreadPool};
 use crate::model::Matrix;
-use crate::quant::{matmul_f32, matmul_q8, Q8Acts};
+use crate::quant::{matmul_f32, matmul_q16, matmul_q8, Q16Acts, Q8Acts};
+use std::cell::RefCell;
 
 /// How activations meet the weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -14,6 +15,14 @@ pub enum Precision {
     Q8Activations,
     /// Every weight is dequantized and multiplied in f32 (exact reference path).
     F32,
+    /// Block-quantized weights meet activations quantized to 16 bits per block of 32: integer
+    /// products like `Q8Activations`, but activation outliers no longer flatten their block.
+    Q16Activations,
+}
+
+thread_local! {
+    /// 16-bit activation buffers, lent to one `Input` at a time so decoding allocates nothing.
+    static Q16_SCRATCH: RefCell<Q16Acts> = RefCell::new(Q16Acts::default());
 }
 
 /// One batch of activation rows, with its 8-bit form made on first use.
@@ -49,12 +58,18 @@ pub fn linear_many(
     outs: &mut [&mut [f32]],
 ) {
     let t_rows = input.rows();
-    let needs_q8 =
-        precision == Precision::Q8Activations && layers.iter().any(|m| m.dtype.is_quantized());
-    if needs_q8 && !input.quantized {
+    let any_quantized = layers.iter().any(|m| m.dtype.is_quantized());
+    if precision == Precision::Q8Activations && any_quantized && !input.quantized {
         let q = input.q8.as_deref_mut().expect("scratch");
         q.quantize(input.x, input.cols);
         input.quantized = true;
+    }
+    // the 16-bit form is made per call, in buffers borrowed from this thread's scratch
+    let mut q16 = None;
+    if precision == Precision::Q16Activations && any_quantized {
+        let mut q = Q16_SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        q.quantize(input.x, input.cols);
+        q16 = Some(q);
     }
     let q8: &Q8Acts = input.q8.as_deref().expect("scratch");
     let x = input.x;
@@ -76,6 +91,9 @@ pub fn linear_many(
             local.resize(t_rows * len, 0.0);
             if m.dtype.is_quantized() && precision == Precision::Q8Activations {
                 matmul_q8(m.dtype, &m.data, cols, start..end, q8, &mut local, len);
+            } else if m.dtype.is_quantized() && precision == Precision::Q16Activations {
+                let q16 = q16.as_ref().expect("quantized above");
+                matmul_q16(m.dtype, &m.data, cols, start..end, q16, &mut local, len);
             } else {
                 matmul_f32(m.dtype, &m.data, cols, start..end, x, &mut local, len);
             }
@@ -86,4 +104,83 @@ pub fn linear_many(
             }
         }
     });
+    if let Some(q) = q16 {
+        Q16_SCRATCH.with(|s| *s.borrow_mut() = q);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Bytes;
+    use crate::quant::{quantize_row, DType};
+
+    fn matrix(dtype: DType, rows: usize, cols: usize, seed: u32) -> Matrix {
+        let mut data = Vec::new();
+        for r in 0..rows {
+            let w: Vec<f32> = (0..cols)
+                .map(|c| (((r * 31 + c * 17) as u32 ^ seed) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let mut b = Vec::new();
+            quantize_row(dtype, &w, &mut b);
+            data.extend(b);
+        }
+        Matrix {
+            name: "w".into(),
+            dtype,
+            rows,
+            cols,
+            data: Bytes::Owned(data.into()),
+        }
+    }
+
+    /// Threads split weight rows; every output must have the bits of a one-thread, one-token run.
+    #[test]
+    fn threads_and_batches_do_not_change_bits() {
+        let cols = 96;
+        let x: Vec<f32> = (0..7 * cols)
+            .map(|i| ((i * 7919) % 1013) as f32 / 100.0 - 5.0)
+            .collect();
+        for dtype in DType::ALL {
+            let (a, b) = (matrix(dtype, 37, cols, 1), matrix(dtype, 19, cols, 2));
+            for precision in [
+                Precision::F32,
+                Precision::Q8Activations,
+                Precision::Q16Activations,
+            ] {
+                let run = |threads: usize, x: &[f32]| {
+                    let pool = ThreadPool::new(threads);
+                    let mut scratch = Q8Acts::default();
+                    let mut input = Input::new(x, cols, &mut scratch);
+                    let n = x.len() / cols;
+                    let (mut oa, mut ob) = (vec![f32::NAN; n * a.rows], vec![f32::NAN; n * b.rows]);
+                    linear_many(
+                        &pool,
+                        precision,
+                        &mut input,
+                        &[&a, &b],
+                        &mut [&mut oa, &mut ob],
+                    );
+                    (oa, ob)
+                };
+                let one: Vec<_> = x.chunks_exact(cols).map(|xr| run(1, xr)).collect();
+                for threads in [1, 2, 3] {
+                    let (oa, ob) = run(threads, &x);
+                    for (t, (ea, eb)) in one.iter().enumerate() {
+                        let same = |got: &[f32], want: &[f32]| {
+                            got.iter()
+                                .zip(want)
+                                .all(|(g, w)| g.to_bits() == w.to_bits())
+                        };
+                        assert!(
+                            same(&oa[t * a.rows..(t + 1) * a.rows], ea)
+                                && same(&ob[t * b.rows..(t + 1) * b.rows], eb),
+                            "{dtype} {precision:?} threads={threads} t={t}"
+                        );
+                        assert!(ea.iter().chain(eb).all(|v| v.is_finite()));
+                    }
+                }
+            }
+        }
+    }
 }

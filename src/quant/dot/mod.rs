@@ -1,0 +1,620 @@
+//! Dot products of weight rows with activation rows: the inner loop of every CPU matmul.
+//!
+//! Three paths:
+//! - f32 (`matmul_f32`): exact path, weights dequantized on the fly, f32 activations, f32
+//!   accumulation.
+//! - Q8 (`matmul_q8`): fast path for block-quantized weights, as llama.cpp does it: activations
+//!   are quantized to 8 bits per block of 32 (`Q8Acts`), each block's products are summed exactly
+//!   in integers, and only the per-block scale products are floating point.
+//! - Q16 (`matmul_q16`): the same with activations quantized to 16 bits per block (`Q16Acts`),
+//!   which keeps large activation outliers from crushing the rest of their block.
+//!
+//! Kernels: a portable scalar reference (`scalar`), AVX2+FMA+F16C on x86-64 (`x86`), NEON on
+//! aarch64 (`arm`). The best one the CPU supports is chosen once (`Simd::active`); setting
+//! `LLMCAD_CPU_SIMD=scalar` forces the scalar kernels.
+//!
+//! A dot's result depends only on its two rows, never on which other rows are computed with
+//! it (tile position, batch size, row range, thread count), so batched passes (tree
+//! verification, prefill) give bit-identical results to one-token passes.
+
+#[cfg(target_arch = "aarch64")]
+mod arm;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use super::{DType, QK};
+use std::ops::Range;
+use std::sync::OnceLock;
+
+/// A matrix of activations (rows × cols) quantized per block of 32 to integers `Q` (i8 or
+/// i16): for block b of a row, `qs[b*32..]` are the values, `d[b]` the scale and
+/// `s[b] = d[b]·Σq` (Q4_1 needs the sum to apply the weights' per-block minimum).
+#[derive(Default)]
+pub struct QActs<Q> {
+    cols: usize,
+    qs: Vec<Q>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// Activations quantized to 8 bits per block (scale `amax/127`).
+pub type Q8Acts = QActs<i8>;
+/// Activations quantized to 16 bits per block (scale `amax/32767`).
+pub type Q16Acts = QActs<i16>;
+
+/// One row of `QActs`.
+#[derive(Clone, Copy)]
+pub struct QRow<'a, Q> {
+    pub qs: &'a [Q],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+}
+
+pub type Q8Row<'a> = QRow<'a, i8>;
+pub type Q16Row<'a> = QRow<'a, i16>;
+
+/// Integer types activations are quantized to.
+pub trait ActInt: Copy + Default + Into<i32> + 'static {
+    /// Largest magnitude a quantized value takes.
+    const QMAX: f32;
+    const WIDE: bool;
+    fn from_rounded(v: f32) -> Self;
+}
+
+impl ActInt for i8 {
+    const QMAX: f32 = 127.0;
+    const WIDE: bool = false;
+    fn from_rounded(v: f32) -> Self {
+        v as i8
+    }
+}
+
+impl ActInt for i16 {
+    const QMAX: f32 = 32767.0;
+    const WIDE: bool = true;
+    fn from_rounded(v: f32) -> Self {
+        v as i16
+    }
+}
+
+impl<Q: ActInt> QActs<Q> {
+    /// Quantizes `x` (rows of `cols` values, `cols` a multiple of 32), reusing the buffers.
+    pub fn quantize(&mut self, x: &[f32], cols: usize) {
+        self.quantize_with(Simd::active(), x, cols)
+    }
+
+    /// As `quantize`, with the given kernels (all give bit-identical results).
+    pub fn quantize_with(&mut self, simd: Simd, x: &[f32], cols: usize) {
+        assert!(cols % QK == 0 && x.len() % cols.max(1) == 0);
+        self.cols = cols;
+        let blocks = x.len() / QK;
+        self.qs.resize(x.len(), Q::default());
+        self.d.resize(blocks, 0.0);
+        self.s.resize(blocks, 0.0);
+        match simd.checked() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `checked` returned Avx2 only if the CPU has it; the buffers were sized above
+            Simd::Avx2 => unsafe {
+                let qs = self.qs.as_mut_ptr() as *mut u8;
+                if Q::WIDE {
+                    x86::quantize::<true>(x, qs, &mut self.d, &mut self.s)
+                } else {
+                    x86::quantize::<false>(x, qs, &mut self.d, &mut self.s)
+                }
+            },
+            _ => {
+                for (b, xb) in x.chunks_exact(QK).enumerate() {
+                    let qs = &mut self.qs[b * QK..(b + 1) * QK];
+                    let (d, sum) = scalar::quantize_block(xb, Q::QMAX, qs, Q::from_rounded);
+                    self.d[b] = d;
+                    self.s[b] = d * sum as f32;
+                }
+            }
+        }
+    }
+}
+
+impl<Q> QActs<Q> {
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn rows(&self) -> usize {
+        self.qs.len().checked_div(self.cols).unwrap_or(0)
+    }
+
+    pub fn row(&self, r: usize) -> QRow<'_, Q> {
+        let nb = self.cols / QK;
+        QRow {
+            qs: &self.qs[r * self.cols..(r + 1) * self.cols],
+            d: &self.d[r * nb..(r + 1) * nb],
+            s: &self.s[r * nb..(r + 1) * nb],
+        }
+    }
+}
+
+/// Which kernels run the dot products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    /// Portable reference kernels.
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+    /// aarch64 NEON.
+    Neon,
+}
+
+impl Simd {
+    /// The fastest kernels this CPU runs.
+    pub fn best() -> Simd {
+        [Simd::Avx2, Simd::Neon]
+            .into_iter()
+            .find(|s| s.available())
+            .unwrap_or(Simd::Scalar)
+    }
+
+    /// The kernels in use: `best()`, unless the environment says `LLMCAD_CPU_SIMD=scalar`.
+    /// Chosen once per process.
+    pub fn active() -> Simd {
+        static ACTIVE: OnceLock<Simd> = OnceLock::new();
+        *ACTIVE.get_or_init(|| match std::env::var("LLMCAD_CPU_SIMD") {
+            Ok(v) if v.eq_ignore_ascii_case("scalar") => Simd::Scalar,
+            _ => Simd::best(),
+        })
+    }
+
+    /// Whether this CPU can run these kernels.
+    pub fn available(self) -> bool {
+        match self {
+            Simd::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => x86::available(),
+            #[cfg(target_arch = "aarch64")]
+            Simd::Neon => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// `self` if available, else the scalar kernels.
+    fn checked(self) -> Simd {
+        if self.available() {
+            self
+        } else {
+            Simd::Scalar
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Scalar => "scalar",
+            Simd::Avx2 => "avx2",
+            Simd::Neon => "neon",
+        }
+    }
+}
+
+/// Dot product of a block-quantized weight row (Q8_0, Q4_0 or Q4_1) with a Q8 activation row
+/// (scalar reference).
+pub fn dot_q8(dtype: DType, w: &[u8], a: Q8Row<'_>) -> f32 {
+    scalar::dot_q(dtype, w, a)
+}
+
+/// As `dot_q8`, with a Q16 activation row.
+pub fn dot_q16(dtype: DType, w: &[u8], a: Q16Row<'_>) -> f32 {
+    scalar::dot_q(dtype, w, a)
+}
+
+/// Exact-path dot product (scalar reference): any weight type, dequantized on the fly, times
+/// f32 activations.
+pub fn dot_f32(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
+    scalar::dot_f32(dtype, w, x)
+}
+
+/// `out[t * out_stride + (r - rows.start)] = dot(W[r], A[t])` for every activation row t and
+/// weight row r in `rows` (block-quantized weights, Q8 activations).
+pub fn matmul_q8(
+    dtype: DType,
+    w: &[u8],
+    cols: usize,
+    rows: Range<usize>,
+    acts: &Q8Acts,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    matmul_q_with(Simd::active(), dtype, w, cols, rows, acts, out, out_stride)
+}
+
+/// As `matmul_q8`, with Q16 activations.
+pub fn matmul_q16(
+    dtype: DType,
+    w: &[u8],
+    cols: usize,
+    rows: Range<usize>,
+    acts: &Q16Acts,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    matmul_q_with(Simd::active(), dtype, w, cols, rows, acts, out, out_stride)
+}
+
+/// As `matmul_q8`/`matmul_q16`, with the given kernels.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_q_with<Q: ActInt>(
+    simd: Simd,
+    dtype: DType,
+    w: &[u8],
+    cols: usize,
+    rows: Range<usize>,
+    acts: &QActs<Q>,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    assert!(dtype.is_quantized() && acts.cols == cols);
+    match simd.checked() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA/F16C; the kernel checks the slice bounds it relies on
+        Simd::Avx2 => unsafe {
+            if Q::WIDE {
+                x86::matmul_q::<true, Q>(dtype, w, rows, acts, out, out_stride)
+            } else {
+                x86::matmul_q::<false, Q>(dtype, w, rows, acts, out, out_stride)
+            }
+        },
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => arm::matmul_q(dtype, w, rows, acts, out, out_stride),
+        _ => {
+            let rb = dtype.row_bytes(cols);
+            for r in rows.clone() {
+                let wr = &w[r * rb..(r + 1) * rb];
+                for t in 0..acts.rows() {
+                    out[t * out_stride + r - rows.start] = scalar::dot_q(dtype, wr, acts.row(t));
+                }
+            }
+        }
+    }
+}
+
+/// As `matmul_q8`, for f32 activations `x` (rows of `cols`) and any weight type.
+pub fn matmul_f32(
+    dtype: DType,
+    w: &[u8],
+    cols: usize,
+    rows: Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    matmul_f32_with(Simd::active(), dtype, w, cols, rows, x, out, out_stride)
+}
+
+/// As `matmul_f32`, with the given kernels.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f32_with(
+    simd: Simd,
+    dtype: DType,
+    w: &[u8],
+    cols: usize,
+    rows: Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    if cols == 0 {
+        return;
+    }
+    match simd.checked() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2/FMA/F16C; the kernel checks the slice bounds it relies on
+        Simd::Avx2 => unsafe { x86::matmul_f32(dtype, w, cols, rows, x, out, out_stride) },
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => arm::matmul_f32(dtype, w, cols, rows, x, out, out_stride),
+        _ => {
+            let rb = dtype.row_bytes(cols);
+            for r in rows.clone() {
+                let wr = &w[r * rb..(r + 1) * rb];
+                for (t, xr) in x.chunks_exact(cols).enumerate() {
+                    out[t * out_stride + r - rows.start] = scalar::dot_f32(dtype, wr, xr);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{dequantize_row, quantize_row};
+    use super::*;
+
+    /// A small deterministic generator so the test needs no extra crate.
+    fn randoms(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Activations with outliers like SmolLM2's residual stream: a few values 1000× the rest.
+    fn activations(seed: u64, n: usize) -> Vec<f32> {
+        let mut x = randoms(seed, n);
+        for i in (7..n).step_by(97) {
+            x[i] *= 1000.0;
+        }
+        x
+    }
+
+    fn simds() -> Vec<Simd> {
+        let mut v = vec![Simd::Scalar];
+        if Simd::best() != Simd::Scalar {
+            v.push(Simd::best());
+        }
+        v
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Path {
+        F32,
+        Q8,
+        Q16,
+    }
+
+    /// `out[t][r] = dot(W[r], x[t])` for `rows` on `path` with `simd`, rows of the output
+    /// `rows.len()` long.
+    fn run(
+        simd: Simd,
+        path: Path,
+        dtype: DType,
+        w: &[u8],
+        cols: usize,
+        rows: Range<usize>,
+        x: &[f32],
+    ) -> Vec<f32> {
+        let n_t = x.len() / cols;
+        let mut out = vec![f32::NAN; n_t * rows.len()];
+        let len = rows.len();
+        match path {
+            Path::F32 => matmul_f32_with(simd, dtype, w, cols, rows, x, &mut out, len),
+            Path::Q8 => {
+                let mut a = Q8Acts::default();
+                a.quantize_with(simd, x, cols);
+                matmul_q_with(simd, dtype, w, cols, rows, &a, &mut out, len);
+            }
+            Path::Q16 => {
+                let mut a = Q16Acts::default();
+                a.quantize_with(simd, x, cols);
+                matmul_q_with(simd, dtype, w, cols, rows, &a, &mut out, len);
+            }
+        }
+        out
+    }
+
+    fn paths(dtype: DType) -> &'static [Path] {
+        if dtype.is_quantized() {
+            &[Path::F32, Path::Q8, Path::Q16]
+        } else {
+            &[Path::F32]
+        }
+    }
+
+    fn weights(dtype: DType, seed: u64, rows: usize, cols: usize) -> Vec<u8> {
+        let w = randoms(seed, rows * cols);
+        let mut bytes = Vec::new();
+        for r in w.chunks_exact(cols) {
+            let mut b = Vec::new();
+            quantize_row(dtype, r, &mut b);
+            bytes.extend(b);
+        }
+        bytes
+    }
+
+    /// Both scalar dots against an f64 reference computed from the dequantized weights (and,
+    /// for the quantized-activation paths, the dequantized activations, so only summation
+    /// error remains).
+    #[test]
+    fn dots_match_f64_reference() {
+        for (seed, cols) in [(1u64, 32usize), (2, 96), (3, 576), (4, 1536), (5, 4096)] {
+            let w = randoms(seed, cols);
+            let x = activations(seed + 100, cols);
+            let mut a8 = Q8Acts::default();
+            a8.quantize(&x, cols);
+            let mut a16 = Q16Acts::default();
+            a16.quantize(&x, cols);
+            let x8: Vec<f64> = (0..cols)
+                .map(|i| a8.row(0).qs[i] as f64 * a8.row(0).d[i / QK] as f64)
+                .collect();
+            let x16: Vec<f64> = (0..cols)
+                .map(|i| a16.row(0).qs[i] as f64 * a16.row(0).d[i / QK] as f64)
+                .collect();
+            for dtype in DType::ALL {
+                let mut bytes = Vec::new();
+                quantize_row(dtype, &w, &mut bytes);
+                let mut wd = vec![0f32; cols];
+                dequantize_row(dtype, &bytes, &mut wd);
+                let dot64 = |x: &mut dyn Iterator<Item = f64>| -> f64 {
+                    wd.iter().zip(x).map(|(a, b)| *a as f64 * b).sum()
+                };
+                let exact = dot64(&mut x.iter().map(|&v| v as f64));
+                let norm: f64 = wd
+                    .iter()
+                    .zip(&x)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                let got = dot_f32(dtype, &bytes, &x) as f64;
+                assert!(
+                    (got - exact).abs() <= 1e-6 * norm,
+                    "{dtype} f32 path: {got} vs {exact}"
+                );
+                if dtype.is_quantized() {
+                    let exact8 = dot64(&mut x8.iter().copied());
+                    let got = dot_q8(dtype, &bytes, a8.row(0)) as f64;
+                    assert!(
+                        (got - exact8).abs() <= 1e-5 * norm,
+                        "{dtype} q8 path: {got} vs {exact8}"
+                    );
+                    let exact16 = dot64(&mut x16.iter().copied());
+                    let got = dot_q16(dtype, &bytes, a16.row(0)) as f64;
+                    assert!(
+                        (got - exact16).abs() <= 1e-5 * norm,
+                        "{dtype} q16 path: {got} vs {exact16}"
+                    );
+                    // 16-bit activations are close to the f32 activations themselves
+                    assert!(
+                        (got - exact).abs() <= 1e-4 * norm,
+                        "{dtype} q16 path vs f32 activations: {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every path and kernel set, for odd row counts and several activation rows, against an
+    /// f64 reference from the dequantized weights and f32 activations. NaN never passes.
+    #[test]
+    fn matmuls_match_f64_reference() {
+        let (rows, cols, n_t) = (13usize, 320usize, 5usize);
+        let x = activations(7, n_t * cols);
+        for dtype in DType::ALL {
+            let bytes = weights(dtype, 11, rows, cols);
+            let rb = dtype.row_bytes(cols);
+            let mut wd = vec![0f32; rows * cols];
+            for (r, o) in wd.chunks_exact_mut(cols).enumerate() {
+                dequantize_row(dtype, &bytes[r * rb..(r + 1) * rb], o);
+            }
+            for simd in simds() {
+                for &path in paths(dtype) {
+                    let got = run(simd, path, dtype, &bytes, cols, 0..rows, &x);
+                    for t in 0..n_t {
+                        for r in 0..rows {
+                            let (wr, xr) = (&wd[r * cols..][..cols], &x[t * cols..][..cols]);
+                            let exact: f64 =
+                                wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                            let norm: f64 = wr
+                                .iter()
+                                .zip(xr)
+                                .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                                .sum();
+                            // quantizing an activation moves it by at most half its block's
+                            // scale amax/qmax; on top of that only f32 summation error
+                            let qmax = match path {
+                                Path::F32 => f64::INFINITY,
+                                Path::Q8 => 127.0,
+                                Path::Q16 => 32767.0,
+                            };
+                            let rounding: f64 = wr
+                                .chunks(QK)
+                                .zip(xr.chunks(QK))
+                                .map(|(wb, xb)| {
+                                    let amax = xb.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+                                    let sw: f64 = wb.iter().map(|v| v.abs() as f64).sum();
+                                    sw * amax / qmax * 0.5
+                                })
+                                .sum();
+                            let tol = rounding * 1.001 + 2e-6 * norm;
+                            let g = got[t * rows + r] as f64;
+                            assert!(
+                                (g - exact).abs() <= tol,
+                                "{dtype} {path:?} {simd:?} t={t} r={r}: {g} vs {exact} (tol {tol})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A dot's bits do not depend on the batch size, the row range or the tile it falls in.
+    #[test]
+    fn matmul_is_bitwise_batch_invariant() {
+        let (rows, cols) = (11usize, 160usize);
+        let x = activations(3, 9 * cols);
+        for dtype in DType::ALL {
+            let bytes = weights(dtype, 5, rows, cols);
+            for simd in simds() {
+                for &path in paths(dtype) {
+                    // one token at a time, all rows
+                    let single: Vec<Vec<f32>> = x
+                        .chunks_exact(cols)
+                        .map(|xr| run(simd, path, dtype, &bytes, cols, 0..rows, xr))
+                        .collect();
+                    for n_t in 1..=9 {
+                        for range in [0..rows, 0..1, 1..2, 3..10, 2..11, 5..9, 7..11] {
+                            let got = run(
+                                simd,
+                                path,
+                                dtype,
+                                &bytes,
+                                cols,
+                                range.clone(),
+                                &x[..n_t * cols],
+                            );
+                            for t in 0..n_t {
+                                for (i, r) in range.clone().enumerate() {
+                                    let (a, b) = (got[t * range.len() + i], single[t][r]);
+                                    assert!(
+                                        a.to_bits() == b.to_bits(),
+                                        "{dtype} {path:?} {simd:?} T={n_t} rows {range:?} t={t} \
+                                         r={r}: {a} vs {b}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The SIMD quantizers give the scalar one's bits, ties and outliers included.
+    #[test]
+    fn quantize_simd_matches_scalar() {
+        let mut x = activations(9, 64 * QK);
+        // exact halves after scaling: amax 127 (or 32767) makes the scale 1
+        for (i, v) in x[..QK].iter_mut().enumerate() {
+            *v = if i == 0 { 127.0 } else { i as f32 - 15.5 };
+        }
+        for (i, v) in x[QK..2 * QK].iter_mut().enumerate() {
+            *v = if i == 0 {
+                -32767.0
+            } else {
+                i as f32 * 1000.0 + 0.5
+            };
+        }
+        x[2 * QK..3 * QK].fill(0.0);
+        for simd in simds() {
+            let (mut a, mut b) = (Q8Acts::default(), Q8Acts::default());
+            a.quantize_with(Simd::Scalar, &x, 4 * QK);
+            b.quantize_with(simd, &x, 4 * QK);
+            assert_eq!((&a.qs, &a.d, &a.s), (&b.qs, &b.d, &b.s), "{simd:?} q8");
+            let (mut a, mut b) = (Q16Acts::default(), Q16Acts::default());
+            a.quantize_with(Simd::Scalar, &x, 4 * QK);
+            b.quantize_with(simd, &x, 4 * QK);
+            assert_eq!((&a.qs, &a.d, &a.s), (&b.qs, &b.d, &b.s), "{simd:?} q16");
+        }
+    }
+
+    /// Float weights with rows that are not a multiple of 32 (the tail runs outside the SIMD
+    /// blocks).
+    #[test]
+    fn float_rows_with_tails() {
+        let (rows, cols) = (5usize, 77usize);
+        let x = randoms(1, 3 * cols);
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let bytes = weights(dtype, 2, rows, cols);
+            for simd in simds() {
+                let got = run(simd, Path::F32, dtype, &bytes, cols, 0..rows, &x);
+                let want = run(Simd::Scalar, Path::F32, dtype, &bytes, cols, 0..rows, &x);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{dtype} {simd:?}");
+                }
+            }
+        }
+    }
+}

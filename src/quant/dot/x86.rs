@@ -1,0 +1,562 @@
+//! AVX2 + FMA + F16C kernels (x86-64).
+//!
+//! Register tiling: up to `R = 4` weight rows × `T = 2` activation rows per step, so each
+//! decoded weight block is reused by every activation row of the tile and each activation block
+//! by every weight row. Every (weight row, activation row) pair has its own accumulator and goes
+//! through exactly the same sequence of operations whatever the tile shape, so a dot's result
+//! never depends on its neighbours (batch size, row range, threads).
+
+use super::QActs;
+use crate::quant::{DType, QK};
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+const Q8_0: u8 = 0;
+const Q4_0: u8 = 1;
+const Q4_1: u8 = 2;
+const F32: u8 = 3;
+const F16: u8 = 4;
+const BF16: u8 = 5;
+
+/// Weight rows per tile.
+const TR: usize = 4;
+/// Activation rows per tile.
+const TT: usize = 2;
+
+/// Bytes of 32 elements of kind `K`.
+const fn blk_bytes(k: u8) -> usize {
+    match k {
+        Q8_0 => 34,
+        Q4_0 => 18,
+        Q4_1 => 20,
+        F32 => 128,
+        _ => 64,
+    }
+}
+
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// Fixed-order horizontal sum.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// The 32 integer weights of a quantized block as i8, in element order
+/// (Q8_0: −128..127, Q4_0: −8..7, Q4_1: 0..15).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn wq<const K: u8>(p: *const u8) -> __m256i {
+    if K == Q8_0 {
+        _mm256_loadu_si256(p.add(2) as *const __m256i)
+    } else {
+        let off = if K == Q4_0 { 2 } else { 4 };
+        let tmp = _mm_loadu_si128(p.add(off) as *const __m128i);
+        let b = _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp),
+            _mm256_set1_epi8(0x0f),
+        );
+        if K == Q4_0 {
+            _mm256_sub_epi8(b, _mm256_set1_epi8(8))
+        } else {
+            b
+        }
+    }
+}
+
+/// Eight i32 partial sums of `w · a` for one block of i8 activations.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn isum8<const K: u8>(qw: __m256i, qa: __m256i) -> __m256i {
+    let dot = if K == Q4_1 {
+        _mm256_maddubs_epi16(qw, qa)
+    } else {
+        _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qa, qw))
+    };
+    _mm256_madd_epi16(dot, _mm256_set1_epi16(1))
+}
+
+/// Eight i32 partial sums of `w · a` for one block of i16 activations (`alo`: elements 0..16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn isum16(qw: __m256i, alo: __m256i, ahi: __m256i) -> __m256i {
+    let wlo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(qw));
+    let whi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(qw, 1));
+    _mm256_add_epi32(_mm256_madd_epi16(wlo, alo), _mm256_madd_epi16(whi, ahi))
+}
+
+/// Activation rows of a tile: quantized values, scales and scaled sums.
+struct ARows<const T: usize> {
+    q: [*const u8; T],
+    d: [*const f32; T],
+    s: [*const f32; T],
+}
+
+/// `out[r][t] = dot(W[r], A[t])` for block-quantized weights and 8-bit (`WIDE = false`) or
+/// 16-bit activations.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q<const K: u8, const WIDE: bool, const R: usize, const T: usize>(
+    w: [*const u8; R],
+    a: &ARows<T>,
+    nb: usize,
+) -> [[f32; T]; R] {
+    let bb = blk_bytes(K);
+    let qbytes = if WIDE { 2 * QK } else { QK };
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut ms = [[0f32; T]; R];
+    for b in 0..nb {
+        let mut qw = [_mm256_setzero_si256(); R];
+        let mut dw = [0f32; R];
+        let mut mw = [0f32; R];
+        for r in 0..R {
+            let p = w[r].add(b * bb);
+            qw[r] = wq::<K>(p);
+            dw[r] = f16_at(p);
+            if K == Q4_1 {
+                mw[r] = f16_at(p.add(2));
+            }
+        }
+        for t in 0..T {
+            let da = *a.d[t].add(b);
+            let qp = a.q[t].add(b * qbytes);
+            if WIDE {
+                let alo = _mm256_loadu_si256(qp as *const __m256i);
+                let ahi = _mm256_loadu_si256(qp.add(32) as *const __m256i);
+                for r in 0..R {
+                    let i = _mm256_cvtepi32_ps(isum16(qw[r], alo, ahi));
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * da), i, acc[r][t]);
+                }
+            } else {
+                let qa = _mm256_loadu_si256(qp as *const __m256i);
+                for r in 0..R {
+                    let i = _mm256_cvtepi32_ps(isum8::<K>(qw[r], qa));
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw[r] * da), i, acc[r][t]);
+                }
+            }
+            if K == Q4_1 {
+                let sa = *a.s[t].add(b);
+                for r in 0..R {
+                    ms[r][t] += mw[r] * sa;
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = hsum(acc[r][t]) + ms[r][t];
+        }
+    }
+    out
+}
+
+/// 32 weights of kind `K` at `p` as f32, exactly as `dequantize_row` computes them.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load32<const K: u8>(p: *const u8) -> [__m256; 4] {
+    match K {
+        F32 => {
+            let f = p as *const f32;
+            [
+                _mm256_loadu_ps(f),
+                _mm256_loadu_ps(f.add(8)),
+                _mm256_loadu_ps(f.add(16)),
+                _mm256_loadu_ps(f.add(24)),
+            ]
+        }
+        F16 => {
+            let h = p as *const __m128i;
+            [
+                _mm256_cvtph_ps(_mm_loadu_si128(h)),
+                _mm256_cvtph_ps(_mm_loadu_si128(h.add(1))),
+                _mm256_cvtph_ps(_mm_loadu_si128(h.add(2))),
+                _mm256_cvtph_ps(_mm_loadu_si128(h.add(3))),
+            ]
+        }
+        BF16 => {
+            let h = p as *const __m128i;
+            let cv =
+                |v: __m128i| _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+            [
+                cv(_mm_loadu_si128(h)),
+                cv(_mm_loadu_si128(h.add(1))),
+                cv(_mm_loadu_si128(h.add(2))),
+                cv(_mm_loadu_si128(h.add(3))),
+            ]
+        }
+        _ => {
+            let q = wq::<K>(p);
+            let d = _mm256_set1_ps(f16_at(p));
+            let lo = _mm256_castsi256_si128(q);
+            let hi = _mm256_extracti128_si256(q, 1);
+            let parts = [lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)];
+            let mut out = [_mm256_setzero_ps(); 4];
+            for (o, part) in out.iter_mut().zip(parts) {
+                let v = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part)));
+                *o = if K == Q4_1 {
+                    _mm256_add_ps(v, _mm256_set1_ps(f16_at(p.add(2))))
+                } else {
+                    v
+                };
+            }
+            out
+        }
+    }
+}
+
+/// One weight of float kind `K` (for row tails shorter than 32).
+#[inline]
+unsafe fn float_at<const K: u8>(p: *const u8, i: usize) -> f32 {
+    match K {
+        F32 => (p as *const f32).add(i).read_unaligned(),
+        F16 => half::f16::from_bits((p as *const u16).add(i).read_unaligned()).to_f32(),
+        _ => half::bf16::from_bits((p as *const u16).add(i).read_unaligned()).to_f32(),
+    }
+}
+
+/// `out[r][t] = dot(W[r], x[t])` on the exact path (weights dequantized, f32 products).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_f<const K: u8, const R: usize, const T: usize>(
+    w: [*const u8; R],
+    x: [*const f32; T],
+    cols: usize,
+) -> [[f32; T]; R] {
+    let bb = blk_bytes(K);
+    let nb = cols / QK;
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for b in 0..nb {
+        for r in 0..R {
+            let wv = load32::<K>(w[r].add(b * bb));
+            for t in 0..T {
+                let xp = x[t].add(b * QK);
+                let p01 = _mm256_fmadd_ps(
+                    wv[1],
+                    _mm256_loadu_ps(xp.add(8)),
+                    _mm256_mul_ps(wv[0], _mm256_loadu_ps(xp)),
+                );
+                let p23 = _mm256_fmadd_ps(
+                    wv[3],
+                    _mm256_loadu_ps(xp.add(24)),
+                    _mm256_mul_ps(wv[2], _mm256_loadu_ps(xp.add(16))),
+                );
+                acc[r][t] = _mm256_add_ps(acc[r][t], _mm256_add_ps(p01, p23));
+            }
+        }
+    }
+    let mut out = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            let mut tail = 0f32;
+            for i in nb * QK..cols {
+                tail += float_at::<K>(w[r], i) * *x[t].add(i);
+            }
+            out[r][t] = hsum(acc[r][t]) + tail;
+        }
+    }
+    out
+}
+
+/// Runs `tile(row0, t0)` over all rows and activation rows in tiles of up to `TR × TT`.
+#[inline(always)]
+fn for_tiles(
+    rows: Range<usize>,
+    n_t: usize,
+    mut t4x2: impl FnMut(usize, usize),
+    mut t4x1: impl FnMut(usize, usize),
+    mut t1x2: impl FnMut(usize, usize),
+    mut t1x1: impl FnMut(usize, usize),
+) {
+    let mut r = rows.start;
+    while r < rows.end {
+        let full = r + TR <= rows.end;
+        let mut t = 0;
+        while t + TT <= n_t {
+            if full {
+                t4x2(r, t)
+            } else {
+                t1x2(r, t)
+            }
+            t += TT;
+        }
+        if t < n_t {
+            if full {
+                t4x1(r, t)
+            } else {
+                t1x1(r, t)
+            }
+        }
+        r += if full { TR } else { 1 };
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matmul_q_k<const K: u8, const WIDE: bool, Q>(
+    w: &[u8],
+    rb: usize,
+    rows: Range<usize>,
+    acts: &QActs<Q>,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let cols = acts.cols;
+    let nb = cols / QK;
+    let qsz = std::mem::size_of::<Q>();
+    let base = rows.start;
+    let wp = w.as_ptr();
+    let qp = acts.qs.as_ptr() as *const u8;
+    let (dp, sp) = (acts.d.as_ptr(), acts.s.as_ptr());
+    let op = out.as_mut_ptr();
+    let arows = |t0: usize| -> ARows<TT> {
+        let ts = [t0, (t0 + 1).min(acts.rows() - 1)];
+        ARows {
+            q: ts.map(|t| qp.add(t * cols * qsz)),
+            d: ts.map(|t| dp.add(t * nb)),
+            s: ts.map(|t| sp.add(t * nb)),
+        }
+    };
+    let a1 = |t0: usize| -> ARows<1> {
+        ARows {
+            q: [qp.add(t0 * cols * qsz)],
+            d: [dp.add(t0 * nb)],
+            s: [sp.add(t0 * nb)],
+        }
+    };
+    let store = |r0: usize, t0: usize, res: &[f32], rr: usize, tt: usize| {
+        for r in 0..rr {
+            for t in 0..tt {
+                *op.add((t0 + t) * out_stride + r0 + r - base) = res[r * tt + t];
+            }
+        }
+    };
+    let wr = |r0: usize| -> [*const u8; TR] { [0, 1, 2, 3].map(|i| wp.add((r0 + i) * rb)) };
+    for_tiles(
+        rows.clone(),
+        acts.rows(),
+        |r, t| {
+            store(
+                r,
+                t,
+                tile_q::<K, WIDE, TR, TT>(wr(r), &arows(t), nb).as_flattened(),
+                TR,
+                TT,
+            )
+        },
+        |r, t| {
+            store(
+                r,
+                t,
+                tile_q::<K, WIDE, TR, 1>(wr(r), &a1(t), nb).as_flattened(),
+                TR,
+                1,
+            )
+        },
+        |r, t| {
+            store(
+                r,
+                t,
+                tile_q::<K, WIDE, 1, TT>([wp.add(r * rb)], &arows(t), nb).as_flattened(),
+                1,
+                TT,
+            )
+        },
+        |r, t| {
+            store(
+                r,
+                t,
+                tile_q::<K, WIDE, 1, 1>([wp.add(r * rb)], &a1(t), nb).as_flattened(),
+                1,
+                1,
+            )
+        },
+    );
+}
+
+/// `out[t * out_stride + r - rows.start] = dot(W[r], A[t])` with 8- or 16-bit activations.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (`available()`); `w` holds every row in `rows`.
+pub unsafe fn matmul_q<const WIDE: bool, Q>(
+    dtype: DType,
+    w: &[u8],
+    rows: Range<usize>,
+    acts: &QActs<Q>,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let rb = dtype.row_bytes(acts.cols);
+    assert!(w.len() >= rows.end * rb);
+    assert!(acts.rows() == 0 || out.len() >= (acts.rows() - 1) * out_stride + rows.len());
+    match dtype {
+        DType::Q8_0 => matmul_q_k::<Q8_0, WIDE, Q>(w, rb, rows, acts, out, out_stride),
+        DType::Q4_0 => matmul_q_k::<Q4_0, WIDE, Q>(w, rb, rows, acts, out, out_stride),
+        DType::Q4_1 => matmul_q_k::<Q4_1, WIDE, Q>(w, rb, rows, acts, out, out_stride),
+        DType::F32 | DType::F16 | DType::BF16 => unreachable!("float weights use the f32 path"),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn matmul_f32_k<const K: u8>(
+    w: &[u8],
+    rb: usize,
+    cols: usize,
+    rows: Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let n_t = x.len() / cols;
+    let base = rows.start;
+    let wp = w.as_ptr();
+    let xp = x.as_ptr();
+    let op = out.as_mut_ptr();
+    let store = |r0: usize, t0: usize, res: &[f32], rr: usize, tt: usize| {
+        for r in 0..rr {
+            for t in 0..tt {
+                *op.add((t0 + t) * out_stride + r0 + r - base) = res[r * tt + t];
+            }
+        }
+    };
+    let wr = |r0: usize| -> [*const u8; TR] { [0, 1, 2, 3].map(|i| wp.add((r0 + i) * rb)) };
+    let x2 = |t0: usize| -> [*const f32; TT] { [xp.add(t0 * cols), xp.add((t0 + 1) * cols)] };
+    for_tiles(
+        rows.clone(),
+        n_t,
+        |r, t| {
+            store(
+                r,
+                t,
+                tile_f::<K, TR, TT>(wr(r), x2(t), cols).as_flattened(),
+                TR,
+                TT,
+            )
+        },
+        |r, t| {
+            store(
+                r,
+                t,
+                tile_f::<K, TR, 1>(wr(r), [xp.add(t * cols)], cols).as_flattened(),
+                TR,
+                1,
+            )
+        },
+        |r, t| {
+            store(
+                r,
+                t,
+                tile_f::<K, 1, TT>([wp.add(r * rb)], x2(t), cols).as_flattened(),
+                1,
+                TT,
+            )
+        },
+        |r, t| {
+            store(
+                r,
+                t,
+                tile_f::<K, 1, 1>([wp.add(r * rb)], [xp.add(t * cols)], cols).as_flattened(),
+                1,
+                1,
+            )
+        },
+    );
+}
+
+/// As `matmul_q`, on the exact path: any weight type times f32 activations `x`.
+///
+/// # Safety
+/// As `matmul_q`; `cols` must be a multiple of 32 for quantized weights.
+pub unsafe fn matmul_f32(
+    dtype: DType,
+    w: &[u8],
+    cols: usize,
+    rows: Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let rb = dtype.row_bytes(cols);
+    let n_t = x.len() / cols;
+    assert!(w.len() >= rows.end * rb && x.len() == n_t * cols);
+    assert!(n_t == 0 || out.len() >= (n_t - 1) * out_stride + rows.len());
+    match dtype {
+        DType::F32 => matmul_f32_k::<F32>(w, rb, cols, rows, x, out, out_stride),
+        DType::F16 => matmul_f32_k::<F16>(w, rb, cols, rows, x, out, out_stride),
+        DType::BF16 => matmul_f32_k::<BF16>(w, rb, cols, rows, x, out, out_stride),
+        DType::Q8_0 => matmul_f32_k::<Q8_0>(w, rb, cols, rows, x, out, out_stride),
+        DType::Q4_0 => matmul_f32_k::<Q4_0>(w, rb, cols, rows, x, out, out_stride),
+        DType::Q4_1 => matmul_f32_k::<Q4_1>(w, rb, cols, rows, x, out, out_stride),
+    }
+}
+
+/// Quantizes blocks of 32 values to i8 (`WIDE = false`, |q| ≤ 127) or i16 (|q| ≤ 32767),
+/// bit-identical to the scalar version (same scale arithmetic, round half to even).
+///
+/// # Safety
+/// As `matmul_q`; `qs` holds `x.len()` values of the chosen width, `d` and `s` a value per block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize<const WIDE: bool>(x: &[f32], qs: *mut u8, d: &mut [f32], s: &mut [f32]) {
+    let qmax = if WIDE { 32767.0f32 } else { 127.0 };
+    let sign = _mm256_set1_ps(-0.0);
+    for (b, xb) in x.chunks_exact(QK).enumerate() {
+        let p = xb.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let dd = amax / qmax;
+        let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
+        let idv = _mm256_set1_ps(id);
+        let i = v.map(|v| {
+            _mm256_cvtps_epi32(_mm256_round_ps(
+                _mm256_mul_ps(v, idv),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            ))
+        });
+        let sum = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        let s4 = _mm_add_epi32(
+            _mm256_castsi256_si128(sum),
+            _mm256_extracti128_si256(sum, 1),
+        );
+        let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
+        let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b10_11_00_01));
+        let isum = _mm_cvtsi128_si32(s4);
+        // packs interleaves 128-bit lanes; the permutes restore element order
+        let p01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i[0], i[1]), 0b11_01_10_00);
+        let p23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i[2], i[3]), 0b11_01_10_00);
+        if WIDE {
+            let o = qs.add(b * QK * 2) as *mut __m256i;
+            _mm256_storeu_si256(o, p01);
+            _mm256_storeu_si256(o.add(1), p23);
+        } else {
+            let q = _mm256_permute4x64_epi64(_mm256_packs_epi16(p01, p23), 0b11_01_10_00);
+            _mm256_storeu_si256(qs.add(b * QK) as *mut __m256i, q);
+        }
+        d[b] = dd;
+        s[b] = dd * isum as f32;
+    }
+}
