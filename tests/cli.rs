@@ -200,7 +200,8 @@ fn chat_answer_from_the_real_model() {
         "What is the capital of France?",
         "-n",
         "32",
-        "--f32-activations",
+        "--activations",
+        "f32",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(

@@ -81,18 +81,15 @@ pub struct RunArgs {
     /// Context size in tokens (default: the model's).
     #[arg(short = 'c', long = "ctx-size")]
     pub ctx_size: Option<usize>,
-    /// Multiply in f32 with dequantized weights instead of 8-bit activations (slower, exact).
-    #[arg(long)]
-    pub f32_activations: bool,
+    /// How activations meet quantized weights on the CPU: q16 (default; matches the f32
+    /// reference), q8 (llama.cpp's 8-bit activations, fastest prefill) or f32 (exact, slowest).
+    #[arg(long, default_value = "q16")]
+    pub activations: Precision,
 }
 
 impl RunArgs {
     pub fn precision(&self) -> Precision {
-        if self.f32_activations {
-            Precision::F32
-        } else {
-            Precision::Q8Activations
-        }
+        self.activations
     }
 }
 

@@ -10,14 +10,29 @@ use std::cell::RefCell;
 /// How activations meet the weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// Block-quantized weights meet activations quantized to 8 bits (llama.cpp's way; fast).
-    #[default]
+    /// Block-quantized weights meet activations quantized to 8 bits (llama.cpp's way; fastest
+    /// prefill, but outlier activations cost accuracy: SmolLM2 drifts from its f32 reference).
     Q8Activations,
     /// Every weight is dequantized and multiplied in f32 (exact reference path).
     F32,
     /// Block-quantized weights meet activations quantized to 16 bits per block of 32: integer
     /// products like `Q8Activations`, but activation outliers no longer flatten their block.
+    /// The default: it reproduces the f32 reference at nearly the 8-bit path's decode speed.
+    #[default]
     Q16Activations,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "q16" => Ok(Precision::Q16Activations),
+            "q8" => Ok(Precision::Q8Activations),
+            "f32" => Ok(Precision::F32),
+            _ => Err(format!("{s:?}: expected q16, q8 or f32")),
+        }
+    }
 }
 
 thread_local! {

@@ -10,7 +10,7 @@ pub mod shaders;
 pub use device::{adapter_summary, open, DeviceOptions, GpuContext};
 pub use kernels::{AttentionArgs, Gpu, GpuMatrix, MatmulArgs, Recorder};
 
-use crate::backend::{Backend, Batch, Logits, Rows, Want};
+use crate::backend::{Backend, Batch, CacheView, Logits, Rows, Want};
 use crate::cpu::ops::RopeTable;
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ModelWeights, RopeLayout};
@@ -233,7 +233,14 @@ impl GpuBackend {
     }
 
     fn check_batch(&self, batch: &Batch) -> Result<()> {
-        batch.validate()?;
+        batch.validate(self.len)?;
+        if batch.cache != CacheView::All {
+            // drafting runs on the CPU backend; the verifier always sees its whole prefix
+            return Err(Error::Unsupported(
+                "the GPU backend verifies over the committed prefix only (no speculative cache view)"
+                    .into(),
+            ));
+        }
         let n = batch.len();
         if n == 0 {
             return Err(Error::InvalidArgument("empty batch".into()));
