@@ -419,6 +419,7 @@ fn long_prefill_and_dense_mask_match_cpu() {
         tokens: vec![5, 6, 7, 8],
         positions: vec![150, 151, 151, 152],
         mask: llmcad::backend::BatchMask::Dense(vec![vec![0], vec![0, 1], vec![2], vec![0, 2, 3]]),
+        cache: llmcad::backend::CacheView::All,
     };
     let a = g.forward(&dense, Want::ALL_FULL).unwrap();
     let b = c.forward(&dense, Want::ALL_FULL).unwrap();
