@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod export;
+pub mod ffi;
 pub mod format;
 pub mod generate;
 pub mod memory;
