@@ -479,8 +479,10 @@ impl Engine {
     ) -> Result<Output> {
         let opts = &req.options;
         let new = self.new_tokens(&req.prompt)?;
-        self.history.extend_from_slice(&new);
+        // a chat turn may have shortened the history: drop what the caches hold past it
+        // before the new tokens take those places
         self.sync_caches();
+        self.history.extend_from_slice(&new);
         if self.history.is_empty() {
             return Err(Error::InvalidArgument("the prompt is empty".into()));
         }
