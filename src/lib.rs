@@ -4,11 +4,14 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod engine;
 pub mod error;
 pub mod export;
+pub mod ffi;
 pub mod format;
 pub mod generate;
 pub mod gpu;
+pub mod memory;
 pub mod model;
 mod progress;
 pub mod quant;
@@ -17,4 +20,8 @@ pub mod spec;
 pub mod synthetic;
 pub mod tokenizer;
 
+pub use engine::{
+    CancelHandle, Device, Engine, EngineOptions, GenerateRequest, Output, Prompt, TokenEvent,
+};
 pub use error::{Error, Result};
+pub use memory::MemoryBudget;

@@ -413,3 +413,49 @@ fn mismatched_pairs_are_refused() {
     let err = check_pair(&f.target, &other).unwrap_err().to_string();
     assert!(err.contains("EOS"), "{err}");
 }
+
+/// The GPU verifier (Lavapipe in CI) with a CPU drafter: speculation gives the GPU target's own
+/// greedy tokens.
+#[test]
+fn greedy_speculation_is_lossless_on_the_gpu_target() {
+    let f = family(DType::Q8_0);
+    let opts = GenerateOptions {
+        max_tokens: 24,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let modes = [
+        SpecOptions::default(),
+        SpecOptions {
+            max_nodes: Some(16),
+            branch_threshold: 0.05,
+            fallback: FallbackPolicy::Fixed(0.0),
+            ..SpecOptions::default()
+        },
+        SpecOptions {
+            mode: SpecMode::Chain { k: 4 },
+            ..SpecOptions::default()
+        },
+    ];
+    let mut accepted = 0;
+    for prompt in &prompts()[..2] {
+        let Some(mut t) = gpu_target(&f.target, 256) else {
+            return;
+        };
+        let want = generate(&mut t, prompt, &[], &opts, &mut |_| true)
+            .unwrap()
+            .tokens;
+        for d in &f.drafters[1..3] {
+            for spec in &modes {
+                let mut t = gpu_target(&f.target, 256).unwrap();
+                let mut dr = cpu(d, Precision::default(), 1);
+                let out =
+                    generate_speculative(&mut t, &mut dr, prompt, &[], &opts, spec, &mut |_| true)
+                        .unwrap();
+                assert_eq!(out.generation.tokens, want, "{spec:?}");
+                accepted += out.spec.accepted_tokens;
+            }
+        }
+    }
+    assert!(accepted > 0);
+}

@@ -3,11 +3,10 @@
 use super::{ModelArgs, RunArgs, SpecArgs};
 use anyhow::{bail, Context};
 use clap::Args;
-use llmcad::cpu::{default_threads, CpuBackend, CpuOptions};
-use llmcad::generate::{generate, GenerateOptions};
-use llmcad::model::Model;
+use llmcad::engine::{Device, Engine, EngineOptions, GenerateRequest, Prompt};
+use llmcad::generate::GenerateOptions;
 use llmcad::sampling::SamplingParams;
-use llmcad::spec::{generate_speculative, SpecStats};
+use llmcad::spec::SpecStats;
 use llmcad::tokenizer::ChatMessage;
 use std::io::Write;
 use std::path::PathBuf;
@@ -48,8 +47,9 @@ pub struct GenerateArgs {
     /// Do not stop at end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
-    /// Device for the model: cpu.
-    #[arg(long, default_value = "cpu")]
+    /// Device for the target: auto (a hardware GPU, else the CPU), gpu (any wgpu adapter,
+    /// software ones such as Lavapipe included) or cpu.
+    #[arg(long, default_value = "auto")]
     device: String,
     #[command(flatten)]
     spec: SpecArgs,
@@ -59,12 +59,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
-    if a.device != "cpu" {
-        bail!(
-            "--device {}: this build runs models on the CPU only (--device cpu)",
-            a.device
-        );
-    }
+    let device: Device = a.device.parse()?;
     let prompt_text = match (&a.prompt, &a.file) {
         (Some(p), None) => p.clone(),
         (None, Some(f)) => {
@@ -72,113 +67,96 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         }
         _ => bail!("give a prompt with -p TEXT or -f FILE"),
     };
-    let model = a.model.load()?;
-    let text = if a.chat {
-        chat_prompt(&model, &prompt_text)?
+    let mut opts = EngineOptions::new(&a.model.model);
+    opts.quantize = a.model.quantize;
+    opts.device = device;
+    opts.threads = a.run.threads;
+    opts.context = a.run.ctx_size;
+    opts.precision = a.run.precision();
+    opts.progress = true;
+    if let Some((drafter, spec)) = a.spec.spec_options()? {
+        opts = opts.with_drafter(drafter, spec);
+        opts.draft_quantize = a.spec.draft_quantize;
+        opts.draft_threads = a.spec.draft_threads;
+    }
+    let mut engine = Engine::load(opts)?;
+    for w in engine.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let prompt = if a.chat {
+        if engine.model().chat_template.is_none() {
+            bail!(
+                "--chat: {} has no chat template; pass the formatted prompt with -p",
+                engine.model().name
+            );
+        }
+        Prompt::Chat(vec![ChatMessage::new("user", prompt_text)])
     } else {
-        prompt_text
+        Prompt::Text(prompt_text)
     };
-    let prompt = model.encode_prompt(&text)?;
-
-    let opts = CpuOptions {
-        threads: a.run.threads.unwrap_or_else(default_threads),
-        precision: a.run.precision(),
-        context: a.run.ctx_size.unwrap_or(model.config.max_context),
-    };
-    let mut backend = CpuBackend::new(model.config.clone(), model.weights.clone(), &opts);
-    let drafter = a.spec.load_drafter(&model)?;
-    let gen_opts = GenerateOptions {
-        max_tokens: a.n_predict,
-        sampling: SamplingParams {
-            temperature: a.temp,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            min_p: a.min_p,
-            repeat_penalty: a.repeat_penalty,
-            repeat_last_n: a.repeat_last_n,
-            seed: a.seed,
+    let request = GenerateRequest {
+        prompt,
+        options: GenerateOptions {
+            max_tokens: a.n_predict,
+            sampling: SamplingParams {
+                temperature: a.temp,
+                top_k: a.top_k,
+                top_p: a.top_p,
+                min_p: a.min_p,
+                repeat_penalty: a.repeat_penalty,
+                repeat_last_n: a.repeat_last_n,
+                seed: a.seed,
+            },
+            ignore_eos: a.ignore_eos,
+            ..Default::default()
         },
-        ignore_eos: a.ignore_eos,
-        ..Default::default()
+        reset: false,
     };
 
-    let mut stream = model.tokenizer.stream_skip_special();
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
-    let mut on_token = |id| {
-        if a.json {
+    let out = engine.generate(&request, &mut |ev| {
+        if a.json || ev.text.is_empty() {
             return true;
         }
-        match stream.push(id) {
-            Ok(Some(piece)) => {
-                if let Err(e) = stdout
-                    .write_all(piece.as_bytes())
-                    .and_then(|_| stdout.flush())
-                {
-                    write_err = Some(e);
-                    return false;
-                }
-                true
+        match stdout
+            .write_all(ev.text.as_bytes())
+            .and_then(|_| stdout.flush())
+        {
+            Ok(()) => true,
+            Err(e) => {
+                write_err = Some(e);
+                false
             }
-            Ok(None) | Err(_) => true,
         }
-    };
-    let stop_ids = &model.config.special.stop;
-    let (out, spec_stats) = match &drafter {
-        None => (
-            generate(&mut backend, &prompt, stop_ids, &gen_opts, &mut on_token)?,
-            None,
-        ),
-        Some((d, spec)) => {
-            let mut draft_backend = CpuBackend::new(
-                d.config.clone(),
-                d.weights.clone(),
-                &CpuOptions {
-                    threads: a.spec.draft_threads.unwrap_or(opts.threads),
-                    ..opts.clone()
-                },
-            );
-            let r = generate_speculative(
-                &mut backend,
-                &mut draft_backend,
-                &prompt,
-                stop_ids,
-                &gen_opts,
-                spec,
-                &mut on_token,
-            )?;
-            (r.generation, Some(r.spec))
-        }
-    };
+    })?;
     if let Some(e) = write_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e.into());
         }
     }
     let s = &out.stats;
+    let stop_ids = &engine.model().config.special.stop;
     if a.json {
         let json = serde_json::json!({
-            "prompt_tokens": prompt,
+            "prompt_tokens": out.prompt,
             "tokens": out.tokens,
-            "text": model.tokenizer.decode(text_tokens(&out.tokens, stop_ids))?,
+            "text": engine.tokenizer().decode(text_tokens(&out.tokens, stop_ids))?,
             "stop": out.stop.as_str(),
             "stats": {
                 "prompt_ms": s.prompt_ms(),
                 "decode_ms": s.decode_ms(),
                 "tokens_per_s": s.tokens_per_s(),
                 "prompt_tokens_per_s": s.prompt_tokens_per_s(),
-                "device": backend_name(&backend),
+                "device": engine.device_name(),
             }
         });
         let mut json = json;
-        if let Some(sp) = &spec_stats {
+        if let Some(sp) = &out.spec {
             spec_json(&mut json["stats"], sp, s.target_passes, s.decode_ms());
         }
         writeln!(stdout, "{json}")?;
     } else {
-        if let Some(rest) = stream.finish()? {
-            write!(stdout, "{rest}")?;
-        }
         writeln!(stdout)?;
         stdout.flush()?;
         eprintln!(
@@ -191,7 +169,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             s.tokens_per_s(),
             out.stop.as_str()
         );
-        if let Some(sp) = &spec_stats {
+        if let Some(sp) = &out.spec {
             eprintln!(
                 "speculation: {} target passes, {:.2} tokens per pass, {} of {} drafted tokens accepted, {:.1} nodes per tree, threshold {:.4} (mean {:.4})",
                 s.target_passes,
@@ -237,26 +215,4 @@ fn spec_json(stats: &mut serde_json::Value, sp: &SpecStats, passes: usize, decod
     if let (Some(dst), serde_json::Value::Object(src)) = (stats.as_object_mut(), extra) {
         dst.extend(src);
     }
-}
-
-fn backend_name(b: &CpuBackend) -> String {
-    use llmcad::backend::Backend;
-    b.device_name()
-}
-
-/// Renders one user message in the model's own chat template.
-fn chat_prompt(model: &Model, user: &str) -> anyhow::Result<String> {
-    let Some(t) = &model.chat_template else {
-        bail!(
-            "--chat: {} has no chat template; pass the formatted prompt with -p",
-            model.name
-        );
-    };
-    Ok(t.render(
-        &[ChatMessage {
-            role: "user".into(),
-            content: user.to_string(),
-        }],
-        true,
-    )?)
 }

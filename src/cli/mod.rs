@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use llmcad::cpu::Precision;
 use llmcad::model::{LoadOptions, Model};
 use llmcad::quant::DType;
-use llmcad::spec::{check_pair, FallbackPolicy, SpecMode, SpecOptions};
+use llmcad::spec::{FallbackPolicy, SpecMode, SpecOptions};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -126,8 +126,8 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
-    /// The drafter and speculation options, or `None` for target-only decoding.
-    pub fn load_drafter(&self, target: &Model) -> anyhow::Result<Option<(Model, SpecOptions)>> {
+    /// The drafter's path and the speculation options, or `None` for target-only decoding.
+    pub fn spec_options(&self) -> anyhow::Result<Option<(PathBuf, SpecOptions)>> {
         let mode = match (self.spec.as_deref(), &self.draft) {
             (Some("none"), _) | (None, None) => return Ok(None),
             (Some(m), None) => anyhow::bail!("--spec {m} needs a drafter: add --draft MODEL"),
@@ -137,17 +137,6 @@ impl SpecArgs {
         if self.draft_max == 0 || self.tree_depth == 0 || self.tree_nodes == Some(0) {
             anyhow::bail!("--draft-max, --tree-depth and --tree-nodes must be at least 1");
         }
-        let path = self.draft.as_ref().expect("checked above");
-        let drafter = Model::load(
-            path,
-            &LoadOptions {
-                quantize: self.draft_quantize,
-                progress: true,
-            },
-        )?;
-        for w in check_pair(target, &drafter)? {
-            eprintln!("warning: {w}");
-        }
         let spec = SpecOptions {
             mode,
             fallback: self.fallback,
@@ -156,6 +145,6 @@ impl SpecArgs {
             branch_threshold: self.branch_threshold,
             ..SpecOptions::default()
         };
-        Ok(Some((drafter, spec)))
+        Ok(Some((self.draft.clone().expect("checked above"), spec)))
     }
 }

@@ -156,6 +156,11 @@ pub fn open(opts: &DeviceOptions) -> Result<GpuContext> {
 }
 
 impl GpuContext {
+    /// A CPU implementation of the API (Lavapipe, SwiftShader, WARP): correct but slow.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// "name (backend, type)" plus the enabled features.
     pub fn summary(&self) -> String {
         format!(

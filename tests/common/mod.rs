@@ -161,3 +161,22 @@ pub fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize, stop: &[u32]) -> Ve
         .unwrap()
         .tokens
 }
+
+/// The GPU backend for `m` (context `context`), or `None` when there is no adapter and
+/// LLMCAD_SKIP_GPU=1; without that variable a missing GPU fails the test (CI has Lavapipe).
+pub fn gpu_target(m: &Model, context: usize) -> Option<llmcad::gpu::GpuBackend> {
+    let opts = llmcad::gpu::GpuOptions {
+        context,
+        ..llmcad::gpu::GpuOptions::for_model(&m.config)
+    };
+    match llmcad::gpu::GpuBackend::new(m.config.clone(), m.weights.clone(), &opts) {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var("LLMCAD_SKIP_GPU").as_deref() == Ok("1") => {
+            eprintln!("NOTICE: skipping a GPU test (LLMCAD_SKIP_GPU=1): {e}");
+            None
+        }
+        Err(e) => panic!(
+            "GPU backend: {e} (install mesa-vulkan-drivers, or set LLMCAD_SKIP_GPU=1 to skip)"
+        ),
+    }
+}

@@ -1,0 +1,684 @@
+//! The library API: one [`Engine`] holds a target model (and optionally a drafter) ready on a
+//! device, keeps the conversation in its KV caches, and streams generated tokens. The CLI and
+//! the C ABI (`ffi.rs`) are thin layers over it.
+//!
+//! ```no_run
+//! use llmcad::engine::{Engine, EngineOptions, GenerateRequest, Prompt};
+//! use llmcad::tokenizer::ChatMessage;
+//!
+//! let mut engine = Engine::load(EngineOptions::new("SmolLM2-135M-Instruct.Q4_1.gguf"))?;
+//! let request = GenerateRequest::new(Prompt::Chat(vec![ChatMessage::new(
+//!     "user",
+//!     "What is the capital of France?",
+//! )]));
+//! let out = engine.generate(&request, &mut |ev| {
+//!     print!("{}", ev.text);
+//!     true // keep going
+//! })?;
+//! println!("\n{} tokens, stop: {}", out.tokens.len(), out.stop.as_str());
+//! // the next request continues the same conversation; engine.reset() starts a new one
+//! # Ok::<(), llmcad::Error>(())
+//! ```
+//!
+//! Nothing happens at library load and there is no global state: every engine owns its
+//! models, caches and threads, so several engines can live in one process.
+
+use crate::backend::{Backend, Batch, Rows, Want};
+use crate::cpu::{default_threads, CpuBackend, CpuOptions, Precision};
+use crate::error::{Error, Result};
+use crate::generate::{check_context, generate, GenerateOptions, Stats, StopReason};
+use crate::gpu::{self, DeviceOptions, GpuBackend};
+use crate::memory::MemoryBudget;
+use crate::model::{LoadOptions, Model};
+use crate::quant::DType;
+use crate::spec::{check_pair, generate_speculative, SpecOptions, SpecStats};
+use crate::tokenizer::{ChatMessage, Tokenizer};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where the target runs. The drafter always runs on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// The wgpu backend on the adapter the environment selects (`WGPU_BACKEND`,
+    /// `WGPU_ADAPTER_NAME`), software adapters included.
+    Gpu,
+    /// A hardware GPU when there is one, else the CPU (with a notice in `Engine::warnings`).
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "gpu" => Ok(Device::Gpu),
+            "auto" => Ok(Device::Auto),
+            _ => Err(Error::InvalidArgument(format!(
+                "device {s:?}: expected cpu, gpu or auto"
+            ))),
+        }
+    }
+}
+
+/// How to load and run the models. Start from [`EngineOptions::new`].
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// The target model: a GGUF file or a Hugging Face directory.
+    pub target: PathBuf,
+    /// A drafter with the target's vocabulary; used when `spec` is `Some`.
+    pub drafter: Option<PathBuf>,
+    pub device: Device,
+    /// CPU threads for the target (`None`: every core).
+    pub threads: Option<usize>,
+    /// CPU threads for the drafter (`None`: `threads`).
+    pub draft_threads: Option<usize>,
+    /// Context (KV cache) size in tokens (`None`: the model's). The whole conversation since
+    /// the last [`Engine::reset`] must fit.
+    pub context: Option<usize>,
+    /// CPU matmul precision.
+    pub precision: Precision,
+    /// Quantize the target's float matrices while loading (Hugging Face models).
+    pub quantize: Option<DType>,
+    /// Quantize the drafter's float matrices while loading.
+    pub draft_quantize: Option<DType>,
+    /// Speculative decoding with the drafter, or `None` for target-only decoding.
+    pub spec: Option<SpecOptions>,
+    /// The memory the engine may use. Resolved at load and reported; the weight streaming that
+    /// will honour it is not built yet.
+    pub memory_budget: MemoryBudget,
+    /// Progress bars on stderr while loading (only when it is a terminal).
+    pub progress: bool,
+}
+
+impl EngineOptions {
+    /// Target-only decoding of `target` on the CPU with every core and the model's context.
+    pub fn new(target: impl Into<PathBuf>) -> Self {
+        EngineOptions {
+            target: target.into(),
+            drafter: None,
+            device: Device::Cpu,
+            threads: None,
+            draft_threads: None,
+            context: None,
+            precision: Precision::default(),
+            quantize: None,
+            draft_quantize: None,
+            spec: None,
+            memory_budget: MemoryBudget::Auto,
+            progress: false,
+        }
+    }
+
+    /// Speculative decoding with `drafter` under `spec`.
+    pub fn with_drafter(mut self, drafter: impl Into<PathBuf>, spec: SpecOptions) -> Self {
+        self.drafter = Some(drafter.into());
+        self.spec = Some(spec);
+        self
+    }
+}
+
+/// What to continue the conversation with.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Raw text; special tokens written in it (`<|im_start|>`) are recognised. BOS is added
+    /// when the model wants it and the conversation is empty.
+    Text(String),
+    /// New chat turns, rendered with the model's chat template together with the earlier
+    /// turns of the conversation (the engine records the assistant's answers), ending with the
+    /// assistant prompt.
+    Chat(Vec<ChatMessage>),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
+}
+
+/// One generation request.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub options: GenerateOptions,
+    /// Start a new conversation first (like [`Engine::reset`]).
+    pub reset: bool,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: Prompt) -> Self {
+        GenerateRequest {
+            prompt,
+            options: GenerateOptions::default(),
+            reset: false,
+        }
+    }
+}
+
+/// A generated token and the text it completes, given to the callback as soon as it is chosen.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenEvent<'a> {
+    /// The token; `None` for the one text-only event that may come last, when generation
+    /// ends with text held back (an incomplete character).
+    pub id: Option<u32>,
+    /// Text completed by this token (special tokens give none; empty while a multi-byte
+    /// character is incomplete).
+    pub text: &'a str,
+}
+
+/// What one [`Engine::generate`] produced.
+#[derive(Clone, Debug)]
+pub struct Output {
+    /// The tokens this request added to the conversation before generating (for a chat turn
+    /// the rendered new turns; the whole prompt on a fresh conversation).
+    pub prompt: Vec<u32>,
+    /// Generated tokens, the stop token included when there was one.
+    pub tokens: Vec<u32>,
+    /// Generated text: every streamed piece joined (special tokens give no text).
+    pub text: String,
+    pub stop: StopReason,
+    /// `prompt_tokens` counts the tokens actually run before the first new one (new prompt
+    /// tokens plus any the cache lacked).
+    pub stats: Stats,
+    /// Speculation counters, when a drafter was used.
+    pub spec: Option<SpecStats>,
+    /// The memory budget in bytes (resolved at load), `None` when the OS did not say.
+    pub memory_budget: Option<u64>,
+}
+
+/// Stops a running [`Engine::generate`] from any thread.
+#[derive(Clone, Debug, Default)]
+pub struct CancelHandle(Arc<AtomicBool>);
+
+impl CancelHandle {
+    /// Asks the generation in progress to stop: it returns [`StopReason::Cancelled`] after
+    /// at most one more forward pass. Generations that start later are not affected.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn clear(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Memory the engine's models take, next to the budget.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryReport {
+    /// The budget asked for.
+    pub budget: MemoryBudget,
+    /// It resolved to this many bytes at load (`None`: the OS did not say).
+    pub budget_bytes: Option<u64>,
+    /// Weights of the target and the drafter, as stored.
+    pub weights_bytes: u64,
+    /// The KV caches when full (f32 K and V for every layer and context slot).
+    pub kv_bytes: u64,
+}
+
+impl MemoryReport {
+    /// Whether weights and full caches fit the budget (true without a budget). Until weight
+    /// streaming exists nothing enforces it.
+    pub fn fits(&self) -> bool {
+        self.budget_bytes
+            .is_none_or(|b| self.weights_bytes + self.kv_bytes <= b)
+    }
+}
+
+struct Drafter {
+    model: Model,
+    backend: Box<dyn Backend>,
+    spec: SpecOptions,
+    /// History tokens known to be in the drafter's cache (a prefix of `history`).
+    valid: usize,
+}
+
+/// A loaded target (and drafter) with the conversation so far. See the module docs.
+///
+/// An engine is `Send`: move it to a worker thread and keep a [`CancelHandle`] elsewhere.
+pub struct Engine {
+    model: Model,
+    target: Box<dyn Backend>,
+    /// History tokens known to be in the target's cache (a prefix of `history`).
+    target_valid: usize,
+    drafter: Option<Drafter>,
+    /// Every token of the conversation since the last reset, prompts and answers.
+    history: Vec<u32>,
+    /// The chat turns so far (the assistant's answers included), for `Prompt::Chat`.
+    messages: Vec<ChatMessage>,
+    cancel: CancelHandle,
+    memory: MemoryReport,
+    warnings: Vec<String>,
+}
+
+/// Creates the backend the target runs on. The one place that chooses a device.
+/// `Auto` takes a hardware GPU and otherwise runs on the CPU, adding a one-line notice to
+/// `warnings`: a software adapter such as Lavapipe is far slower than the CPU backend, so only
+/// `Gpu` uses one.
+fn open_target(
+    model: &Model,
+    opts: &EngineOptions,
+    warnings: &mut Vec<String>,
+) -> Result<Box<dyn Backend>> {
+    let gpu = |ctx| -> Result<Box<dyn Backend>> {
+        let context = opts.context.unwrap_or(model.config.max_context);
+        Ok(Box::new(GpuBackend::with_context(
+            model.config.clone(),
+            model.weights.clone(),
+            context,
+            ctx,
+        )?))
+    };
+    match opts.device {
+        Device::Cpu => Ok(Box::new(cpu_backend(model, opts, opts.threads))),
+        Device::Gpu => gpu(gpu::open(&DeviceOptions::default())?),
+        Device::Auto => {
+            let tried = gpu::open(&DeviceOptions::default()).and_then(|ctx| {
+                if ctx.is_software() {
+                    return Err(Error::Gpu(format!(
+                        "{} is a software adapter (--device gpu uses it anyway)",
+                        ctx.summary()
+                    )));
+                }
+                gpu(ctx)
+            });
+            tried.or_else(|e| {
+                warnings.push(format!("no usable GPU, running the target on the CPU: {e}"));
+                Ok(Box::new(cpu_backend(model, opts, opts.threads)))
+            })
+        }
+    }
+}
+
+fn cpu_backend(model: &Model, opts: &EngineOptions, threads: Option<usize>) -> CpuBackend {
+    CpuBackend::new(
+        model.config.clone(),
+        model.weights.clone(),
+        &CpuOptions {
+            threads: threads.unwrap_or_else(default_threads).max(1),
+            precision: opts.precision,
+            context: opts.context.unwrap_or(model.config.max_context),
+        },
+    )
+}
+
+fn kv_bytes(model: &Model, context: Option<usize>) -> u64 {
+    let c = &model.config;
+    let slots = context.unwrap_or(c.max_context).min(c.max_context);
+    (2 * c.n_layers * c.kv_dim() * slots * 4) as u64
+}
+
+impl Engine {
+    /// Loads the target (and, with `spec`, the drafter, checked against the target) and
+    /// creates their backends. Fails with a message naming the problem: a missing or
+    /// corrupt file, a drafter that cannot draft for the target, an unavailable device.
+    pub fn load(opts: EngineOptions) -> Result<Engine> {
+        if opts.spec.is_some() && opts.drafter.is_none() {
+            return Err(Error::InvalidArgument(
+                "speculative decoding needs a drafter model".into(),
+            ));
+        }
+        if opts.context == Some(0) || opts.threads == Some(0) || opts.draft_threads == Some(0) {
+            return Err(Error::InvalidArgument(
+                "context and thread counts must be at least 1".into(),
+            ));
+        }
+        let load = |path: &PathBuf, quantize| {
+            Model::load(
+                path,
+                &LoadOptions {
+                    quantize,
+                    progress: opts.progress,
+                },
+            )
+        };
+        let model = load(&opts.target, opts.quantize)?;
+        let mut warnings = Vec::new();
+        let drafter = match (&opts.spec, &opts.drafter) {
+            (Some(spec), Some(path)) => {
+                let d = load(path, opts.draft_quantize)?;
+                warnings.extend(check_pair(&model, &d)?);
+                let backend = Box::new(cpu_backend(&d, &opts, opts.draft_threads.or(opts.threads)));
+                Some(Drafter {
+                    model: d,
+                    backend,
+                    spec: spec.clone(),
+                    valid: 0,
+                })
+            }
+            _ => None,
+        };
+        let target = open_target(&model, &opts, &mut warnings)?;
+        for w in &warnings {
+            log::warn!("{w}");
+        }
+        let memory = MemoryReport {
+            budget: opts.memory_budget,
+            budget_bytes: opts.memory_budget.resolve(),
+            weights_bytes: (model.weights.byte_count()
+                + drafter.as_ref().map_or(0, |d| d.model.weights.byte_count()))
+                as u64,
+            kv_bytes: kv_bytes(&model, opts.context)
+                + drafter
+                    .as_ref()
+                    .map_or(0, |d| kv_bytes(&d.model, opts.context)),
+        };
+        Ok(Engine {
+            model,
+            target,
+            target_valid: 0,
+            drafter,
+            history: Vec::new(),
+            messages: Vec::new(),
+            cancel: CancelHandle::default(),
+            memory,
+            warnings,
+        })
+    }
+
+    /// The target model (configuration, tokenizer, chat template).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.model.tokenizer
+    }
+
+    /// The drafter, when speculation is on.
+    pub fn drafter(&self) -> Option<&Model> {
+        self.drafter.as_ref().map(|d| &d.model)
+    }
+
+    /// Where the target runs, e.g. "cpu (2 threads, …)".
+    pub fn device_name(&self) -> String {
+        self.target.device_name()
+    }
+
+    /// Warnings from loading (e.g. a drafter not smaller than the target).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub fn memory(&self) -> &MemoryReport {
+        &self.memory
+    }
+
+    /// Most tokens the conversation may hold.
+    pub fn context_size(&self) -> usize {
+        let t = self.target.kv_capacity();
+        self.drafter
+            .as_ref()
+            .map_or(t, |d| t.min(d.backend.kv_capacity()))
+    }
+
+    /// Every token of the conversation since the last reset.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// A handle that cancels generation from another thread.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    /// Forgets the conversation: clears the KV caches, the token history and the chat turns.
+    pub fn reset(&mut self) {
+        self.target.kv_truncate(0);
+        self.target_valid = 0;
+        if let Some(d) = &mut self.drafter {
+            d.backend.kv_truncate(0);
+            d.valid = 0;
+        }
+        self.history.clear();
+        self.messages.clear();
+    }
+
+    /// Continues the conversation with `req.prompt` and generates up to
+    /// `req.options.max_tokens` tokens, calling `on_token` for each (return `false` to stop).
+    ///
+    /// Only tokens the caches do not hold yet are run, so a long conversation costs only its
+    /// new turns. On error the conversation is left as it was before the call.
+    pub fn generate(
+        &mut self,
+        req: &GenerateRequest,
+        on_token: &mut dyn FnMut(TokenEvent) -> bool,
+    ) -> Result<Output> {
+        self.cancel.clear();
+        if req.reset {
+            self.reset();
+        }
+        let saved_history = self.history.clone();
+        let saved_messages = self.messages.len();
+        let result = self.generate_inner(req, on_token);
+        if result.is_err() {
+            // every write went past the valid prefixes, so they still hold
+            self.history = saved_history;
+            self.messages.truncate(saved_messages);
+            self.sync_caches();
+        }
+        result
+    }
+
+    /// Lowers the valid prefixes to the history and drops cache entries past them.
+    fn sync_caches(&mut self) {
+        self.target_valid = self.target_valid.min(self.history.len());
+        self.target.kv_truncate(self.target_valid);
+        if let Some(d) = &mut self.drafter {
+            d.valid = d.valid.min(self.history.len());
+            d.backend.kv_truncate(d.valid);
+        }
+    }
+
+    /// The new prompt tokens; for a chat turn, also lowers the history to what the rendered
+    /// conversation shares with it.
+    fn new_tokens(&mut self, prompt: &Prompt) -> Result<Vec<u32>> {
+        Ok(match prompt {
+            Prompt::Tokens(t) => t.clone(),
+            Prompt::Text(s) if self.history.is_empty() => self.model.encode_prompt(s)?,
+            Prompt::Text(s) => self.model.tokenizer.encode(s)?,
+            Prompt::Chat(new) => {
+                let Some(t) = &self.model.chat_template else {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} has no chat template; give the formatted prompt as text",
+                        self.model.name
+                    )));
+                };
+                let mut all = self.messages.clone();
+                all.extend(new.iter().cloned());
+                let full = self.model.encode_prompt(&t.render(&all, true)?)?;
+                let common = full
+                    .iter()
+                    .zip(&self.history)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                self.history.truncate(common);
+                self.messages = all;
+                full[common..].to_vec()
+            }
+        })
+    }
+
+    fn generate_inner(
+        &mut self,
+        req: &GenerateRequest,
+        on_token: &mut dyn FnMut(TokenEvent) -> bool,
+    ) -> Result<Output> {
+        let opts = &req.options;
+        let new = self.new_tokens(&req.prompt)?;
+        // a chat turn may have shortened the history: drop what the caches hold past it
+        // before the new tokens take those places
+        self.sync_caches();
+        self.history.extend_from_slice(&new);
+        if self.history.is_empty() {
+            return Err(Error::InvalidArgument("the prompt is empty".into()));
+        }
+        // The last `tail` tokens go to the decoding loop: it needs the scores of the last one,
+        // and its repetition penalty looks back only over the tokens it was given.
+        let n = self.history.len();
+        let penalty = opts.sampling.repeat_penalty != 1.0;
+        let tail = if penalty {
+            opts.sampling.repeat_last_n.clamp(1, n)
+        } else {
+            1
+        };
+        self.target_valid = self.target_valid.min(n - tail);
+        if let Some(d) = &mut self.drafter {
+            d.valid = d.valid.min(n - tail);
+        }
+        self.sync_caches();
+        let prompt_run = n - self.target_valid;
+        check_context(prompt_run, opts.max_tokens, &*self.target)?;
+        if let Some(d) = &self.drafter {
+            check_context(n - d.valid, 0, &*d.backend)?;
+        }
+
+        // run what the caches lack before the tail, checking for cancellation between chunks
+        let mut stats = Stats::default();
+        let t0 = Instant::now();
+        let cancelled = self.prefill_pending(n - tail, opts.prefill_chunk)?;
+        let prefill_time = t0.elapsed();
+        let budget = self.memory.budget_bytes;
+        if cancelled {
+            stats.prompt_tokens = prompt_run;
+            stats.prompt_time = prefill_time;
+            return Ok(Output {
+                prompt: new,
+                tokens: Vec::new(),
+                text: String::new(),
+                stop: StopReason::Cancelled,
+                stats,
+                spec: None,
+                memory_budget: budget,
+            });
+        }
+
+        let stop_ids = self.model.config.special.stop.clone();
+        let mut stream = self.model.tokenizer.stream_skip_special();
+        let mut tokens = Vec::new();
+        let mut text = String::new();
+        let cancel = self.cancel.clone();
+        let mut each = |id: u32| {
+            tokens.push(id);
+            let piece = match stream.push(id) {
+                Ok(Some(p)) => p,
+                Ok(None) | Err(_) => String::new(),
+            };
+            text.push_str(&piece);
+            let go = on_token(TokenEvent {
+                id: Some(id),
+                text: &piece,
+            });
+            go && !cancel.is_cancelled()
+        };
+        let last = self.history[n - tail..].to_vec();
+        let (generation, spec) = match &mut self.drafter {
+            None => (
+                generate(&mut *self.target, &last, &stop_ids, opts, &mut each)?,
+                None,
+            ),
+            Some(d) => {
+                let r = generate_speculative(
+                    &mut *self.target,
+                    &mut *d.backend,
+                    &last,
+                    &stop_ids,
+                    opts,
+                    &d.spec,
+                    &mut each,
+                )?;
+                (r.generation, Some(r.spec))
+            }
+        };
+        if let Ok(Some(rest)) = stream.finish() {
+            text.push_str(&rest);
+            on_token(TokenEvent {
+                id: None,
+                text: &rest,
+            });
+        }
+        debug_assert_eq!(generation.tokens, tokens);
+
+        // the caches hold a prefix of the history plus, past a stop inside an accepted
+        // draft, tokens the history does not have: keep only the shared prefix
+        self.history.extend_from_slice(&generation.tokens);
+        self.target_valid = self.target.kv_len();
+        if let Some(d) = &mut self.drafter {
+            d.valid = d.backend.kv_len();
+        }
+        self.sync_caches();
+        if matches!(req.prompt, Prompt::Chat(_)) {
+            self.messages
+                .push(ChatMessage::new("assistant", text.clone()));
+        }
+
+        let mut stats = generation.stats;
+        stats.prompt_tokens = prompt_run;
+        stats.prompt_time += prefill_time;
+        Ok(Output {
+            prompt: new,
+            tokens: generation.tokens,
+            text,
+            stop: generation.stop,
+            stats,
+            spec,
+            memory_budget: budget,
+        })
+    }
+
+    /// Runs `history[valid..end]` on the target and the drafter in chunks; returns `true` when
+    /// cancelled between chunks (the caches then hold what ran).
+    fn prefill_pending(&mut self, end: usize, chunk: usize) -> Result<bool> {
+        let chunk = chunk.max(1);
+        let cancel = self.cancel.clone();
+        let run = |backend: &mut dyn Backend, history: &[u32], valid: &mut usize| -> Result<bool> {
+            while *valid < end {
+                if cancel.is_cancelled() {
+                    return Ok(true);
+                }
+                let part = &history[*valid..end.min(*valid + chunk)];
+                backend.forward(
+                    &Batch::chain(part, *valid),
+                    Want {
+                        rows: Rows::Last,
+                        top_k: Some(1),
+                    },
+                )?;
+                *valid += part.len();
+            }
+            Ok(false)
+        };
+        if run(&mut *self.target, &self.history, &mut self.target_valid)? {
+            return Ok(true);
+        }
+        if let Some(d) = &mut self.drafter {
+            if run(&mut *d.backend, &self.history, &mut d.valid)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_is_send() {
+        fn send<T: Send>() {}
+        send::<Engine>();
+        send::<CancelHandle>();
+        fn sync<T: Sync>() {}
+        sync::<CancelHandle>();
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("CPU".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!("auto".parse::<Device>().unwrap(), Device::Auto);
+        assert!("tpu".parse::<Device>().is_err());
+    }
+}

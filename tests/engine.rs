@@ -1,0 +1,282 @@
+//! The library API: conversations continue in the KV caches exactly as if the whole
+//! conversation were one prompt, reset forgets, cancel stops from another thread, several
+//! engines live side by side, and failures are errors that leave the engine usable.
+
+mod common;
+
+use common::*;
+use llmcad::engine::{Device, Engine, EngineOptions, GenerateRequest, Output, Prompt};
+use llmcad::generate::StopReason;
+use llmcad::quant::DType;
+use llmcad::spec::SpecOptions;
+use llmcad::tokenizer::ChatMessage;
+use llmcad::{Error, MemoryBudget};
+use std::path::Path;
+use std::sync::mpsc;
+
+fn opts(path: &Path) -> EngineOptions {
+    let mut o = EngineOptions::new(path);
+    o.threads = Some(1);
+    o
+}
+
+fn spec_opts() -> EngineOptions {
+    let (t, d) = tiny_pair(DType::F32);
+    let mut o = opts(&t).with_drafter(
+        &d,
+        SpecOptions {
+            max_nodes: Some(8),
+            ..Default::default()
+        },
+    );
+    o.draft_threads = Some(1);
+    o
+}
+
+fn req(p: Prompt, n: usize) -> GenerateRequest {
+    let mut r = GenerateRequest::new(p);
+    r.options.max_tokens = n;
+    r.options.ignore_eos = true;
+    r
+}
+
+fn run(e: &mut Engine, r: &GenerateRequest) -> Output {
+    let mut streamed = Vec::new();
+    let mut text = String::new();
+    let out = e
+        .generate(r, &mut |ev| {
+            streamed.extend(ev.id);
+            text.push_str(ev.text);
+            true
+        })
+        .unwrap();
+    assert_eq!(streamed, out.tokens);
+    assert_eq!(text, out.text);
+    out
+}
+
+fn tokens(p: &[u32]) -> Prompt {
+    Prompt::Tokens(p.to_vec())
+}
+
+/// Continuing a conversation gives what one prompt holding the whole conversation gives.
+fn continuing_equals_one_prompt(o: EngineOptions, penalty: f32) {
+    let mut e = Engine::load(o.clone()).unwrap();
+    let p1 = e.model().encode_prompt("the cat sat").unwrap();
+    let p2 = e.tokenizer().encode(" on the mat").unwrap();
+    let with = |mut r: GenerateRequest| {
+        r.options.sampling.repeat_penalty = penalty;
+        r
+    };
+    let a = run(&mut e, &with(req(tokens(&p1), 5)));
+    let b = run(&mut e, &with(req(tokens(&p2), 7)));
+    assert_eq!(
+        b.stats.prompt_tokens,
+        if penalty == 1.0 {
+            p2.len() + 1
+        } else {
+            b.stats.prompt_tokens
+        }
+    );
+    let mut whole = p1.clone();
+    whole.extend(&a.tokens);
+    whole.extend(&p2);
+    assert_eq!(e.history(), [whole.clone(), b.tokens.clone()].concat());
+    let mut fresh = Engine::load(o).unwrap();
+    let c = run(&mut fresh, &with(req(tokens(&whole), 7)));
+    assert_eq!(b.tokens, c.tokens);
+    // reset forgets: the first turn again gives the first answer
+    e.reset();
+    assert!(e.history().is_empty());
+    assert_eq!(run(&mut e, &with(req(tokens(&p1), 5))).tokens, a.tokens);
+    // and so does a request with reset set
+    let mut r = with(req(tokens(&p1), 5));
+    r.reset = true;
+    assert_eq!(run(&mut e, &r).tokens, a.tokens);
+}
+
+#[test]
+fn continuing_equals_one_prompt_target_only() {
+    continuing_equals_one_prompt(opts(&tiny_f32().gguf), 1.0);
+}
+
+#[test]
+fn continuing_equals_one_prompt_with_a_repetition_penalty() {
+    continuing_equals_one_prompt(opts(&tiny_f32().gguf), 1.3);
+}
+
+#[test]
+fn continuing_equals_one_prompt_speculative() {
+    continuing_equals_one_prompt(spec_opts(), 1.0);
+}
+
+#[test]
+fn speculation_gives_the_target_only_tokens() {
+    let mut plain = Engine::load(opts(&tiny_pair(DType::F32).0)).unwrap();
+    let mut spec = Engine::load(spec_opts()).unwrap();
+    for p in ["in the", " and then", " the end"] {
+        let r = req(Prompt::Text(p.into()), 12);
+        let (a, b) = (run(&mut plain, &r), run(&mut spec, &r));
+        assert_eq!(a.tokens, b.tokens, "{p:?}");
+        assert!(a.spec.is_none() && b.spec.is_some());
+    }
+}
+
+#[test]
+fn chat_turns_continue_the_rendered_conversation() {
+    let o = opts(&tiny_f32().gguf);
+    let mut e = Engine::load(o.clone()).unwrap();
+    let user = |t: &str| ChatMessage::new("user", t);
+    let a = run(&mut e, &req(Prompt::Chat(vec![user("hello there")]), 6));
+    let b = run(&mut e, &req(Prompt::Chat(vec![user("and the cat?")]), 6));
+    let conversation = [
+        user("hello there"),
+        ChatMessage::new("assistant", a.text.clone()),
+        user("and the cat?"),
+    ];
+    let text = e
+        .model()
+        .chat_template
+        .as_ref()
+        .unwrap()
+        .render(&conversation, true)
+        .unwrap();
+    let mut fresh = Engine::load(o).unwrap();
+    let c = run(&mut fresh, &req(Prompt::Text(text), 6));
+    assert_eq!(b.tokens, c.tokens);
+    assert_eq!(e.history(), fresh.history());
+}
+
+#[test]
+fn cancel_from_another_thread_stops_at_the_next_token() {
+    for o in [opts(&tiny_f32().gguf), spec_opts()] {
+        let mut e = Engine::load(o).unwrap();
+        let full = run(&mut e, &req(Prompt::Text("the cat".into()), 30));
+        let handle = e.cancel_handle();
+        let (to_ui, ui) = mpsc::channel::<()>();
+        let (to_gen, done) = mpsc::channel::<()>();
+        let ui = std::thread::spawn(move || {
+            ui.recv().unwrap();
+            handle.cancel();
+            to_gen.send(()).unwrap();
+        });
+        let mut seen = 0;
+        let mut r = req(Prompt::Text("the cat".into()), 30);
+        r.reset = true;
+        let cut = e
+            .generate(&r, &mut |ev| {
+                seen += ev.id.is_some() as usize;
+                if seen == 5 && ev.id.is_some() {
+                    to_ui.send(()).unwrap();
+                    done.recv().unwrap();
+                }
+                true
+            })
+            .unwrap();
+        ui.join().unwrap();
+        assert_eq!(cut.stop, StopReason::Cancelled);
+        assert_eq!(cut.tokens, full.tokens[..5]);
+        // a cancel does not outlive its generation: the next one runs to the end
+        let again = run(&mut e, &r);
+        assert_eq!(again.stop, StopReason::MaxTokens);
+        assert_eq!(again.tokens, full.tokens);
+    }
+}
+
+#[test]
+fn the_callback_can_stop_generation() {
+    let mut e = Engine::load(opts(&tiny_f32().gguf)).unwrap();
+    let mut n = 0;
+    let out = e
+        .generate(&req(Prompt::Text("the cat".into()), 30), &mut |_| {
+            n += 1;
+            n < 3
+        })
+        .unwrap();
+    assert_eq!((out.stop, out.tokens.len()), (StopReason::Cancelled, 3));
+}
+
+#[test]
+fn two_engines_run_side_by_side() {
+    let work = |o: EngineOptions, p: &'static str| {
+        move || {
+            let mut e = Engine::load(o).unwrap();
+            (0..3)
+                .map(|_| run(&mut e, &req(Prompt::Text(p.into()), 8)).tokens)
+                .collect::<Vec<_>>()
+        }
+    };
+    let (a, b) = (
+        work(opts(&tiny_f32().gguf), "the cat"),
+        work(spec_opts(), "in the"),
+    );
+    let alone = (a.clone()(), b.clone()());
+    let (ta, tb) = (std::thread::spawn(a), std::thread::spawn(b));
+    assert_eq!((ta.join().unwrap(), tb.join().unwrap()), alone);
+}
+
+#[test]
+fn failures_are_errors_and_leave_the_engine_usable() {
+    let err = |o: EngineOptions| Engine::load(o).err().expect("should fail").to_string();
+    assert!(err(opts(Path::new("/nonexistent/m.gguf"))).contains("/nonexistent/m.gguf"));
+    let mut o = opts(&tiny_f32().gguf);
+    o.spec = Some(SpecOptions::default());
+    assert!(err(o).contains("drafter"));
+    let mut o = opts(&tiny_f32().gguf);
+    o.device = Device::Gpu;
+    assert!(matches!(Engine::load(o), Err(Error::Unsupported(m)) if m.contains("GPU")));
+
+    let mut o = opts(&tiny_f32().gguf);
+    o.context = Some(24);
+    o.memory_budget = MemoryBudget::Bytes(123 << 20);
+    let mut e = Engine::load(o).unwrap();
+    assert_eq!(e.memory().budget_bytes, Some(123 << 20));
+    assert!(e.memory().weights_bytes > 0 && e.memory().kv_bytes > 0);
+    let a = run(&mut e, &req(Prompt::Text("the cat".into()), 8));
+    assert_eq!(a.memory_budget, Some(123 << 20));
+    let before = e.history().to_vec();
+    // the conversation outgrows the context: an error, and the conversation is unchanged
+    let r = req(Prompt::Text(" sat on the mat".into()), 16);
+    assert!(matches!(
+        e.generate(&r, &mut |_| true),
+        Err(Error::ContextOverflow { .. })
+    ));
+    assert_eq!(e.history(), before);
+    // an empty prompt continues the conversation
+    assert!(e
+        .generate(&req(Prompt::Tokens(vec![]), 1), &mut |_| true)
+        .is_ok());
+    e.reset();
+    assert!(matches!(
+        e.generate(&req(Prompt::Tokens(vec![]), 1), &mut |_| true),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(
+        run(&mut e, &req(Prompt::Text("the cat".into()), 8)).tokens,
+        a.tokens
+    );
+}
+
+#[test]
+fn real_model_answers_and_continues_a_chat() {
+    let Some(m) = real_model() else { return };
+    let mut o = EngineOptions::new(&m);
+    o.precision = llmcad::cpu::Precision::F32;
+    let mut e = Engine::load(o.clone()).unwrap();
+    let user = |t: &str| Prompt::Chat(vec![ChatMessage::new("user", t)]);
+    let mut r = GenerateRequest::new(user("What is the capital of France?"));
+    r.options.max_tokens = 32;
+    let a = run(&mut e, &r);
+    assert_eq!(a.text.trim(), "The capital of France is Paris.");
+    assert_eq!(a.stop, StopReason::EndOfSequence);
+    let mut r2 = GenerateRequest::new(user("And of Italy?"));
+    r2.options.max_tokens = 32;
+    let b = run(&mut e, &r2);
+    // only the new turn ran, not the conversation again
+    assert!(b.stats.prompt_tokens < 20, "{}", b.stats.prompt_tokens);
+    let mut fresh = Engine::load(o).unwrap();
+    let whole = e.history()[..e.history().len() - b.tokens.len()].to_vec();
+    let mut r3 = GenerateRequest::new(Prompt::Tokens(whole));
+    r3.options.max_tokens = 32;
+    assert_eq!(run(&mut fresh, &r3).tokens, b.tokens);
+}
