@@ -66,6 +66,7 @@ fn opts(f16: bool, subgroups: bool, max_binding: Option<u64>) -> GpuOptions {
             f16,
             subgroups,
             max_binding,
+            ..DeviceOptions::default()
         },
     }
 }

@@ -10,3 +10,8 @@ if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
 fi
 bash models/fetch-smollm2.sh >/dev/null
 cargo test --release --locked --no-fail-fast "$@"
+# The mobile GPU floor: the GPU suite (kernels, forward pass, SmolLM2 exactness) again under
+# WebGPU's default limits with no optional features.
+export LLMCAD_GPU_LIMITS=webgpu-default
+cargo test --release --locked --no-fail-fast --lib "$@" -- gpu::
+cargo test --release --locked --no-fail-fast --test gpu "$@"

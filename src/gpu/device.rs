@@ -15,6 +15,11 @@ pub struct DeviceOptions {
     /// Caps the size of one weight binding below the device's own limit (tests use a tiny
     /// value to exercise the splitting of large matrices). `LLMCAD_GPU_MAX_BINDING` sets it.
     pub max_binding: Option<u64>,
+    /// Request and honour only WebGPU's default limits (128 MiB per storage binding, 256 MiB
+    /// per buffer, 16 KiB workgroup memory, 256 invocations, 8 storage buffers per stage) and
+    /// no optional features: the floor that every phone GPU offers.
+    /// `LLMCAD_GPU_LIMITS=webgpu-default` sets it.
+    pub webgpu_default: bool,
 }
 
 fn env_flag(name: &str) -> bool {
@@ -26,6 +31,7 @@ impl Default for DeviceOptions {
         DeviceOptions {
             f16: !env_flag("LLMCAD_GPU_NO_F16"),
             subgroups: !env_flag("LLMCAD_GPU_NO_SUBGROUP"),
+            webgpu_default: std::env::var("LLMCAD_GPU_LIMITS").as_deref() == Ok("webgpu-default"),
             max_binding: std::env::var("LLMCAD_GPU_MAX_BINDING")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -104,15 +110,20 @@ pub fn open(opts: &DeviceOptions) -> Result<GpuContext> {
     let info = adapter.get_info();
     let have = adapter.features();
     let mut features = wgpu::Features::empty();
-    let f16 = opts.f16 && have.contains(wgpu::Features::SHADER_F16);
-    let subgroups = opts.subgroups && have.contains(wgpu::Features::SUBGROUP);
+    let optional = !opts.webgpu_default;
+    let f16 = optional && opts.f16 && have.contains(wgpu::Features::SHADER_F16);
+    let subgroups = optional && opts.subgroups && have.contains(wgpu::Features::SUBGROUP);
     if f16 {
         features |= wgpu::Features::SHADER_F16;
     }
     if subgroups {
         features |= wgpu::Features::SUBGROUP;
     }
-    let limits = adapter.limits();
+    let limits = if opts.webgpu_default {
+        wgpu::Limits::default()
+    } else {
+        adapter.limits()
+    };
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("llmcad"),
         required_features: features,
@@ -168,7 +179,11 @@ impl GpuContext {
             describe(&self.info),
             if self.f16 { " +f16" } else { "" },
             if self.subgroups { " +subgroups" } else { "" }
-        )
+        ) + if self.limits == wgpu::Limits::default() {
+            " (webgpu-default limits)"
+        } else {
+            ""
+        }
     }
 
     /// Errors the device reported since the last call, as one `Error::Gpu`.
@@ -191,5 +206,30 @@ impl GpuContext {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         self.take_error()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mobile floor asks for WebGPU's defaults and no optional feature, whatever the
+    /// adapter offers (skipped only where there is no adapter and LLMCAD_SKIP_GPU=1).
+    #[test]
+    fn webgpu_default_requests_only_the_floor() {
+        let opts = DeviceOptions {
+            webgpu_default: true,
+            ..DeviceOptions::default()
+        };
+        let ctx = match open(&opts) {
+            Ok(c) => c,
+            Err(e) if env_flag("LLMCAD_SKIP_GPU") => return eprintln!("NOTICE: skipped: {e}"),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(ctx.limits, wgpu::Limits::default());
+        assert_eq!(ctx.device.limits().max_storage_buffer_binding_size, 128 << 20);
+        assert!(!ctx.f16 && !ctx.subgroups);
+        assert!(ctx.device.features().is_empty());
+        assert!(ctx.summary().contains("webgpu-default"));
     }
 }

@@ -13,6 +13,7 @@ pub(crate) fn test_gpu(f16: bool, subgroups: bool, max_binding: Option<u64>) -> 
         f16,
         subgroups,
         max_binding,
+        ..DeviceOptions::default()
     };
     match open(&opts) {
         Ok(ctx) => Some(Gpu::new(ctx)),
