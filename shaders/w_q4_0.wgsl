@@ -20,3 +20,26 @@ fn load4(row: u32, c: u32) -> vec4<f32> {
     let dd = unpack2x16float(w[p.d_off + (blk >> 1u)]);
     return select(dd.x, dd.y, (blk & 1u) == 1u) * (vec4<f32>(q) - 8.0);
 }
+// 32-column block `b` of `row` as 8 vec4 (columns 4j..4j+3 in element j); cols % 32 == 0
+fn wblock(row: u32, b: u32) -> array<vec4<f32>, 8> {
+    let blk = row * (p.cols / 32u) + b;
+    let dd = unpack2x16float(w[p.d_off + (blk >> 1u)]);
+    let d = select(dd.x, dd.y, (blk & 1u) == 1u);
+    let q = p.q_off + blk * 4u;
+    let w0 = w[q];
+    let w1 = w[q + 1u];
+    let w2 = w[q + 2u];
+    let w3 = w[q + 3u];
+    let sh = vec4<u32>(0u, 8u, 16u, 24u);
+    let lo = vec4<u32>(0xfu);
+    return array<vec4<f32>, 8>(
+        d * (vec4<f32>((vec4<u32>(w0) >> sh) & lo) - 8.0),
+        d * (vec4<f32>((vec4<u32>(w1) >> sh) & lo) - 8.0),
+        d * (vec4<f32>((vec4<u32>(w2) >> sh) & lo) - 8.0),
+        d * (vec4<f32>((vec4<u32>(w3) >> sh) & lo) - 8.0),
+        d * (vec4<f32>((vec4<u32>(w0 >> 4u) >> sh) & lo) - 8.0),
+        d * (vec4<f32>((vec4<u32>(w1 >> 4u) >> sh) & lo) - 8.0),
+        d * (vec4<f32>((vec4<u32>(w2 >> 4u) >> sh) & lo) - 8.0),
+        d * (vec4<f32>((vec4<u32>(w3 >> 4u) >> sh) & lo) - 8.0),
+    );
+}

@@ -22,3 +22,29 @@ fn load4(row: u32, c: u32) -> vec4<f32> {
     let odd = (blk & 1u) == 1u;
     return select(dd.x, dd.y, odd) * vec4<f32>(q) + select(mm.x, mm.y, odd);
 }
+// 32-column block `b` of `row` as 8 vec4 (columns 4j..4j+3 in element j); cols % 32 == 0
+fn wblock(row: u32, b: u32) -> array<vec4<f32>, 8> {
+    let blk = row * (p.cols / 32u) + b;
+    let dd = unpack2x16float(w[p.d_off + (blk >> 1u)]);
+    let mm = unpack2x16float(w[p.m_off + (blk >> 1u)]);
+    let odd = (blk & 1u) == 1u;
+    let d = select(dd.x, dd.y, odd);
+    let m = select(mm.x, mm.y, odd);
+    let q = p.q_off + blk * 4u;
+    let w0 = w[q];
+    let w1 = w[q + 1u];
+    let w2 = w[q + 2u];
+    let w3 = w[q + 3u];
+    let sh = vec4<u32>(0u, 8u, 16u, 24u);
+    let lo = vec4<u32>(0xfu);
+    return array<vec4<f32>, 8>(
+        d * vec4<f32>((vec4<u32>(w0) >> sh) & lo) + m,
+        d * vec4<f32>((vec4<u32>(w1) >> sh) & lo) + m,
+        d * vec4<f32>((vec4<u32>(w2) >> sh) & lo) + m,
+        d * vec4<f32>((vec4<u32>(w3) >> sh) & lo) + m,
+        d * vec4<f32>((vec4<u32>(w0 >> 4u) >> sh) & lo) + m,
+        d * vec4<f32>((vec4<u32>(w1 >> 4u) >> sh) & lo) + m,
+        d * vec4<f32>((vec4<u32>(w2 >> 4u) >> sh) & lo) + m,
+        d * vec4<f32>((vec4<u32>(w3 >> 4u) >> sh) & lo) + m,
+    );
+}

@@ -13,6 +13,10 @@ use std::num::NonZeroU64;
 const MAX_GROUPS: u32 = 65535;
 /// Fewest matmul rows per workgroup (matmul.wgsl, with 64 tokens per workgroup).
 const MM_ROWS: usize = 8;
+/// Rows per workgroup of the small-N matmul kernel (matvec.wgsl).
+const MV_ROWS: usize = 64;
+/// Largest token tile of the small-N matmul kernel (`shaders::MATVEC_TOKENS`).
+const MV_TILE: usize = 8;
 /// Largest head dimension attention.wgsl handles.
 pub const MAX_HEAD_DIM: usize = 256;
 
@@ -206,19 +210,21 @@ impl Gpu {
     // ---- kernels ----
 
     /// `y[t, r] (+)= W[r] · x[t]` for `n` tokens; see `MatmulArgs`.
+    ///
+    /// Whole 32-column blocks with vec4-aligned activations (every quantized matrix) run the
+    /// small-N kernel (matvec.wgsl): tiles of 8 tokens, then one smaller tile (1, 2, 4 or 8) for
+    /// the rest. Anything else runs the tiled kernel (matmul.wgsl). Both sum each (row, token) in
+    /// an order that depends on neither the batch size nor the token's slot, and which kernel
+    /// runs depends only on the matrix and the activation layout, not on `n`.
     pub fn matmul(&self, rec: &mut Recorder, m: &GpuMatrix, a: &MatmulArgs<'_>) -> Result<()> {
         if a.n == 0 {
             return Ok(());
         }
-        // token slots per workgroup: enough for the batch (8 tokens each), at most 8
-        let slots = a.n.div_ceil(8).next_power_of_two().min(8);
-        let wg_rows = 64 / slots;
-        let tiles = a.n.div_ceil(slots * 8);
-        check_groups(tiles, "matmul tokens")?;
         let mode = a.accumulate as u32 | (a.bias.is_some() as u32) << 1;
         let vec4 = m.cols % 4 == 0 && a.x_stride % 4 == 0 && a.x_off % 4 == 0;
-        for c in &m.chunks {
-            let params = [
+        let bias = a.bias.unwrap_or(&self.dummy);
+        let params = |c: &WChunk, last: u32| {
+            [
                 c.rows as u32,
                 m.cols as u32,
                 a.n as u32,
@@ -231,18 +237,55 @@ impl Gpu {
                 c.d_off,
                 c.m_off,
                 c.row0 as u32,
-                wg_rows as u32,
+                last,
                 0,
                 0,
                 0,
-            ];
+            ]
+        };
+        if vec4 && m.cols % 32 == 0 {
+            // subgroupBroadcast hands out the 8 vec4 of a block: subgroups of 8 or more
+            let subgroups = self.ctx.subgroups && self.ctx.info.subgroup_min_size >= 8;
+            let full = a.n / MV_TILE;
+            let rest = a.n % MV_TILE;
+            check_groups(full, "matmul tokens")?;
+            for c in &m.chunks {
+                let groups = c.rows.div_ceil(MV_ROWS) as u32;
+                check_groups(groups as usize, "matmul rows")?;
+                let mut tile = |tokens: usize, t_base: usize, tiles: usize| {
+                    rec.dispatch(
+                        Kernel::Matvec {
+                            format: m.format,
+                            tokens: tokens as u32,
+                            subgroups,
+                        },
+                        &params(c, t_base as u32),
+                        &[&c.buf, a.x, a.y, bias],
+                        (groups, tiles as u32),
+                    );
+                };
+                if full > 0 {
+                    tile(MV_TILE, 0, full);
+                }
+                if rest > 0 {
+                    tile(rest.next_power_of_two(), full * MV_TILE, 1);
+                }
+            }
+            return Ok(());
+        }
+        // token slots per workgroup: enough for the batch (8 tokens each), at most 8
+        let slots = a.n.div_ceil(8).next_power_of_two().min(8);
+        let wg_rows = 64 / slots;
+        let tiles = a.n.div_ceil(slots * 8);
+        check_groups(tiles, "matmul tokens")?;
+        for c in &m.chunks {
             rec.dispatch(
                 Kernel::Matmul {
                     format: m.format,
                     vec4,
                 },
-                &params,
-                &[&c.buf, a.x, a.y, a.bias.unwrap_or(&self.dummy)],
+                &params(c, wg_rows as u32),
+                &[&c.buf, a.x, a.y, bias],
                 (c.rows.div_ceil(wg_rows) as u32, tiles as u32),
             );
         }

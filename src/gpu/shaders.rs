@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
 const EMBED: &str = include_str!("../../shaders/embed.wgsl");
 const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 const REDUCE_TREE: &str = include_str!("../../shaders/reduce_tree.wgsl");
@@ -83,6 +84,14 @@ pub enum Kernel {
         format: WFormat,
         vec4: bool,
     },
+    /// The small-N kernel (cols % 32 == 0, vec4 activations): `tokens` per workgroup (one of
+    /// `MATVEC_TOKENS`); `subgroups`: activations shared by `subgroupBroadcast` (subgroups of at
+    /// least 8 invocations).
+    Matvec {
+        format: WFormat,
+        tokens: u32,
+        subgroups: bool,
+    },
     Embed(WFormat),
     RmsNorm {
         subgroups: bool,
@@ -108,6 +117,15 @@ impl Kernel {
                 vec4: true,
             });
             v.push(Kernel::Embed(f));
+            for tokens in MATVEC_TOKENS {
+                for subgroups in [false, true] {
+                    v.push(Kernel::Matvec {
+                        format: f,
+                        tokens,
+                        subgroups,
+                    });
+                }
+            }
         }
         v.extend([
             Kernel::RmsNorm { subgroups: false },
@@ -122,11 +140,19 @@ impl Kernel {
     }
 
     pub fn needs_f16(self) -> bool {
-        matches!(self, Kernel::Matmul { format: f, .. } | Kernel::Embed(f) if f.needs_f16())
+        matches!(self, Kernel::Matmul { format: f, .. } | Kernel::Matvec { format: f, .. }
+            | Kernel::Embed(f) if f.needs_f16())
     }
 
     pub fn needs_subgroups(self) -> bool {
-        self == Kernel::RmsNorm { subgroups: true }
+        matches!(
+            self,
+            Kernel::RmsNorm { subgroups: true }
+                | Kernel::Matvec {
+                    subgroups: true,
+                    ..
+                }
+        )
     }
 
     /// The WGSL text of this variant.
@@ -136,6 +162,17 @@ impl Kernel {
             Kernel::Matmul { format, vec4 } => MATMUL
                 .replace("{{WEIGHTS}}", format.snippet())
                 .replace("{{VECTOR}}", if vec4 { VEC_VEC4 } else { VEC_SCALAR }),
+            Kernel::Matvec {
+                format,
+                tokens,
+                subgroups,
+            } => expand_slots(
+                &MATVEC
+                    .replace("{{WEIGHTS}}", format.snippet())
+                    .replace("{{TOKENS}}", &tokens.to_string()),
+                tokens,
+                subgroups,
+            ),
             Kernel::Embed(f) => EMBED.replace("{{WEIGHTS}}", f.snippet()),
             Kernel::RmsNorm { subgroups } => RMSNORM.replace(
                 "{{REDUCE}}",
@@ -153,6 +190,50 @@ impl Kernel {
         };
         text.replace("{{ENABLE}}", enable)
     }
+}
+
+/// Token tile sizes of the small-N matmul kernel.
+pub const MATVEC_TOKENS: [u32; 4] = [1, 2, 4, 8];
+
+/// Expands matvec.wgsl's tagged lines: `//@S ` kept with subgroups, `//@U ` without, `//@T `
+/// repeated for each of `tokens` slots with `#` replaced by the slot.
+fn expand_slots(src: &str, tokens: u32, subgroups: bool) -> String {
+    let mut out = String::with_capacity(src.len() * 2);
+    for line in src.lines() {
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let mut rest = line.trim_start();
+        let mut keep = true;
+        let mut per_slot = false;
+        loop {
+            if let Some(r) = rest.strip_prefix("//@S ") {
+                keep &= subgroups;
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("//@U ") {
+                keep &= !subgroups;
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("//@T ") {
+                per_slot = true;
+                rest = r;
+            } else {
+                break;
+            }
+        }
+        if !keep {
+            continue;
+        }
+        if per_slot {
+            for t in 0..tokens {
+                out.push_str(indent);
+                out.push_str(&rest.replace('#', &t.to_string()));
+                out.push('\n');
+            }
+        } else {
+            out.push_str(indent);
+            out.push_str(rest);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Compute pipelines (and their bind-group layouts), compiled on first use.

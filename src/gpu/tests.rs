@@ -137,42 +137,114 @@ fn matmul_without_f16_matches_cpu() {
     }
 }
 
-/// A token's result is the same bits for any batch size and any slot in the batch.
+/// A token's result is the same bits for any batch size and any slot in the batch, with and
+/// without subgroups (and the same bits in both: the activations are only shared differently).
 #[test]
 fn matmul_is_bit_identical_for_any_batch_size_and_slot() {
-    let Some(g) = gpu() else { return };
-    let mut rng = SamplerRng::new(3);
-    for dtype in [DType::Q4_1, DType::Q8_0, DType::F32] {
-        let cols = 320;
-        let m = matrix(&mut rng, dtype, 45, cols);
-        let gm = GpuMatrix::upload(&g, &m).unwrap();
-        let x = randn(&mut rng, 64 * cols, 1.0);
-        let single: Vec<Vec<f32>> = (0..64)
-            .map(|t| run_matmul(&g, &gm, &x[t * cols..(t + 1) * cols], 1))
-            .collect();
-        for n in [1, 2, 7, 8, 9, 16, 33, 64] {
-            // the first n tokens, and the last n tokens reversed (every token in another slot)
-            let y = run_matmul(&g, &gm, &x[..n * cols], n);
-            let mut rev = Vec::with_capacity(n * cols);
-            for t in (64 - n..64).rev() {
-                rev.extend_from_slice(&x[t * cols..(t + 1) * cols]);
+    let mut with_subgroups: Vec<Vec<Vec<f32>>> = Vec::new();
+    for sg in [true, false] {
+        let Some(g) = test_gpu(true, sg, None) else {
+            return;
+        };
+        let mut rng = SamplerRng::new(3);
+        // 320 columns: the small-N kernel; 132: the tiled kernel
+        let cases = [
+            (DType::Q4_1, 320),
+            (DType::Q4_0, 320),
+            (DType::Q8_0, 320),
+            (DType::F16, 320),
+            (DType::F32, 320),
+            (DType::F32, 132),
+        ];
+        for (i, (dtype, cols)) in cases.into_iter().enumerate() {
+            let m = matrix(&mut rng, dtype, 45, cols);
+            let gm = GpuMatrix::upload(&g, &m).unwrap();
+            let x = randn(&mut rng, 64 * cols, 1.0);
+            let single: Vec<Vec<f32>> = (0..64)
+                .map(|t| run_matmul(&g, &gm, &x[t * cols..(t + 1) * cols], 1))
+                .collect();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            if sg {
+                with_subgroups.push(single.clone());
+            } else if cols % 32 == 0 {
+                for t in 0..64 {
+                    assert_eq!(
+                        bits(&single[t]),
+                        bits(&with_subgroups[i][t]),
+                        "{dtype}: subgroups on/off"
+                    );
+                }
             }
-            let yr = run_matmul(&g, &gm, &rev, n);
-            for t in 0..n {
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&y[t * 45..(t + 1) * 45]),
-                    bits(&single[t]),
-                    "{dtype} n={n}"
-                );
-                let src = 63 - t;
-                assert_eq!(
-                    bits(&yr[t * 45..(t + 1) * 45]),
-                    bits(&single[src]),
-                    "{dtype} n={n} slot {t}"
-                );
+            for n in [1, 2, 3, 5, 7, 8, 9, 12, 16, 33, 64] {
+                // the first n tokens, and the last n tokens reversed (every token in another slot)
+                let y = run_matmul(&g, &gm, &x[..n * cols], n);
+                let mut rev = Vec::with_capacity(n * cols);
+                for t in (64 - n..64).rev() {
+                    rev.extend_from_slice(&x[t * cols..(t + 1) * cols]);
+                }
+                let yr = run_matmul(&g, &gm, &rev, n);
+                for t in 0..n {
+                    assert_eq!(
+                        bits(&y[t * 45..(t + 1) * 45]),
+                        bits(&single[t]),
+                        "{dtype} cols={cols} subgroups={sg} n={n}"
+                    );
+                    let src = 63 - t;
+                    assert_eq!(
+                        bits(&yr[t * 45..(t + 1) * 45]),
+                        bits(&single[src]),
+                        "{dtype} cols={cols} subgroups={sg} n={n} slot {t}"
+                    );
+                }
             }
         }
+    }
+}
+
+/// Bias and accumulation (residual) on both kernels, with an input offset and stride.
+#[test]
+fn matmul_adds_bias_and_accumulates() {
+    let Some(g) = gpu() else { return };
+    let mut rng = SamplerRng::new(9);
+    for (dtype, cols) in [(DType::Q4_1, 96), (DType::F32, 75)] {
+        let (rows, n) = (70, 6);
+        let m = matrix(&mut rng, dtype, rows, cols);
+        let gm = GpuMatrix::upload(&g, &m).unwrap();
+        // token t's input at 4 + t * (cols + 4)
+        let stride = cols.next_multiple_of(4) + 4;
+        let xs = randn(&mut rng, 4 + n * stride, 1.0);
+        let b = randn(&mut rng, rows, 1.0);
+        let y0 = randn(&mut rng, n * rows, 1.0);
+        let (xb, bb, yb) = (g.upload(&xs, "x"), g.upload(&b, "b"), g.upload(&y0, "y"));
+        let mut rec = Recorder::default();
+        g.matmul(
+            &mut rec,
+            &gm,
+            &MatmulArgs {
+                x: &xb,
+                x_off: 4,
+                x_stride: stride,
+                n,
+                y: &yb,
+                y_off: 0,
+                y_stride: rows,
+                accumulate: true,
+                bias: Some(&bb),
+            },
+        )
+        .unwrap();
+        g.submit(rec).unwrap();
+        let got = g.read_f32(&yb, n * rows).unwrap();
+        let mut x = Vec::new();
+        for t in 0..n {
+            x.extend_from_slice(&xs[4 + t * stride..4 + t * stride + cols]);
+        }
+        let mut want = cpu_matmul(&m, &x);
+        for (i, v) in want.iter_mut().enumerate() {
+            *v = y0[i] + (*v + b[i % rows]);
+        }
+        let e = rel_err(&got, &want);
+        assert!(e < 1e-5, "{dtype}: rel err {e}");
     }
 }
 
