@@ -304,6 +304,11 @@ pub trait Backend: Send {
     /// Human-readable device description, e.g. "cpu (2 threads)".
     fn device_name(&self) -> String;
 
+    /// Whether passes run on the CPU's cores (which a drafting thread would compete for).
+    fn on_cpu(&self) -> bool {
+        false
+    }
+
     /// Runs `batch`; its K/V land in cache slots `kv_len()..kv_len() + batch.len()`.
     fn forward(&mut self, batch: &Batch, want: Want) -> Result<Logits>;
 

@@ -72,6 +72,9 @@ pub struct EngineOptions {
     /// A drafter with the target's vocabulary; used when `spec` is `Some`.
     pub drafter: Option<PathBuf>,
     pub device: Device,
+    /// GPU device options (optional features, the `webgpu-default` floor, fault injection);
+    /// the default reads the `LLMCAD_GPU_*` environment switches.
+    pub gpu: DeviceOptions,
     /// CPU threads for the target (`None`: every core).
     pub threads: Option<usize>,
     /// CPU threads for the drafter (`None`: `threads`).
@@ -95,12 +98,14 @@ pub struct EngineOptions {
 }
 
 impl EngineOptions {
-    /// Target-only decoding of `target` on the CPU with every core and the model's context.
+    /// Target-only decoding of `target` on a hardware GPU if there is one (else the CPU, with
+    /// every core) and the model's context.
     pub fn new(target: impl Into<PathBuf>) -> Self {
         EngineOptions {
             target: target.into(),
             drafter: None,
-            device: Device::Cpu,
+            device: Device::Auto,
+            gpu: DeviceOptions::default(),
             threads: None,
             draft_threads: None,
             context: None,
@@ -251,6 +256,8 @@ pub struct Engine {
     cancel: CancelHandle,
     memory: MemoryReport,
     warnings: Vec<String>,
+    /// What the engine was loaded with (the CPU fallback is built from it).
+    options: EngineOptions,
 }
 
 /// Creates the backend the target runs on. The one place that chooses a device.
@@ -273,9 +280,9 @@ fn open_target(
     };
     match opts.device {
         Device::Cpu => Ok(Box::new(cpu_backend(model, opts, opts.threads))),
-        Device::Gpu => gpu(gpu::open(&DeviceOptions::default())?),
+        Device::Gpu => gpu(gpu::open(&opts.gpu)?),
         Device::Auto => {
-            let tried = gpu::open(&DeviceOptions::default()).and_then(|ctx| {
+            let tried = gpu::open(&opts.gpu).and_then(|ctx| {
                 if ctx.is_software() {
                     return Err(Error::Gpu(format!(
                         "{} is a software adapter (--device gpu uses it anyway)",
@@ -375,6 +382,7 @@ impl Engine {
             cancel: CancelHandle::default(),
             memory,
             warnings,
+            options: opts,
         })
     }
 
@@ -453,6 +461,18 @@ impl Engine {
         let saved_history = self.history.clone();
         let saved_messages = self.messages.len();
         let result = self.generate_inner(req, on_token);
+        if let Err(Error::Gpu(e)) = &result {
+            // the tokens streamed so far stand; this call fails, later ones run on the CPU
+            let notice = format!("the GPU failed ({e}); the target runs on the CPU from now on");
+            log::warn!("{notice}");
+            self.warnings.push(notice);
+            self.target = Box::new(cpu_backend(
+                &self.model,
+                &self.options,
+                self.options.threads,
+            ));
+            self.target_valid = 0;
+        }
         if result.is_err() {
             // every write went past the valid prefixes, so they still hold
             self.history = saved_history;

@@ -11,7 +11,9 @@ use llmcad::generate::{generate, GenerateOptions};
 use llmcad::model::{LoadOptions, Model};
 use llmcad::quant::DType;
 use llmcad::sampling::SamplingParams;
-use llmcad::spec::{check_pair, generate_speculative, FallbackPolicy, SpecMode, SpecOptions};
+use llmcad::spec::{
+    check_pair, generate_speculative, FallbackPolicy, Overlap, SpecMode, SpecOptions,
+};
 use llmcad::synthetic::{derive_drafter, write_model, TinySpec};
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -120,6 +122,8 @@ fn modes() -> Vec<SpecOptions> {
         max_depth: depth,
         branch_threshold: branch,
         fallback,
+        // drafting during verification on, so that its bookkeeping is checked too
+        overlap: Overlap::On,
         ..SpecOptions::default()
     };
     let mut m = vec![
@@ -131,7 +135,7 @@ fn modes() -> Vec<SpecOptions> {
         tree(Some(9), 3, 0.0, FallbackPolicy::Fixed(0.0)),
         tree(Some(32), 12, 0.3, FallbackPolicy::Fixed(0.2)),
         SpecOptions {
-            overlap: false,
+            overlap: Overlap::Off,
             ..tree(Some(16), 8, 0.1, FallbackPolicy::Adaptive)
         },
     ];
@@ -272,6 +276,7 @@ fn a_perfect_drafter_is_always_accepted() {
         max_nodes: Some(4),
         max_depth: 3,
         fallback: FallbackPolicy::Fixed(0.0),
+        overlap: Overlap::On,
         ..SpecOptions::default()
     };
     let out = spec_run(&f.target, &f.drafters[0], &[1, 2, 3], &opts, &spec);

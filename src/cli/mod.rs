@@ -115,7 +115,7 @@ pub struct SpecArgs {
     #[arg(long, default_value_t = 12)]
     pub tree_depth: usize,
     /// A drafter candidate besides its first choice opens a branch at this probability.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.1)]
     pub branch_threshold: f32,
     /// When to stop drafting: adaptive, or fixed:X (verify when the best path confidence < X).
     #[arg(long, default_value = "adaptive")]

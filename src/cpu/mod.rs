@@ -234,6 +234,10 @@ impl Backend for CpuBackend {
         &self.cfg
     }
 
+    fn on_cpu(&self) -> bool {
+        true
+    }
+
     fn device_name(&self) -> String {
         format!("cpu ({} threads)", self.pool.n_threads())
     }

@@ -2,6 +2,7 @@
 //! `WGPU_POWER_PREF`), the adapter's real limits, optional features, and errors that arrive
 //! asynchronously (validation, device loss) collected as `Error::Gpu` instead of panics.
 
+use super::fault::{self, Fault};
 use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +21,8 @@ pub struct DeviceOptions {
     /// no optional features: the floor that every phone GPU offers.
     /// `LLMCAD_GPU_LIMITS=webgpu-default` sets it.
     pub webgpu_default: bool,
+    /// A failure to inject (tests; `LLMCAD_GPU_FAULT`).
+    pub fault: Option<Fault>,
 }
 
 fn env_flag(name: &str) -> bool {
@@ -31,6 +34,7 @@ impl Default for DeviceOptions {
         DeviceOptions {
             f16: !env_flag("LLMCAD_GPU_NO_F16"),
             subgroups: !env_flag("LLMCAD_GPU_NO_SUBGROUP"),
+            fault: fault::from_env(),
             webgpu_default: std::env::var("LLMCAD_GPU_LIMITS").as_deref() == Ok("webgpu-default"),
             max_binding: std::env::var("LLMCAD_GPU_MAX_BINDING")
                 .ok()
@@ -54,6 +58,8 @@ pub struct GpuContext {
     pub max_binding: u64,
     /// Largest binding for one piece of a weight matrix (`max_binding`, or less when asked).
     pub weight_binding: u64,
+    /// The failure to inject later (pipeline creation, allocation, device loss).
+    pub fault: Option<Fault>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -106,6 +112,9 @@ fn describe(info: &wgpu::AdapterInfo) -> String {
 /// Opens the adapter chosen by the environment with its real limits and the optional features
 /// `opts` allows.
 pub fn open(opts: &DeviceOptions) -> Result<GpuContext> {
+    if opts.fault == Some(Fault::Adapter) {
+        return Err(fault::error(Fault::Adapter));
+    }
     let adapter = pick_adapter(&instance())?;
     let info = adapter.get_info();
     let have = adapter.features();
@@ -118,6 +127,9 @@ pub fn open(opts: &DeviceOptions) -> Result<GpuContext> {
     }
     if subgroups {
         features |= wgpu::Features::SUBGROUP;
+    }
+    if opts.fault == Some(Fault::Device) {
+        return Err(fault::error(Fault::Device));
     }
     let limits = if opts.webgpu_default {
         wgpu::Limits::default()
@@ -162,6 +174,7 @@ pub fn open(opts: &DeviceOptions) -> Result<GpuContext> {
         subgroups,
         max_binding,
         weight_binding,
+        fault: opts.fault,
         errors,
     })
 }
@@ -227,7 +240,10 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         assert_eq!(ctx.limits, wgpu::Limits::default());
-        assert_eq!(ctx.device.limits().max_storage_buffer_binding_size, 128 << 20);
+        assert_eq!(
+            ctx.device.limits().max_storage_buffer_binding_size,
+            128 << 20
+        );
         assert!(!ctx.f16 && !ctx.subgroups);
         assert!(ctx.device.features().is_empty());
         assert!(ctx.summary().contains("webgpu-default"));

@@ -4,10 +4,12 @@
 //! row when the caller asks for it).
 
 mod device;
+mod fault;
 pub mod kernels;
 pub mod shaders;
 
 pub use device::{adapter_summary, open, DeviceOptions, GpuContext};
+pub use fault::Fault;
 pub use kernels::{AttentionArgs, Gpu, GpuMatrix, MatmulArgs, Recorder};
 
 use crate::backend::{Backend, Batch, CacheView, Logits, Rows, Want};

@@ -31,7 +31,17 @@ pub struct SpecOptions {
     pub branch_threshold: f32,
     pub max_children: usize,
     /// Keep drafting on another thread while the target verifies (tree mode).
-    pub overlap: bool,
+    pub overlap: Overlap,
+}
+
+/// Whether the drafter keeps drafting while the target verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overlap {
+    /// Unless the target runs on the CPU: there the drafting thread would take cores from the
+    /// target's own pass and slow it down more than drafting gains.
+    Auto,
+    On,
+    Off,
 }
 
 /// The node cap when trees are sized by cost (the verifier kernels are tuned up to 64).
@@ -44,9 +54,9 @@ impl Default for SpecOptions {
             fallback: FallbackPolicy::Adaptive,
             max_nodes: None,
             max_depth: 12,
-            branch_threshold: 0.3,
+            branch_threshold: 0.1,
             max_children: 4,
-            overlap: true,
+            overlap: Overlap::Auto,
         }
     }
 }
@@ -170,7 +180,12 @@ pub fn generate_speculative(
         SpecMode::Chain { .. } => FallbackPolicy::Fixed(0.0),
     });
     let mut drafter = Drafter::new(drafter, prompt, opts.prefill_chunk, shape.max_children);
-    let overlap = spec.overlap && spec.mode == SpecMode::Tree;
+    let overlap = spec.mode == SpecMode::Tree
+        && match spec.overlap {
+            Overlap::Auto => !target.on_cpu(),
+            Overlap::On => true,
+            Overlap::Off => false,
+        };
     let tokens = &mut out.generation.tokens;
     let stop = 'outer: loop {
         // the root is the target's token: emit it before drafting past it

@@ -10,7 +10,7 @@ mod pair;
 pub mod tree;
 pub mod verify;
 
-pub use decode::{generate_speculative, SpecGeneration, SpecMode, SpecOptions, SpecStats};
+pub use decode::{generate_speculative, Overlap, SpecGeneration, SpecMode, SpecOptions, SpecStats};
 pub use fallback::FallbackPolicy;
 pub use pair::check_pair;
 pub use tree::TokenTree;
