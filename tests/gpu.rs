@@ -67,6 +67,10 @@ fn opts(f16: bool, subgroups: bool, max_binding: Option<u64>) -> GpuOptions {
             subgroups,
             max_binding,
         },
+        weight_budget: None,
+        io_bandwidth: None,
+        upload: Default::default(),
+        ring_depth: None,
     }
 }
 
@@ -338,7 +342,7 @@ fn real_model_matches_cpu_and_reference() {
         &m,
         &GpuOptions {
             context: 256,
-            device: DeviceOptions::default(),
+            ..GpuOptions::for_model(&m.config)
         },
     ) else {
         return;
@@ -419,6 +423,7 @@ fn long_prefill_and_dense_mask_match_cpu() {
         tokens: vec![5, 6, 7, 8],
         positions: vec![150, 151, 151, 152],
         mask: llmcad::backend::BatchMask::Dense(vec![vec![0], vec![0, 1], vec![2], vec![0, 2, 3]]),
+        cache: llmcad::backend::CacheView::All,
     };
     let a = g.forward(&dense, Want::ALL_FULL).unwrap();
     let b = c.forward(&dense, Want::ALL_FULL).unwrap();

@@ -43,6 +43,8 @@ pub struct GpuContext {
     pub f16: bool,
     /// `SUBGROUP` is enabled on the device.
     pub subgroups: bool,
+    /// `TIMESTAMP_QUERY` is enabled on the device.
+    pub timestamps: bool,
     /// Largest storage binding the device allows (and the kernels use for activations and the
     /// KV cache).
     pub max_binding: u64,
@@ -112,6 +114,12 @@ pub fn open(opts: &DeviceOptions) -> Result<GpuContext> {
     if subgroups {
         features |= wgpu::Features::SUBGROUP;
     }
+    // timestamps measure the verifier's compute time (stream statistics); optional
+    let timestamps =
+        have.contains(wgpu::Features::TIMESTAMP_QUERY) && !env_flag("LLMCAD_GPU_NO_TIMESTAMPS");
+    if timestamps {
+        features |= wgpu::Features::TIMESTAMP_QUERY;
+    }
     let limits = adapter.limits();
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("llmcad"),
@@ -149,6 +157,7 @@ pub fn open(opts: &DeviceOptions) -> Result<GpuContext> {
         limits,
         f16,
         subgroups,
+        timestamps,
         max_binding,
         weight_binding,
         errors,
