@@ -136,7 +136,7 @@ fn main() {
     .unwrap();
     let opts = GpuOptions {
         context: 512,
-        device: DeviceOptions::default(),
+        ..GpuOptions::for_model(&cfg)
     };
     let mut be = GpuBackend::new(cfg, std::sync::Arc::new(w), &opts).unwrap();
     let ns: Vec<usize> = if quick { vec![1, 8, 64] } else { NS.to_vec() };

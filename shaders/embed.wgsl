@@ -6,7 +6,7 @@ struct Params {
     n: u32,      // tokens
     row0: u32,   // first vocabulary id of this chunk
     groups_x: u32,
-    _pad0: u32,
+    out_off: u32, // first output float
     _pad1: u32,
     _pad2: u32,
     q_off: u32,
@@ -30,6 +30,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let c = i % p.cols;
     let id = tokens[t];
     if (id >= p.row0 && id < p.row0 + p.rows) {
-        out[i] = load_w(id - p.row0, c);
+        out[p.out_off + i] = load_w(id - p.row0, c);
     }
 }

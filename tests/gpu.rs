@@ -68,6 +68,10 @@ fn opts(f16: bool, subgroups: bool, max_binding: Option<u64>) -> GpuOptions {
             max_binding,
             ..DeviceOptions::default()
         },
+        weight_budget: None,
+        io_bandwidth: None,
+        upload: Default::default(),
+        ring_depth: None,
     }
 }
 
@@ -339,7 +343,7 @@ fn real_model_matches_cpu_and_reference() {
         &m,
         &GpuOptions {
             context: 256,
-            device: DeviceOptions::default(),
+            ..GpuOptions::for_model(&m.config)
         },
     ) else {
         return;

@@ -53,6 +53,8 @@ pub struct GpuContext {
     pub f16: bool,
     /// `SUBGROUP` is enabled on the device.
     pub subgroups: bool,
+    /// `TIMESTAMP_QUERY` is enabled on the device.
+    pub timestamps: bool,
     /// Largest storage binding the device allows (and the kernels use for activations and the
     /// KV cache).
     pub max_binding: u64,
@@ -131,6 +133,13 @@ pub fn open(opts: &DeviceOptions) -> Result<GpuContext> {
     if opts.fault == Some(Fault::Device) {
         return Err(fault::error(Fault::Device));
     }
+    // timestamps measure the verifier's compute time (stream statistics); optional
+    let timestamps = optional
+        && have.contains(wgpu::Features::TIMESTAMP_QUERY)
+        && !env_flag("LLMCAD_GPU_NO_TIMESTAMPS");
+    if timestamps {
+        features |= wgpu::Features::TIMESTAMP_QUERY;
+    }
     let limits = if opts.webgpu_default {
         wgpu::Limits::default()
     } else {
@@ -172,6 +181,7 @@ pub fn open(opts: &DeviceOptions) -> Result<GpuContext> {
         limits,
         f16,
         subgroups,
+        timestamps,
         max_binding,
         weight_binding,
         fault: opts.fault,

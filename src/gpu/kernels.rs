@@ -69,10 +69,22 @@ impl Gpu {
     /// Runs `rec`, then reads `bytes` from `src` at byte `offset` (one submit, one map).
     pub fn run_and_read(
         &self,
+        rec: Recorder,
+        src: &wgpu::Buffer,
+        offset: u64,
+        bytes: usize,
+    ) -> Result<Vec<u8>> {
+        self.run_and_read_timed(rec, src, offset, bytes, None)
+    }
+
+    /// `run_and_read` with timestamps for the compute passes (see `submit_timed`).
+    pub fn run_and_read_timed(
+        &self,
         mut rec: Recorder,
         src: &wgpu::Buffer,
         offset: u64,
         bytes: usize,
+        timing: Option<&mut Timing>,
     ) -> Result<Vec<u8>> {
         let size = (bytes.max(4).next_multiple_of(4)) as u64;
         let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -82,7 +94,7 @@ impl Gpu {
             mapped_at_creation: false,
         });
         rec.copy(src, offset, &staging, 0, size);
-        self.submit(rec)?;
+        self.submit_timed(rec, timing)?;
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -110,6 +122,17 @@ impl Gpu {
 
     /// Encodes and submits `rec` (one command buffer).
     pub fn submit(&self, rec: Recorder) -> Result<()> {
+        self.submit_timed(rec, None).map(|_| ())
+    }
+
+    /// Like `submit`, returning the submission index; with `timing`, every compute pass
+    /// writes its start and end timestamps into the query set from `Timing::next` on
+    /// (passes beyond the set's capacity are untimed).
+    pub fn submit_timed(
+        &self,
+        rec: Recorder,
+        mut timing: Option<&mut Timing>,
+    ) -> Result<wgpu::SubmissionIndex> {
         let ctx = &self.ctx;
         let align = ctx.limits.min_uniform_buffer_offset_alignment.max(64) as usize;
         let n_dispatch = rec
@@ -158,7 +181,11 @@ impl Gpu {
                 for (j, b) in bufs.iter().enumerate() {
                     entries.push(wgpu::BindGroupEntry {
                         binding: j as u32 + 1,
-                        resource: b.as_entire_binding(),
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &b.buf,
+                            offset: b.offset,
+                            size: NonZeroU64::new(b.size),
+                        }),
                     });
                 }
                 let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -185,9 +212,16 @@ impl Gpu {
                     size,
                 } => enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size),
                 Op::Dispatch { .. } => {
+                    let ts = timing.as_deref_mut().and_then(|t| t.take_pair());
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: None,
-                        timestamp_writes: None,
+                        timestamp_writes: ts.as_ref().map(|(set, k)| {
+                            wgpu::ComputePassTimestampWrites {
+                                query_set: set,
+                                beginning_of_pass_write_index: Some(*k),
+                                end_of_pass_write_index: Some(*k + 1),
+                            }
+                        }),
                     });
                     loop {
                         let (bg, g) = &groups_list[i];
@@ -203,8 +237,9 @@ impl Gpu {
                 }
             }
         }
-        ctx.queue.submit([enc.finish()]);
-        ctx.take_error()
+        let index = ctx.queue.submit([enc.finish()]);
+        ctx.take_error()?;
+        Ok(index)
     }
 
     // ---- kernels ----
@@ -243,6 +278,14 @@ impl Gpu {
                 0,
             ]
         };
+        let binds = |c: &WChunk| {
+            vec![
+                c.bind(),
+                Bind::whole(a.x),
+                Bind::whole(a.y),
+                Bind::whole(bias),
+            ]
+        };
         if vec4 && m.cols % 32 == 0 {
             // subgroupBroadcast hands out the 8 vec4 of a block: subgroups of 8 or more
             let subgroups = self.ctx.subgroups && self.ctx.info.subgroup_min_size >= 8;
@@ -253,14 +296,14 @@ impl Gpu {
                 let groups = c.rows.div_ceil(MV_ROWS) as u32;
                 check_groups(groups as usize, "matmul rows")?;
                 let mut tile = |tokens: usize, t_base: usize, tiles: usize| {
-                    rec.dispatch(
+                    rec.dispatch_ranges(
                         Kernel::Matvec {
                             format: m.format,
                             tokens: tokens as u32,
                             subgroups,
                         },
                         &params(c, t_base as u32),
-                        &[&c.buf, a.x, a.y, bias],
+                        binds(c),
                         (groups, tiles as u32),
                     );
                 };
@@ -279,13 +322,13 @@ impl Gpu {
         let tiles = a.n.div_ceil(slots * 8);
         check_groups(tiles, "matmul tokens")?;
         for c in &m.chunks {
-            rec.dispatch(
+            rec.dispatch_ranges(
                 Kernel::Matmul {
                     format: m.format,
                     vec4,
                 },
                 &params(c, wg_rows as u32),
-                &[&c.buf, a.x, a.y, bias],
+                binds(c),
                 (c.rows.div_ceil(wg_rows) as u32, tiles as u32),
             );
         }
@@ -301,6 +344,19 @@ impl Gpu {
         n: usize,
         out: &wgpu::Buffer,
     ) -> Result<()> {
+        self.embed_at(rec, table, tokens, n, out, 0)
+    }
+
+    /// `out[out_row + t] = table[tokens[t]]` for `n` tokens.
+    pub fn embed_at(
+        &self,
+        rec: &mut Recorder,
+        table: &GpuMatrix,
+        tokens: &wgpu::Buffer,
+        n: usize,
+        out: &wgpu::Buffer,
+        out_row: usize,
+    ) -> Result<()> {
         let (gx, gy) = groups_1d(n * table.cols)?;
         for c in &table.chunks {
             let params = [
@@ -309,7 +365,7 @@ impl Gpu {
                 n as u32,
                 c.row0 as u32,
                 gx,
-                0,
+                (out_row * table.cols) as u32,
                 0,
                 0,
                 c.q_off,
@@ -317,10 +373,10 @@ impl Gpu {
                 c.m_off,
                 0,
             ];
-            rec.dispatch(
+            rec.dispatch_ranges(
                 Kernel::Embed(table.format),
                 &params,
-                &[&c.buf, tokens, out],
+                vec![c.bind(), Bind::whole(tokens), Bind::whole(out)],
                 (gx, gy),
             );
         }
@@ -540,11 +596,45 @@ pub struct AttentionArgs<'a> {
     pub head_dim: usize,
 }
 
+/// A buffer range bound to a kernel (`size` 0: to the end of the buffer).
+#[derive(Clone)]
+pub struct Bind {
+    pub buf: wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl Bind {
+    pub fn whole(buf: &wgpu::Buffer) -> Self {
+        Bind {
+            buf: buf.clone(),
+            offset: 0,
+            size: 0,
+        }
+    }
+}
+
+/// Timestamp queries for compute passes: a query set and the next free pair.
+pub struct Timing {
+    pub set: wgpu::QuerySet,
+    pub capacity: u32,
+    pub next: u32,
+}
+
+impl Timing {
+    fn take_pair(&mut self) -> Option<(wgpu::QuerySet, u32)> {
+        (self.next + 2 <= self.capacity).then(|| {
+            self.next += 2;
+            (self.set.clone(), self.next - 2)
+        })
+    }
+}
+
 enum Op {
     Dispatch {
         kernel: Kernel,
         params: Vec<u32>,
-        bufs: Vec<wgpu::Buffer>,
+        bufs: Vec<Bind>,
         groups: (u32, u32),
     },
     Copy {
@@ -570,12 +660,32 @@ impl Recorder {
         bufs: &[&wgpu::Buffer],
         groups: (u32, u32),
     ) {
+        self.dispatch_ranges(
+            kernel,
+            params,
+            bufs.iter().map(|&b| Bind::whole(b)).collect(),
+            groups,
+        );
+    }
+
+    /// A dispatch whose bindings may be buffer ranges.
+    pub fn dispatch_ranges(
+        &mut self,
+        kernel: Kernel,
+        params: &[u32],
+        bufs: Vec<Bind>,
+        groups: (u32, u32),
+    ) {
         self.ops.push(Op::Dispatch {
             kernel,
             params: params.to_vec(),
-            bufs: bufs.iter().map(|&b| b.clone()).collect(),
+            bufs,
             groups,
         });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
     }
 
     pub fn copy(
@@ -606,7 +716,8 @@ impl Recorder {
 }
 
 /// A weight matrix on the GPU, repacked for aligned decoding and split by rows into bindings
-/// no larger than the device's limit.
+/// no larger than the device's limit. Its chunks are whole buffers (resident weights) or
+/// ranges of a streaming slot.
 pub struct GpuMatrix {
     pub format: WFormat,
     pub rows: usize,
@@ -616,6 +727,9 @@ pub struct GpuMatrix {
 
 pub struct WChunk {
     pub buf: wgpu::Buffer,
+    /// Byte range of this chunk in `buf`.
+    pub offset: u64,
+    pub size: u64,
     pub row0: usize,
     pub rows: usize,
     q_off: u32,
@@ -623,44 +737,91 @@ pub struct WChunk {
     m_off: u32,
 }
 
+impl WChunk {
+    fn bind(&self) -> Bind {
+        Bind {
+            buf: self.buf.clone(),
+            offset: self.offset,
+            size: self.size,
+        }
+    }
+}
+
+/// How a row range of a matrix is packed for the GPU (the same for resident and streamed
+/// weights, so both decode identical words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLayout {
+    pub row0: usize,
+    pub rows: usize,
+    /// Packed bytes (a multiple of 4).
+    pub bytes: usize,
+    q_off: u32,
+    d_off: u32,
+    m_off: u32,
+}
+
+/// Row ranges of `m` for bindings of at most `limit` bytes, with their packed layouts.
+pub fn chunk_layouts(m: &Matrix, limit: u64) -> Result<Vec<ChunkLayout>> {
+    row_range_layouts(m, 0, m.rows, limit)
+}
+
+/// Like `chunk_layouts` for rows `r0..r1` of `m` only.
+pub fn row_range_layouts(m: &Matrix, r0: usize, r1: usize, limit: u64) -> Result<Vec<ChunkLayout>> {
+    let limit = limit as usize;
+    // packed bytes per row, plus slack for the half-word rounding of each region
+    let per_row = match m.dtype {
+        DType::BF16 => m.cols * 4,
+        d => d.row_bytes(m.cols),
+    };
+    if per_row + 16 > limit {
+        return Err(Error::Unsupported(format!(
+            "{}: one row ({per_row} bytes) exceeds the GPU binding limit ({limit} bytes)",
+            m.name
+        )));
+    }
+    let per_chunk = ((limit - 16) / per_row)
+        .min(MAX_GROUPS as usize * MM_ROWS)
+        .max(1);
+    let mut out = Vec::new();
+    let mut row0 = r0;
+    while row0 < r1 {
+        let rows = per_chunk.min(r1 - row0);
+        let (words, q_off, d_off, m_off) = packed_layout(m.dtype, rows * m.cols);
+        debug_assert!(words * 4 <= limit);
+        out.push(ChunkLayout {
+            row0,
+            rows,
+            bytes: words * 4,
+            q_off,
+            d_off,
+            m_off,
+        });
+        row0 += rows;
+    }
+    Ok(out)
+}
+
 impl GpuMatrix {
     pub fn upload(gpu: &Gpu, m: &Matrix) -> Result<GpuMatrix> {
         let format = WFormat::for_dtype(m.dtype, gpu.ctx.f16);
-        let limit = gpu.ctx.weight_binding as usize;
-        // packed bytes per row, plus slack for the half-word rounding of each region
-        let per_row = match m.dtype {
-            DType::BF16 => m.cols * 4,
-            d => d.row_bytes(m.cols),
-        };
-        if per_row + 16 > limit {
-            return Err(Error::Unsupported(format!(
-                "{}: one row ({per_row} bytes) exceeds the GPU binding limit ({limit} bytes)",
-                m.name
-            )));
-        }
-        let per_chunk = ((limit - 16) / per_row)
-            .min(MAX_GROUPS as usize * MM_ROWS)
-            .max(1);
-        let mut chunks = Vec::new();
-        let mut row0 = 0;
-        while row0 < m.rows {
-            let rows = per_chunk.min(m.rows - row0);
-            let rb = m.row_bytes();
-            let (words, q_off, d_off, m_off) = pack(
-                m.dtype,
-                &m.data[row0 * rb..(row0 + rows) * rb],
-                rows * m.cols,
-            );
-            debug_assert!(words.len() * 4 <= limit);
+        let layouts = chunk_layouts(m, gpu.ctx.weight_binding)?;
+        let mut chunks = Vec::with_capacity(layouts.len());
+        let mut words = Vec::new();
+        for l in layouts {
+            words.clear();
+            words.resize(l.bytes, 0u8);
+            pack_rows(m, &l, &mut words);
+            let buf = gpu.upload(&words, &m.name);
             chunks.push(WChunk {
-                buf: gpu.upload(&words, &m.name),
-                row0,
-                rows,
-                q_off,
-                d_off,
-                m_off,
+                size: buf.size(),
+                buf,
+                offset: 0,
+                row0: l.row0,
+                rows: l.rows,
+                q_off: l.q_off,
+                d_off: l.d_off,
+                m_off: l.m_off,
             });
-            row0 += rows;
         }
         Ok(GpuMatrix {
             format,
@@ -670,59 +831,176 @@ impl GpuMatrix {
         })
     }
 
+    /// A matrix whose chunks live in `buf` at the given byte offsets (a streaming slot).
+    pub fn view(
+        format: WFormat,
+        rows: usize,
+        cols: usize,
+        buf: &wgpu::Buffer,
+        parts: &[(ChunkLayout, u64)],
+    ) -> GpuMatrix {
+        GpuMatrix {
+            format,
+            rows,
+            cols,
+            chunks: parts
+                .iter()
+                .map(|(l, off)| WChunk {
+                    buf: buf.clone(),
+                    offset: *off,
+                    size: l.bytes as u64,
+                    row0: l.row0,
+                    rows: l.rows,
+                    q_off: l.q_off,
+                    d_off: l.d_off,
+                    m_off: l.m_off,
+                })
+                .collect(),
+        }
+    }
+
     pub fn byte_len(&self) -> u64 {
-        self.chunks.iter().map(|c| c.buf.size()).sum()
+        self.chunks.iter().map(|c| c.size).sum()
     }
 }
 
-/// Repacks `n` elements of `dtype`: (words, quant offset, scale offset, minimum offset).
-fn pack(dtype: DType, src: &[u8], n: usize) -> (Vec<u32>, u32, u32, u32) {
-    let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let halves = |h: &[u16]| -> Vec<u32> {
-        h.chunks(2)
-            .map(|p| p[0] as u32 | (p.get(1).copied().unwrap_or(0) as u32) << 16)
-            .collect()
-    };
+/// Packs the rows `l` describes of `m` into `out` (`l.bytes` long).
+pub fn pack_rows(m: &Matrix, l: &ChunkLayout, out: &mut [u8]) {
+    let rb = m.row_bytes();
+    pack_into(
+        m.dtype,
+        &m.data[l.row0 * rb..(l.row0 + l.rows) * rb],
+        l.rows * m.cols,
+        out,
+    );
+}
+
+/// Words of a packed run of `n` elements: (words, quant offset, scale offset, minimum offset).
+fn packed_layout(dtype: DType, n: usize) -> (usize, u32, u32, u32) {
     match dtype {
-        DType::F32 => (src.chunks_exact(4).map(word).collect(), 0, 0, 0),
-        DType::BF16 => (
-            src.chunks_exact(2)
-                .map(|b| (u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
-                .collect(),
-            0,
-            0,
-            0,
-        ),
+        DType::F32 | DType::BF16 => (n, 0, 0, 0),
+        DType::F16 => (n.div_ceil(2), 0, 0, 0),
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+            let nb = n / 32;
+            let qwords = if dtype == DType::Q8_0 { 8 } else { 4 };
+            let d_off = nb * qwords;
+            let m_off = d_off + nb.div_ceil(2);
+            let mins = if dtype == DType::Q4_1 {
+                nb.div_ceil(2)
+            } else {
+                0
+            };
+            (m_off + mins, 0, d_off as u32, m_off as u32)
+        }
+    }
+}
+
+/// Repacks `n` elements of `dtype` from `src` (file layout) into `out` (GPU layout, zeroed
+/// padding): quantized blocks are split into a region of quants, then scales, then minimums.
+fn pack_into(dtype: DType, src: &[u8], n: usize, out: &mut [u8]) {
+    let (words, _, d_off, m_off) = packed_layout(dtype, n);
+    debug_assert_eq!(out.len(), words * 4);
+    match dtype {
+        DType::F32 => out[..n * 4].copy_from_slice(&src[..n * 4]),
+        DType::BF16 => {
+            for (o, b) in out.chunks_exact_mut(4).zip(src.chunks_exact(2)) {
+                o.copy_from_slice(&[0, 0, b[0], b[1]]);
+            }
+        }
         DType::F16 => {
-            let h: Vec<u16> = src
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            (halves(&h), 0, 0, 0)
+            out[..n * 2].copy_from_slice(&src[..n * 2]);
+            out[n * 2..].fill(0);
         }
         DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
             let bb = dtype.block_bytes();
-            let nb = n / 32;
-            let (head, qwords) = match dtype {
-                DType::Q8_0 => (2, 8),
-                DType::Q4_0 => (2, 4),
-                _ => (4, 4),
-            };
-            let mut q = Vec::with_capacity(nb * qwords);
-            let mut d = Vec::with_capacity(nb);
-            let mut mn = Vec::new();
-            for blk in src.chunks_exact(bb) {
-                d.push(u16::from_le_bytes([blk[0], blk[1]]));
-                if dtype == DType::Q4_1 {
-                    mn.push(u16::from_le_bytes([blk[2], blk[3]]));
+            let head = if dtype == DType::Q4_1 { 4 } else { 2 };
+            let qb = bb - head;
+            let (q, rest) = out.split_at_mut(d_off as usize * 4);
+            let (d, mn) = rest.split_at_mut((m_off - d_off) as usize * 4);
+            d.fill(0);
+            mn.fill(0);
+            for (i, blk) in src.chunks_exact(bb).take(n / 32).enumerate() {
+                q[i * qb..(i + 1) * qb].copy_from_slice(&blk[head..]);
+                d[i * 2..i * 2 + 2].copy_from_slice(&blk[..2]);
+                if head == 4 {
+                    mn[i * 2..i * 2 + 2].copy_from_slice(&blk[2..4]);
                 }
-                q.extend(blk[head..].chunks_exact(4).map(word));
             }
-            let d_off = q.len() as u32;
-            q.extend(halves(&d));
-            let m_off = q.len() as u32;
-            q.extend(halves(&mn));
-            (q, 0, d_off, m_off)
+        }
+    }
+}
+
+#[cfg(test)]
+mod pack_tests {
+    use super::*;
+
+    /// The previous word-by-word packer, kept as the reference for `pack_into`.
+    fn pack_reference(dtype: DType, src: &[u8], n: usize) -> Vec<u32> {
+        let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let halves = |h: &[u16]| -> Vec<u32> {
+            h.chunks(2)
+                .map(|p| p[0] as u32 | (p.get(1).copied().unwrap_or(0) as u32) << 16)
+                .collect()
+        };
+        match dtype {
+            DType::F32 => src.chunks_exact(4).map(word).collect(),
+            DType::BF16 => src
+                .chunks_exact(2)
+                .map(|b| (u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
+                .collect(),
+            DType::F16 => {
+                let h: Vec<u16> = src
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                halves(&h)
+            }
+            _ => {
+                let bb = dtype.block_bytes();
+                let head = if dtype == DType::Q4_1 { 4 } else { 2 };
+                let (mut q, mut d, mut mn) = (Vec::new(), Vec::new(), Vec::new());
+                for blk in src.chunks_exact(bb).take(n / 32) {
+                    d.push(u16::from_le_bytes([blk[0], blk[1]]));
+                    if head == 4 {
+                        mn.push(u16::from_le_bytes([blk[2], blk[3]]));
+                    }
+                    q.extend(blk[head..].chunks_exact(4).map(word));
+                }
+                q.extend(halves(&d));
+                q.extend(halves(&mn));
+                q
+            }
+        }
+    }
+
+    #[test]
+    fn pack_into_matches_the_reference_packer() {
+        for dtype in [
+            DType::F32,
+            DType::BF16,
+            DType::F16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+        ] {
+            for blocks in [1usize, 2, 3, 7] {
+                let n = blocks * 32;
+                let bytes = match dtype {
+                    DType::F32 => n * 4,
+                    DType::BF16 | DType::F16 => n * 2,
+                    d => blocks * d.block_bytes(),
+                };
+                let src: Vec<u8> = (0..bytes).map(|i| (i * 37 + 11) as u8).collect();
+                let (words, ..) = packed_layout(dtype, n);
+                let mut out = vec![0xAAu8; words * 4];
+                pack_into(dtype, &src, n, &mut out);
+                let want = pack_reference(dtype, &src, n);
+                assert_eq!(
+                    out,
+                    bytemuck::cast_slice::<u32, u8>(&want),
+                    "{dtype:?} {blocks}"
+                );
+            }
         }
     }
 }

@@ -1,23 +1,38 @@
 //! The GPU backend (wgpu, WGSL compute shaders): the verifier of the speculative pipeline. It
 //! runs the same Llama-family forward pass as the CPU backend over batches of tree nodes, with
-//! weights uploaded once, one command buffer per pass, and a small readback (the top-k of each
-//! row when the caller asks for it).
+//! a small readback (the top-k of each row when the caller asks for it).
+//!
+//! Weights are uploaded once when they fit `GpuOptions::weight_budget` (one command buffer per
+//! pass). Under a smaller budget the backend keeps what fits resident (the LM head, which
+//! doubles as the embedding table when tied, then the first layers) and streams the rest from
+//! the memory-mapped model file for every pass through a ring of staging slots
+//! (`uploader.rs`), one submit per layer so that the next unit uploads while the current one
+//! computes. Streamed and resident weights are packed by the same code and run the same
+//! kernels: the results are bit-identical.
 
+pub mod budget;
 mod device;
 mod fault;
 pub mod kernels;
+pub mod roofline;
 pub mod shaders;
+mod uploader;
 
+pub use budget::{parse_rate, parse_size};
 pub use device::{adapter_summary, open, DeviceOptions, GpuContext};
 pub use fault::Fault;
 pub use kernels::{AttentionArgs, Gpu, GpuMatrix, MatmulArgs, Recorder};
+pub use uploader::{StreamStats, UploadMode};
 
 use crate::backend::{Backend, Batch, CacheView, Logits, Rows, Want};
 use crate::cpu::ops::RopeTable;
 use crate::error::{Error, Result};
-use crate::model::{ModelConfig, ModelWeights, RopeLayout};
+use crate::model::{Matrix, ModelConfig, ModelWeights, RopeLayout};
+use kernels::{chunk_layouts, pack_rows, row_range_layouts, Timing};
+use shaders::WFormat;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use uploader::{Unit, Uploader};
 
 /// How to run a model on the GPU.
 #[derive(Clone, Debug)]
@@ -26,6 +41,18 @@ pub struct GpuOptions {
     pub context: usize,
     /// Device switches (f16, subgroups, binding-size cap); defaults read the environment.
     pub device: DeviceOptions,
+    /// Bytes of GPU memory for weights (resident weights, the streaming ring, the embedding
+    /// gather buffer and the small f32 norms); `None` keeps every weight resident. The KV cache
+    /// and activations are not included.
+    pub weight_budget: Option<u64>,
+    /// Emulated storage bandwidth for streamed weights in bytes/s: each streamed unit takes at
+    /// least its bytes / rate to read (a sleep; this is emulation of a phone's flash, not a
+    /// measurement of this machine's).
+    pub io_bandwidth: Option<f64>,
+    /// How streamed weights are uploaded.
+    pub upload: UploadMode,
+    /// Slots in the streaming ring (default 2 when the budget allows, else 1).
+    pub ring_depth: Option<usize>,
 }
 
 impl GpuOptions {
@@ -33,13 +60,16 @@ impl GpuOptions {
         GpuOptions {
             context: cfg.max_context,
             device: DeviceOptions::default(),
+            weight_budget: None,
+            io_bandwidth: None,
+            upload: UploadMode::default(),
+            ring_depth: None,
         }
     }
 }
 
-struct GpuLayer {
-    attn_norm: wgpu::Buffer,
-    ffn_norm: wgpu::Buffer,
+/// A layer's seven matrices on the GPU (resident, or views of a streaming slot).
+struct LayerMats {
     wq: GpuMatrix,
     wk: GpuMatrix,
     wv: GpuMatrix,
@@ -47,6 +77,45 @@ struct GpuLayer {
     w_gate: GpuMatrix,
     w_up: GpuMatrix,
     w_down: GpuMatrix,
+}
+
+impl LayerMats {
+    fn all(&self) -> [&GpuMatrix; 7] {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
+    }
+
+    fn from_slot(unit: &Unit, buf: &wgpu::Buffer) -> LayerMats {
+        let mut v: Vec<GpuMatrix> = unit
+            .mats
+            .iter()
+            .map(|m| GpuMatrix::view(m.format, m.src.rows, m.src.cols, buf, &m.parts))
+            .collect();
+        let mut next = || v.remove(0);
+        LayerMats {
+            wq: next(),
+            wk: next(),
+            wv: next(),
+            wo: next(),
+            w_gate: next(),
+            w_up: next(),
+            w_down: next(),
+        }
+    }
+}
+
+struct GpuLayer {
+    attn_norm: wgpu::Buffer,
+    ffn_norm: wgpu::Buffer,
+    /// Resident matrices; `None` when the layer streams.
+    mats: Option<LayerMats>,
     bias: Option<[wgpu::Buffer; 3]>,
     k_cache: wgpu::Buffer,
     v_cache: wgpu::Buffer,
@@ -68,33 +137,245 @@ struct Scratch {
     vals: wgpu::Buffer,
 }
 
+/// Rows of the embedding table gathered per submit when the table is not resident.
+const GATHER_ROWS: usize = 64;
+/// Most timestamp queries per pass.
+const MAX_QUERIES: u32 = 4096;
+
+/// The embedding table when it is not resident: the batch's rows are gathered from the
+/// model file into a small buffer.
+struct Gather {
+    table: Matrix,
+    buf: wgpu::Buffer,
+    scratch: Vec<u8>,
+}
+
+/// What is resident and what streams.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightPlan {
+    /// Per layer: its matrices stay on the GPU.
+    pub resident_layers: Vec<bool>,
+    pub head_resident: bool,
+    /// The embedding table is on the GPU (its own copy, or the tied head's).
+    pub embed_resident: bool,
+    /// Slots in the streaming ring (0: nothing streams).
+    pub ring_depth: usize,
+    /// Bytes of one ring slot (the largest streamed unit).
+    pub slot_bytes: u64,
+    /// Weight bytes the plan allocates on the GPU.
+    pub gpu_bytes: u64,
+    /// Weight bytes read from the file for every pass (the gathered embedding rows aside).
+    pub streamed_bytes_per_pass: u64,
+    /// The smallest budget that runs this model (streaming everything through one slot).
+    pub min_budget: u64,
+    /// The budget that keeps every weight resident.
+    pub full_budget: u64,
+}
+
+/// Where the head goes: the step after the final norm.
+enum Streamed {
+    Layer(usize),
+    Head,
+}
+
+struct Stream {
+    units: Vec<(Streamed, Unit)>,
+    uploader: Uploader,
+}
+
 pub struct GpuBackend {
     cfg: ModelConfig,
     gpu: Gpu,
-    embed: GpuMatrix,
+    weights: Arc<ModelWeights>,
+    /// Resident embedding table (`None`: gathered per pass).
+    embed: Option<GpuMatrix>,
+    gather: Option<Gather>,
     layers: Vec<GpuLayer>,
     norm: wgpu::Buffer,
+    /// Resident LM head (`None` with `head_is_embed` or when it streams).
     head: Option<GpuMatrix>,
+    head_is_embed: bool,
+    stream: Option<Stream>,
+    plan: WeightPlan,
     inv_freqs: Vec<f32>,
     capacity: usize,
     len: usize,
     scratch: Option<Scratch>,
     kv_tmp: wgpu::Buffer,
     weight_bytes: u64,
+    allocated: u64,
+    peak: u64,
+    timing: Option<Timing>,
+    stats: StreamStats,
+}
+
+/// Bytes of a small f32 vector on the GPU.
+fn small_bytes(len: usize) -> u64 {
+    (len * 4).max(16).next_multiple_of(4) as u64
 }
 
 impl GpuBackend {
     /// Opens the device `opts` describes and uploads the weights.
     pub fn new(cfg: ModelConfig, weights: Arc<ModelWeights>, opts: &GpuOptions) -> Result<Self> {
         let ctx = device::open(&opts.device)?;
-        Self::with_context(cfg, weights, opts.context, ctx)
+        Self::with_context_opts(cfg, weights, opts, ctx)
     }
 
-    /// Uploads the weights to an already open device.
+    /// Uploads the weights to an already open device (everything resident).
     pub fn with_context(
         cfg: ModelConfig,
         weights: Arc<ModelWeights>,
         context: usize,
+        ctx: GpuContext,
+    ) -> Result<Self> {
+        let opts = GpuOptions {
+            context,
+            ..GpuOptions::for_model(&cfg)
+        };
+        Self::with_context_opts(cfg, weights, &opts, ctx)
+    }
+
+    /// Plans which weights stay resident under `opts.weight_budget` without opening a device
+    /// (`weight_binding` and `align` as the device reports them).
+    pub fn plan_weights(
+        w: &ModelWeights,
+        opts: &GpuOptions,
+        weight_binding: u64,
+        align: u64,
+    ) -> Result<WeightPlan> {
+        let packed = |m: &Matrix| -> Result<u64> {
+            Ok(chunk_layouts(m, weight_binding)?
+                .iter()
+                .map(|l| (l.bytes as u64).max(16))
+                .sum())
+        };
+        let (layer_units, head_parts, slot) = stream_units(w, weight_binding, align, false)?;
+        let mut layer_bytes = Vec::with_capacity(w.layers.len());
+        for l in &w.layers {
+            let mut b = 0;
+            for m in l.matrices() {
+                b += packed(m)?;
+            }
+            layer_bytes.push(b);
+        }
+        let tied = w.tied_head && w.head.dtype == w.embed.dtype;
+        let head_bytes = packed(&w.head)?;
+        let embed_bytes = packed(&w.embed)?;
+        let mut small = small_bytes(w.norm.len());
+        for l in &w.layers {
+            small += small_bytes(l.attn_norm.len()) + small_bytes(l.ffn_norm.len());
+            if let Some(b) = &l.bias {
+                small += small_bytes(b.q.len()) + small_bytes(b.k.len()) + small_bytes(b.v.len());
+            }
+        }
+        let all_layers: u64 = layer_bytes.iter().sum();
+        let everything = small + all_layers + head_bytes + if tied { 0 } else { embed_bytes };
+        let n = w.layers.len();
+        let gather = gather_bytes(&w.embed);
+        let mandatory = small + gather;
+        let min = (mandatory + Uploader::ring_bytes(slot, 1)).min(everything);
+        let resident_all = WeightPlan {
+            resident_layers: vec![true; n],
+            head_resident: true,
+            embed_resident: true,
+            ring_depth: 0,
+            slot_bytes: 0,
+            gpu_bytes: everything,
+            streamed_bytes_per_pass: 0,
+            min_budget: min,
+            full_budget: everything,
+        };
+        let Some(budget) = opts.weight_budget else {
+            return Ok(resident_all);
+        };
+        if budget >= everything {
+            return Ok(resident_all);
+        }
+        let _ = head_parts;
+        if budget < min {
+            return Err(Error::Config(format!(
+                "a GPU weight budget of {} ({budget} bytes) is below the minimum for streaming \
+                 this model: {} ({min} bytes) = one streamed layer ({} in a GPU slot and its \
+                 staging copy) + {} of norms and embedding gather buffer",
+                budget::mib(budget),
+                budget::mib(min),
+                budget::mib(slot),
+                budget::mib(mandatory),
+            )));
+        }
+        let depth = match opts.ring_depth {
+            Some(d) => d.max(1),
+            None if budget >= mandatory + Uploader::ring_bytes(slot, 2) => 2,
+            None => 1,
+        };
+        let ring = Uploader::ring_bytes(slot, depth);
+        if budget < mandatory + ring {
+            return Err(Error::Config(format!(
+                "a GPU weight budget of {} ({budget} bytes) cannot hold a streaming ring of \
+                 {depth} slots: at least {} needed",
+                budget::mib(budget),
+                budget::mib(mandatory + ring)
+            )));
+        }
+        let mut avail = budget - mandatory - ring;
+        let mut plan = WeightPlan {
+            resident_layers: vec![false; n],
+            head_resident: false,
+            embed_resident: false,
+            ring_depth: depth,
+            slot_bytes: slot,
+            gpu_bytes: 0,
+            streamed_bytes_per_pass: 0,
+            min_budget: min,
+            full_budget: everything,
+        };
+        if head_bytes <= avail {
+            plan.head_resident = true;
+            avail -= head_bytes;
+            if tied {
+                plan.embed_resident = true;
+                avail += gather;
+            }
+        }
+        for (i, &b) in layer_bytes.iter().enumerate() {
+            if b <= avail {
+                plan.resident_layers[i] = true;
+                avail -= b;
+            } else {
+                break;
+            }
+        }
+        if !plan.embed_resident && embed_bytes <= avail + gather {
+            plan.embed_resident = true;
+            avail = avail + gather - embed_bytes;
+        }
+        plan.gpu_bytes = budget - avail;
+        plan.streamed_bytes_per_pass = layer_units
+            .iter()
+            .zip(&plan.resident_layers)
+            .filter(|(_, &r)| !r)
+            .map(|(u, _)| u.file_bytes)
+            .sum::<u64>()
+            + if plan.head_resident {
+                0
+            } else {
+                w.head.byte_len() as u64
+            };
+        if plan.streamed_bytes_per_pass == 0 {
+            // everything fit after all (rounding): no ring
+            return Ok(WeightPlan {
+                gpu_bytes: everything,
+                ..resident_all
+            });
+        }
+        Ok(plan)
+    }
+
+    /// Uploads the weights to an already open device under `opts`' budget.
+    pub fn with_context_opts(
+        cfg: ModelConfig,
+        weights: Arc<ModelWeights>,
+        opts: &GpuOptions,
         ctx: GpuContext,
     ) -> Result<Self> {
         cfg.validate()?;
@@ -105,8 +386,19 @@ impl GpuBackend {
                 cfg.head_dim
             )));
         }
+        if opts
+            .io_bandwidth
+            .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+        {
+            return Err(Error::InvalidArgument(
+                "the emulated IO bandwidth must be a positive number of bytes/s".into(),
+            ));
+        }
+        let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(256);
+        let plan = Self::plan_weights(&weights, opts, ctx.weight_binding, align)?;
+        let timestamps = ctx.timestamps;
         let gpu = Gpu::new(ctx);
-        let capacity = context.min(cfg.max_context).max(1);
+        let capacity = opts.context.min(cfg.max_context).max(1);
         let kv_bytes = capacity * cfg.kv_dim() * 4;
         if kv_bytes as u64 > gpu.ctx.max_binding {
             return Err(Error::Unsupported(format!(
@@ -117,18 +409,34 @@ impl GpuBackend {
         }
         let w = &*weights;
         let up = |m| GpuMatrix::upload(&gpu, m);
+        let mut allocated = 0u64;
         let mut layers = Vec::with_capacity(w.layers.len());
-        for l in &w.layers {
-            layers.push(GpuLayer {
+        let mut units = Vec::new();
+        let (layer_units, head_parts, _) =
+            stream_units(w, gpu.ctx.weight_binding, align, gpu.ctx.f16)?;
+        let mut layer_units: Vec<Option<Unit>> = layer_units.into_iter().map(Some).collect();
+        for (i, l) in w.layers.iter().enumerate() {
+            let mats = if plan.resident_layers[i] {
+                Some(LayerMats {
+                    wq: up(&l.wq)?,
+                    wk: up(&l.wk)?,
+                    wv: up(&l.wv)?,
+                    wo: up(&l.wo)?,
+                    w_gate: up(&l.w_gate)?,
+                    w_up: up(&l.w_up)?,
+                    w_down: up(&l.w_down)?,
+                })
+            } else {
+                units.push((
+                    Streamed::Layer(i),
+                    layer_units[i].take().expect("one unit per layer"),
+                ));
+                None
+            };
+            let layer = GpuLayer {
                 attn_norm: gpu.upload(&l.attn_norm, "attn_norm"),
                 ffn_norm: gpu.upload(&l.ffn_norm, "ffn_norm"),
-                wq: up(&l.wq)?,
-                wk: up(&l.wk)?,
-                wv: up(&l.wv)?,
-                wo: up(&l.wo)?,
-                w_gate: up(&l.w_gate)?,
-                w_up: up(&l.w_up)?,
-                w_down: up(&l.w_down)?,
+                mats,
                 bias: l.bias.as_ref().map(|b| {
                     [
                         gpu.upload(&b.q, "bq"),
@@ -138,34 +446,108 @@ impl GpuBackend {
                 }),
                 k_cache: gpu.buffer(kv_bytes, "k_cache"),
                 v_cache: gpu.buffer(kv_bytes, "v_cache"),
-            });
+            };
+            allocated += layer.attn_norm.size() + layer.ffn_norm.size();
+            if let Some(m) = &layer.mats {
+                allocated += m.all().iter().map(|m| m.byte_len()).sum::<u64>();
+            }
+            if let Some(b) = &layer.bias {
+                allocated += b.iter().map(|b| b.size()).sum::<u64>();
+            }
+            layers.push(layer);
         }
-        let embed = up(&w.embed)?;
-        let head = if w.tied_head && w.head.dtype == w.embed.dtype {
+        let tied = w.tied_head && w.head.dtype == w.embed.dtype;
+        let (mut head, mut head_is_embed, mut embed) = (None, false, None);
+        if plan.head_resident {
+            let h = up(&w.head)?;
+            allocated += h.byte_len();
+            if tied {
+                // one table serves both
+                embed = Some(h);
+                head_is_embed = true;
+            } else {
+                head = Some(h);
+            }
+        } else {
+            units.extend(head_parts.into_iter().map(|u| (Streamed::Head, u)));
+        }
+        if plan.embed_resident && embed.is_none() {
+            let e = up(&w.embed)?;
+            allocated += e.byte_len();
+            embed = Some(e);
+        }
+        let gather = if embed.is_none() {
+            let b = gather_bytes(&w.embed);
+            allocated += b;
+            Some(Gather {
+                table: w.embed.clone(),
+                buf: gpu.buffer(b as usize, "embed gather"),
+                scratch: Vec::new(),
+            })
+        } else {
+            None
+        };
+        let norm = gpu.upload(&w.norm, "norm");
+        allocated += norm.size();
+        let stream = if units.is_empty() {
             None
         } else {
-            Some(up(&w.head)?)
+            let uploader = Uploader::new(
+                &gpu,
+                plan.slot_bytes,
+                plan.ring_depth,
+                opts.upload,
+                opts.io_bandwidth,
+            );
+            allocated += uploader.allocated_bytes();
+            debug_assert!(units.iter().all(|(_, u)| u.bytes <= plan.slot_bytes));
+            Some(Stream { units, uploader })
         };
-        let mut weight_bytes = embed.byte_len() + head.as_ref().map_or(0, |h| h.byte_len());
-        for l in &layers {
-            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
-                weight_bytes += m.byte_len();
+        if let Some(b) = opts.weight_budget {
+            if allocated > b && stream.is_some() {
+                return Err(Error::Gpu(format!(
+                    "internal: planned {allocated} weight bytes over a budget of {b}"
+                )));
             }
         }
-        let norm = gpu.upload(&w.norm, "norm");
+        let mut weight_bytes = 0;
+        for m in w.matrices() {
+            weight_bytes += chunk_layouts(m, gpu.ctx.weight_binding)?
+                .iter()
+                .map(|l| (l.bytes as u64).max(16))
+                .sum::<u64>();
+        }
+        let timing = timestamps.then(|| Timing {
+            set: gpu.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("pass timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: MAX_QUERIES,
+            }),
+            capacity: MAX_QUERIES,
+            next: 0,
+        });
         gpu.ctx.wait()?;
         Ok(GpuBackend {
             inv_freqs: cfg.rope.inv_freqs(),
             kv_tmp: gpu.buffer(4, "kv_tmp"),
             gpu,
+            weights,
             embed,
+            gather,
             layers,
             norm,
             head,
+            head_is_embed,
+            stream,
+            plan,
             capacity,
             len: 0,
             scratch: None,
             weight_bytes,
+            allocated,
+            peak: allocated,
+            timing,
+            stats: StreamStats::default(),
             cfg,
         })
     }
@@ -175,24 +557,60 @@ impl GpuBackend {
         &self.gpu
     }
 
-    /// Bytes of weights resident on the GPU.
+    /// Bytes of all weight matrices in the GPU layout (resident or not).
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
     }
 
-    /// Bindings the weight matrices occupy (more than the matrix count when some are split).
+    /// Bytes of GPU memory held for weights now: resident matrices, norms, the streaming ring
+    /// and the embedding gather buffer (what `GpuOptions::weight_budget` bounds).
+    pub fn allocated_weight_bytes(&self) -> u64 {
+        self.allocated
+    }
+
+    /// The most `allocated_weight_bytes` has ever been.
+    pub fn peak_weight_bytes(&self) -> u64 {
+        self.peak
+    }
+
+    /// What is resident and what streams.
+    pub fn weight_plan(&self) -> &WeightPlan {
+        &self.plan
+    }
+
+    /// Whether some weights stream for every pass.
+    pub fn is_streaming(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Totals over every pass so far (see `StreamStats::since` for a window).
+    pub fn stream_stats(&self) -> StreamStats {
+        self.stats
+    }
+
+    pub fn reset_stream_stats(&mut self) {
+        self.stats = StreamStats::default();
+    }
+
+    /// Bindings the resident weight matrices occupy (more than the matrix count when some are
+    /// split).
     pub fn weight_bindings(&self) -> usize {
-        let mut n = self.embed.chunks.len() + self.head.as_ref().map_or(0, |h| h.chunks.len());
+        let mut n = self.embed.as_ref().map_or(0, |e| e.chunks.len())
+            + self.head.as_ref().map_or(0, |h| h.chunks.len());
         for l in &self.layers {
-            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
-                n += m.chunks.len();
+            if let Some(m) = &l.mats {
+                n += m.all().iter().map(|m| m.chunks.len()).sum::<usize>();
             }
         }
         n
     }
 
-    fn head(&self) -> &GpuMatrix {
-        self.head.as_ref().unwrap_or(&self.embed)
+    fn head(&self) -> Option<&GpuMatrix> {
+        if self.head_is_embed {
+            self.embed.as_ref()
+        } else {
+            self.head.as_ref()
+        }
     }
 
     fn ensure_scratch(&mut self, n: usize) -> Result<()> {
@@ -264,8 +682,10 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// Records the forward pass; returns the recorder and where the requested rows' logits are.
-    fn record(&mut self, batch: &Batch, want: Want) -> Result<(Recorder, usize)> {
+    /// Runs the forward pass: one command buffer when every weight is resident, otherwise one
+    /// submit per layer (and per head part) with the next streamed unit uploading while the
+    /// current one computes. Returns the last recorder (for the readback) and the row count.
+    fn record_and_submit(&mut self, batch: &Batch, want: Want) -> Result<(Recorder, usize)> {
         self.check_batch(batch)?;
         let n = batch.len();
         self.ensure_scratch(n)?;
@@ -273,7 +693,11 @@ impl GpuBackend {
         let g = &self.gpu;
         let s = self.scratch.as_ref().expect("scratch");
         let base = self.len;
-        let (h, q_dim, kv_dim, ffn) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn);
+        let h = c.hidden;
+        let streaming = self.stream.is_some();
+        if let Some(t) = &mut self.timing {
+            t.next = 0;
+        }
 
         // per-pass inputs
         let tokens = g.upload(&batch.tokens, "tokens");
@@ -292,7 +716,19 @@ impl GpuBackend {
         let half_split = c.rope.layout == RopeLayout::HalfSplit;
 
         let mut rec = Recorder::default();
-        g.embed(&mut rec, &self.embed, &tokens, n, &s.x)?;
+        match &self.embed {
+            Some(e) => g.embed(&mut rec, e, &tokens, n, &s.x)?,
+            None => {
+                let gather = self
+                    .gather
+                    .as_mut()
+                    .expect("gather without a resident table");
+                let t0 = Instant::now();
+                let bytes = gather_rows(g, gather, &batch.tokens, &s.x, self.timing.as_mut())?;
+                self.stats.io_time += t0.elapsed();
+                self.stats.bytes_streamed += bytes;
+            }
+        }
         let mm = |rec: &mut Recorder,
                   m: &GpuMatrix,
                   x: &wgpu::Buffer,
@@ -316,12 +752,68 @@ impl GpuBackend {
                 },
             )
         };
-        for l in &self.layers {
+        // streaming state: the next unit to load, units whose compute was submitted
+        let (mut next_load, mut submitted) = (0usize, 0usize);
+        let depth = self.stream.as_ref().map_or(1, |st| st.uploader.depth());
+        let n_units = self.stream.as_ref().map_or(0, |st| st.units.len());
+        let mut load_upto =
+            |stream: &mut Option<Stream>, stats: &mut StreamStats, upto: usize| -> Result<()> {
+                let Some(st) = stream.as_mut() else {
+                    return Ok(());
+                };
+                while next_load < n_units && next_load < upto {
+                    let unit = &st.units[next_load].1;
+                    let (io, stall) = st.uploader.load(g, next_load % depth, unit)?;
+                    stats.io_time += io;
+                    stats.stall_time += stall;
+                    stats.bytes_streamed += unit.file_bytes;
+                    next_load += 1;
+                }
+                Ok(())
+            };
+        // submits `rec` when streaming (after which the next units may load)
+        let flush = |rec: &mut Recorder,
+                     timing: Option<&mut Timing>,
+                     unit: Option<usize>,
+                     stream: &mut Option<Stream>|
+         -> Result<Option<wgpu::SubmissionIndex>> {
+            if stream.is_none() || rec.is_empty() {
+                return Ok(None);
+            }
+            let index = g.submit_timed(std::mem::take(rec), timing)?;
+            if let (Some(u), Some(st)) = (unit, stream.as_mut()) {
+                st.uploader.used(u % depth, index.clone());
+            }
+            Ok(Some(index))
+        };
+        flush(&mut rec, self.timing.as_mut(), None, &mut self.stream)?;
+        load_upto(&mut self.stream, &mut self.stats, depth)?;
+
+        let mut unit_idx = 0usize;
+        for li in 0..self.layers.len() {
+            let l = &self.layers[li];
+            let slot_mats;
+            let (mats, unit) = match &l.mats {
+                Some(m) => (m, None),
+                None => {
+                    let st = self.stream.as_ref().expect("a streamed layer needs a ring");
+                    debug_assert!(matches!(st.units[unit_idx].0, Streamed::Layer(i) if i == li));
+                    slot_mats = LayerMats::from_slot(
+                        &st.units[unit_idx].1,
+                        st.uploader.dst(unit_idx % depth),
+                    );
+                    unit_idx += 1;
+                    (&slot_mats, Some(unit_idx - 1))
+                }
+            };
+            if let Some(u) = unit {
+                load_upto(&mut self.stream, &mut self.stats, u + 1)?;
+            }
             g.rms_norm(&mut rec, &s.x, 0, &l.attn_norm, c.rms_eps, &s.xn, 0, n, h)?;
             let b = l.bias.as_ref();
-            mm(&mut rec, &l.wq, &s.xn, &s.q, false, b.map(|b| &b[0]))?;
-            mm(&mut rec, &l.wk, &s.xn, &s.k, false, b.map(|b| &b[1]))?;
-            mm(&mut rec, &l.wv, &s.xn, &s.v, false, b.map(|b| &b[2]))?;
+            mm(&mut rec, &mats.wq, &s.xn, &s.q, false, b.map(|b| &b[0]))?;
+            mm(&mut rec, &mats.wk, &s.xn, &s.k, false, b.map(|b| &b[1]))?;
+            mm(&mut rec, &mats.wv, &s.xn, &s.v, false, b.map(|b| &b[2]))?;
             let half = rope.half;
             g.rope(
                 &mut rec, &s.q, n, c.n_heads, c.head_dim, half, half_split, &cos, &sin,
@@ -337,6 +829,7 @@ impl GpuBackend {
                 &cos,
                 &sin,
             )?;
+            let kv_dim = c.kv_dim();
             let off = (base * kv_dim * 4) as u64;
             let bytes = (n * kv_dim * 4) as u64;
             rec.copy(&s.k, 0, &l.k_cache, off, bytes);
@@ -357,19 +850,22 @@ impl GpuBackend {
                     head_dim: c.head_dim,
                 },
             )?;
-            mm(&mut rec, &l.wo, &s.att, &s.x, true, None)?;
+            mm(&mut rec, &mats.wo, &s.att, &s.x, true, None)?;
             g.rms_norm(&mut rec, &s.x, 0, &l.ffn_norm, c.rms_eps, &s.xn, 0, n, h)?;
-            mm(&mut rec, &l.w_gate, &s.xn, &s.gate, false, None)?;
-            mm(&mut rec, &l.w_up, &s.xn, &s.up, false, None)?;
-            g.swiglu(&mut rec, &s.gate, &s.up, n * ffn)?;
-            mm(&mut rec, &l.w_down, &s.gate, &s.x, true, None)?;
+            mm(&mut rec, &mats.w_gate, &s.xn, &s.gate, false, None)?;
+            mm(&mut rec, &mats.w_up, &s.xn, &s.up, false, None)?;
+            g.swiglu(&mut rec, &s.gate, &s.up, n * c.ffn)?;
+            mm(&mut rec, &mats.w_down, &s.gate, &s.x, true, None)?;
+            flush(&mut rec, self.timing.as_mut(), unit, &mut self.stream)?;
+            if unit.is_some() {
+                submitted += 1;
+            }
+            load_upto(&mut self.stream, &mut self.stats, submitted + depth)?;
         }
-        let _ = q_dim;
         let (first, rows) = match want.rows {
             Rows::Last => (n - 1, 1),
-            Rows::All => (n, n),
+            Rows::All => (0, n),
         };
-        let first = if want.rows == Rows::Last { first } else { 0 };
         g.rms_norm(
             &mut rec,
             &s.x,
@@ -381,49 +877,114 @@ impl GpuBackend {
             rows,
             h,
         )?;
-        let head = self.head();
-        g.matmul(
-            &mut rec,
-            head,
-            &MatmulArgs {
-                x: &s.xn,
-                x_off: 0,
-                x_stride: h,
-                n: rows,
-                y: &s.logits,
-                y_off: 0,
-                y_stride: c.vocab,
-                accumulate: false,
-                bias: None,
-            },
-        )?;
+        let head_args = MatmulArgs {
+            x: &s.xn,
+            x_off: 0,
+            x_stride: h,
+            n: rows,
+            y: &s.logits,
+            y_off: 0,
+            y_stride: c.vocab,
+            accumulate: false,
+            bias: None,
+        };
+        match self.head() {
+            Some(head) => g.matmul(&mut rec, head, &head_args)?,
+            None => {
+                let w = &self.weights.head;
+                while unit_idx < n_units {
+                    let u = unit_idx;
+                    load_upto(&mut self.stream, &mut self.stats, u + 1)?;
+                    let st = self.stream.as_ref().expect("streamed head");
+                    let m = &st.units[u].1.mats[0];
+                    let part = GpuMatrix::view(
+                        m.format,
+                        w.rows,
+                        w.cols,
+                        st.uploader.dst(u % depth),
+                        &m.parts,
+                    );
+                    g.matmul(&mut rec, &part, &head_args)?;
+                    flush(&mut rec, self.timing.as_mut(), Some(u), &mut self.stream)?;
+                    submitted += 1;
+                    unit_idx += 1;
+                    load_upto(&mut self.stream, &mut self.stats, submitted + depth)?;
+                }
+            }
+        }
+        debug_assert!(!streaming || (unit_idx == n_units && next_load == n_units));
         self.len += n;
         Ok((rec, rows))
     }
 
     fn forward_inner(&mut self, batch: &Batch, want: Want) -> Result<Logits> {
         let base = self.len;
-        let (rec, rows) = match self.record(batch, want) {
-            Ok(r) => r,
-            Err(e) => {
-                self.len = base;
-                return Err(e);
-            }
+        let t0 = Instant::now();
+        let io0 = self.stats.io_time;
+        let out = match self.record_and_submit(batch, want) {
+            Ok((rec, rows)) => self.run_pass(rec, rows, want),
+            Err(e) => Err(e),
         };
-        let out = self.run_pass(rec, rows, want);
         if out.is_err() {
             self.len = base;
+            // leave the device idle and the ring consistent for the next pass
+            let _ = self.gpu.ctx.wait();
+            return out;
         }
+        let pass = t0.elapsed();
+        let compute = match self.read_timestamps() {
+            Ok(Some(d)) => {
+                self.stats.compute_timed = true;
+                d
+            }
+            _ => pass.saturating_sub(self.stats.io_time - io0),
+        };
+        self.stats.passes += 1;
+        self.stats.pass_time += pass;
+        self.stats.compute_time += compute;
         out
     }
 
-    fn run_pass(&self, mut rec: Recorder, rows: usize, want: Want) -> Result<Logits> {
+    /// Sum of this pass's compute-pass timestamp intervals.
+    fn read_timestamps(&mut self) -> Result<Option<Duration>> {
+        let Some(t) = &self.timing else {
+            return Ok(None);
+        };
+        if t.next == 0 {
+            return Ok(None);
+        }
+        let g = &self.gpu;
+        let bytes = t.next as u64 * 8;
+        let resolve = g.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut enc = g
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        enc.resolve_query_set(&t.set, 0..t.next, &resolve, 0);
+        g.ctx.queue.submit([enc.finish()]);
+        let raw = g.run_and_read(Recorder::default(), &resolve, 0, bytes as usize)?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
+        let period = g.ctx.queue.get_timestamp_period() as f64;
+        let ns: f64 = ticks
+            .chunks_exact(2)
+            .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
+            .sum();
+        Ok(Some(Duration::from_nanos(ns as u64)))
+    }
+
+    fn run_pass(&mut self, mut rec: Recorder, rows: usize, want: Want) -> Result<Logits> {
         let vocab = self.cfg.vocab;
         let s = self.scratch.as_ref().expect("scratch");
         let g = &self.gpu;
+        let timing = self.timing.as_mut();
         match want.top_k {
             None => {
-                let b = g.run_and_read(rec, &s.logits, 0, rows * vocab * 4)?;
+                let b = g.run_and_read_timed(rec, &s.logits, 0, rows * vocab * 4, timing)?;
                 Ok(Logits::Dense {
                     vocab,
                     data: bytemuck::pod_collect_to_vec(&b),
@@ -435,7 +996,7 @@ impl GpuBackend {
                 // one readback: ids then values
                 let bytes = (rows * k * 4) as u64;
                 rec.copy(&s.vals, 0, &s.ids, bytes, bytes);
-                let b = g.run_and_read(rec, &s.ids, 0, 2 * rows * k * 4)?;
+                let b = g.run_and_read_timed(rec, &s.ids, 0, 2 * rows * k * 4, timing)?;
                 let all: Vec<u32> = bytemuck::pod_collect_to_vec(&b);
                 Ok(Logits::TopK {
                     k,
@@ -563,3 +1124,99 @@ impl Backend for GpuBackend {
 
 #[cfg(test)]
 mod tests;
+
+/// Streaming units of every layer and of the LM head (row ranges of about one layer's size),
+/// and the slot size that holds any of them.
+fn stream_units(
+    w: &ModelWeights,
+    binding: u64,
+    align: u64,
+    f16: bool,
+) -> Result<(Vec<Unit>, Vec<Unit>, u64)> {
+    let unit = |mats: Vec<(&Matrix, usize, usize)>| -> Result<Unit> {
+        let mut v = Vec::with_capacity(mats.len());
+        for (m, r0, r1) in mats {
+            v.push((
+                m.clone(),
+                WFormat::for_dtype(m.dtype, f16),
+                row_range_layouts(m, r0, r1, binding)?,
+            ));
+        }
+        Ok(Unit::new(v, align))
+    };
+    let layers: Vec<Unit> = w
+        .layers
+        .iter()
+        .map(|l| unit(l.matrices().iter().map(|&m| (m, 0, m.rows)).collect()))
+        .collect::<Result<_>>()?;
+    let target = layers.iter().map(|u| u.bytes).max().unwrap_or(0);
+    let head = &w.head;
+    let row_packed = row_range_layouts(head, 0, 1, binding)?[0].bytes as u64;
+    let per = ((target / row_packed.max(1)) as usize).clamp(1, head.rows);
+    let mut parts = Vec::new();
+    let mut r0 = 0;
+    while r0 < head.rows {
+        let r1 = (r0 + per).min(head.rows);
+        parts.push(unit(vec![(head, r0, r1)])?);
+        r0 = r1;
+    }
+    let slot = parts.iter().map(|u| u.bytes).max().unwrap_or(0).max(target);
+    Ok((layers, parts, slot))
+}
+
+/// GPU bytes of the embedding gather buffer.
+fn gather_bytes(embed: &Matrix) -> u64 {
+    let rows = GATHER_ROWS.min(embed.rows);
+    row_range_layouts(embed, 0, rows, u64::MAX >> 1)
+        .map(|l| l.iter().map(|l| l.bytes as u64).sum::<u64>())
+        .unwrap_or(0)
+        .max(16)
+}
+
+/// Embeds `tokens` into `x` from rows gathered out of the model file, `GATHER_ROWS` per
+/// submit. Returns the bytes read.
+fn gather_rows(
+    g: &Gpu,
+    ga: &mut Gather,
+    tokens: &[u32],
+    x: &wgpu::Buffer,
+    mut timing: Option<&mut Timing>,
+) -> Result<u64> {
+    let m = &ga.table;
+    let format = WFormat::for_dtype(m.dtype, g.ctx.f16);
+    let mut bytes = 0;
+    for (ci, chunk) in tokens.chunks(GATHER_ROWS).enumerate() {
+        let mut data = Vec::with_capacity(chunk.len() * m.row_bytes());
+        for &t in chunk {
+            data.extend_from_slice(m.row(t as usize));
+        }
+        bytes += data.len() as u64;
+        let sub = Matrix {
+            name: m.name.clone(),
+            dtype: m.dtype,
+            rows: chunk.len(),
+            cols: m.cols,
+            data: data.into(),
+        };
+        let layouts = row_range_layouts(&sub, 0, sub.rows, u64::MAX >> 1)?;
+        let total: usize = layouts.iter().map(|l| l.bytes).sum();
+        ga.scratch.clear();
+        ga.scratch.resize(total, 0);
+        let mut parts = Vec::with_capacity(layouts.len());
+        let mut off = 0;
+        for l in layouts {
+            pack_rows(&sub, &l, &mut ga.scratch[off..off + l.bytes]);
+            parts.push((l, off as u64));
+            off += l.bytes;
+        }
+        debug_assert!(parts.len() == 1);
+        g.ctx.queue.write_buffer(&ga.buf, 0, &ga.scratch);
+        let ids: Vec<u32> = (0..chunk.len() as u32).collect();
+        let ids = g.upload(&ids, "gather ids");
+        let table = GpuMatrix::view(format, sub.rows, sub.cols, &ga.buf, &parts);
+        let mut rec = Recorder::default();
+        g.embed_at(&mut rec, &table, &ids, chunk.len(), x, ci * GATHER_ROWS)?;
+        g.submit_timed(rec, timing.as_deref_mut())?;
+    }
+    Ok(bytes)
+}
