@@ -42,8 +42,9 @@ typedef enum LlmcadStatus {
 // Where the target model runs (`LlmcadOptions.device`).
 typedef enum LlmcadDevice {
   LLMCAD_DEVICE_CPU = 0,
-  // Not built yet: llmcad_engine_new fails with LLMCAD_STATUS_ERR_UNSUPPORTED.
+  // Any wgpu adapter (Vulkan on Android, Metal on iOS), software ones included.
   LLMCAD_DEVICE_GPU = 1,
+  // A hardware GPU when there is one, else the CPU.
   LLMCAD_DEVICE_AUTO = 2,
 } LlmcadDevice;
 
@@ -102,7 +103,7 @@ typedef struct LlmcadOptions {
   // drops below it.
   float fallback_threshold;
   // "auto", "64MiB", "1.5GB", "25%" (of the available memory), or NULL for "auto".
-  // Recorded and reported; weight streaming under it is not built yet.
+  // On a GPU target, weights beyond it stream from the model file for every pass.
   const char *memory_budget;
 } LlmcadOptions;
 

@@ -304,6 +304,12 @@ pub trait Backend: Send {
     /// Human-readable device description, e.g. "cpu (2 threads)".
     fn device_name(&self) -> String;
 
+    /// Device statistics for `--json` (weight streaming: bytes per pass, IO and compute time,
+    /// overlap), when the backend keeps any.
+    fn stats_json(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Whether passes run on the CPU's cores (which a drafting thread would compete for).
     fn on_cpu(&self) -> bool {
         false

@@ -27,7 +27,7 @@ use crate::backend::{Backend, Batch, Rows, Want};
 use crate::cpu::{default_threads, CpuBackend, CpuOptions, Precision};
 use crate::error::{Error, Result};
 use crate::generate::{check_context, generate, GenerateOptions, Stats, StopReason};
-use crate::gpu::{self, DeviceOptions, GpuBackend};
+use crate::gpu::{self, DeviceOptions, GpuBackend, GpuOptions};
 use crate::memory::MemoryBudget;
 use crate::model::{LoadOptions, Model};
 use crate::quant::DType;
@@ -90,9 +90,11 @@ pub struct EngineOptions {
     pub draft_quantize: Option<DType>,
     /// Speculative decoding with the drafter, or `None` for target-only decoding.
     pub spec: Option<SpecOptions>,
-    /// The memory the engine may use. Resolved at load and reported; the weight streaming that
-    /// will honour it is not built yet.
+    /// The memory the engine may use. On a GPU target, weights beyond it stream from the model
+    /// file for every pass (see [`MemoryReport::gpu_weight_budget`]).
     pub memory_budget: MemoryBudget,
+    /// Emulated storage bandwidth (bytes/s) for weights streamed under the budget (GPU target).
+    pub io_bandwidth: Option<f64>,
     /// Progress bars on stderr while loading (only when it is a terminal).
     pub progress: bool,
 }
@@ -114,6 +116,7 @@ impl EngineOptions {
             draft_quantize: None,
             spec: None,
             memory_budget: MemoryBudget::Auto,
+            io_bandwidth: None,
             progress: false,
         }
     }
@@ -219,16 +222,32 @@ pub struct MemoryReport {
     pub budget_bytes: Option<u64>,
     /// Weights of the target and the drafter, as stored.
     pub weights_bytes: u64,
+    /// The target's share of `weights_bytes`.
+    pub target_weights_bytes: u64,
     /// The KV caches when full (f32 K and V for every layer and context slot).
     pub kv_bytes: u64,
 }
 
 impl MemoryReport {
-    /// Whether weights and full caches fit the budget (true without a budget). Until weight
-    /// streaming exists nothing enforces it.
+    /// Whether weights and full caches fit the budget (true without a budget).
     pub fn fits(&self) -> bool {
         self.budget_bytes
             .is_none_or(|b| self.weights_bytes + self.kv_bytes <= b)
+    }
+
+    /// GPU memory for the target's weights: a byte or fraction budget applies to them
+    /// directly; `auto` leaves the KV caches and the drafter their share of what the OS allows
+    /// (and a tenth spare). `None` keeps every weight resident.
+    pub fn gpu_weight_budget(&self) -> Option<u64> {
+        let b = self.budget_bytes?;
+        let b = match self.budget {
+            MemoryBudget::Auto => {
+                let others = self.kv_bytes + self.weights_bytes - self.target_weights_bytes;
+                (b - b / 10).saturating_sub(others)
+            }
+            _ => b,
+        };
+        (b < self.target_weights_bytes).then_some(b)
     }
 }
 
@@ -267,14 +286,20 @@ pub struct Engine {
 fn open_target(
     model: &Model,
     opts: &EngineOptions,
+    memory: &MemoryReport,
     warnings: &mut Vec<String>,
 ) -> Result<Box<dyn Backend>> {
     let gpu = |ctx| -> Result<Box<dyn Backend>> {
-        let context = opts.context.unwrap_or(model.config.max_context);
-        Ok(Box::new(GpuBackend::with_context(
+        let gpu_opts = GpuOptions {
+            context: opts.context.unwrap_or(model.config.max_context),
+            weight_budget: memory.gpu_weight_budget(),
+            io_bandwidth: opts.io_bandwidth,
+            ..GpuOptions::for_model(&model.config)
+        };
+        Ok(Box::new(GpuBackend::with_context_opts(
             model.config.clone(),
             model.weights.clone(),
-            context,
+            &gpu_opts,
             ctx,
         )?))
     };
@@ -357,13 +382,12 @@ impl Engine {
             }
             _ => None,
         };
-        let target = open_target(&model, &opts, &mut warnings)?;
-        for w in &warnings {
-            log::warn!("{w}");
-        }
         let memory = MemoryReport {
             budget: opts.memory_budget,
-            budget_bytes: opts.memory_budget.resolve(),
+            budget_bytes: opts
+                .memory_budget
+                .resolve(model.weights.byte_count() as u64),
+            target_weights_bytes: model.weights.byte_count() as u64,
             weights_bytes: (model.weights.byte_count()
                 + drafter.as_ref().map_or(0, |d| d.model.weights.byte_count()))
                 as u64,
@@ -372,6 +396,10 @@ impl Engine {
                     .as_ref()
                     .map_or(0, |d| kv_bytes(&d.model, opts.context)),
         };
+        let target = open_target(&model, &opts, &memory, &mut warnings)?;
+        for w in &warnings {
+            log::warn!("{w}");
+        }
         Ok(Engine {
             model,
             target,
@@ -403,6 +431,11 @@ impl Engine {
     /// Where the target runs, e.g. "cpu (2 threads, …)".
     pub fn device_name(&self) -> String {
         self.target.device_name()
+    }
+
+    /// The target device's own statistics (weight streaming), when it keeps any.
+    pub fn device_stats(&self) -> Option<serde_json::Value> {
+        self.target.stats_json()
     }
 
     /// Warnings from loading (e.g. a drafter not smaller than the target).

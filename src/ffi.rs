@@ -118,7 +118,7 @@ pub struct LlmcadOptions {
     /// drops below it.
     pub fallback_threshold: f32,
     /// "auto", "64MiB", "1.5GB", "25%" (of the available memory), or NULL for "auto".
-    /// Recorded and reported; weight streaming under it is not built yet.
+    /// On a GPU target, weights beyond it stream from the model file for every pass.
     pub memory_budget: *const c_char,
 }
 

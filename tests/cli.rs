@@ -209,3 +209,74 @@ fn chat_answer_from_the_real_model() {
         "The capital of France is Paris."
     );
 }
+
+/// The GPU target (Lavapipe in CI) under a weight budget streams and reports it, with the same
+/// tokens as when every weight is resident; an injected GPU fault under `auto` falls back to
+/// the CPU and still answers.
+#[test]
+fn gpu_target_streams_under_a_budget_and_survives_faults() {
+    let m = tiny_f32();
+    let run = |extra: &[&str], env: Option<(&str, &str)>| {
+        let mut args = vec![
+            "generate",
+            "-m",
+            path(&m.gguf),
+            "-p",
+            "the cat",
+            "-n",
+            "6",
+            "--ignore-eos",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_llmcad"));
+        c.args(&args);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v, stderr(&o))
+    };
+    let (resident, _) = run(&["--device", "gpu", "--memory-budget", "100%"], None);
+    assert!(resident["stats"]["streaming"].is_null());
+    let (streamed, _) = run(&["--device", "gpu", "--memory-budget", "70%"], None);
+    assert_eq!(streamed["tokens"], resident["tokens"]);
+    assert!(
+        streamed["stats"]["streaming"]["passes"].as_u64().unwrap() > 0,
+        "{streamed}"
+    );
+    let (cpu, _) = run(&["--device", "cpu"], None);
+    for fault in ["adapter", "device", "pipeline", "alloc"] {
+        let (v, err) = run(&["--device", "auto"], Some(("LLMCAD_GPU_FAULT", fault)));
+        assert_eq!(v["tokens"], cpu["tokens"], "{fault}");
+        assert!(
+            err.contains("running the target on the CPU"),
+            "{fault}: {err}"
+        );
+        let args = [
+            "generate",
+            "-m",
+            path(&m.gguf),
+            "-p",
+            "x",
+            "--device",
+            "gpu",
+        ];
+        fails_with_env(&args, ("LLMCAD_GPU_FAULT", fault), &["injected fault"]);
+    }
+}
+
+fn fails_with_env(args: &[&str], env: (&str, &str), needles: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_llmcad"))
+        .args(args)
+        .env(env.0, env.1)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{err:?} should mention {n:?}");
+    }
+}

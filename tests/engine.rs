@@ -280,3 +280,46 @@ fn real_model_answers_and_continues_a_chat() {
     r3.options.max_tokens = 32;
     assert_eq!(run(&mut fresh, &r3).tokens, b.tokens);
 }
+
+/// The GPU device is lost in the middle of a generation (injected on Lavapipe): the call
+/// returns an error, the tokens streamed before it are the GPU run's own (none lost or
+/// repeated), and the engine goes on on the CPU.
+#[test]
+fn device_loss_mid_generation_ends_in_an_error_then_cpu_fallback() {
+    let m = tiny_f32();
+    let mut o = opts(&m.gguf);
+    o.device = Device::Gpu;
+    let Ok(mut clean) = Engine::load(o.clone()) else {
+        assert_eq!(
+            std::env::var("LLMCAD_SKIP_GPU").as_deref(),
+            Ok("1"),
+            "no GPU adapter"
+        );
+        return;
+    };
+    let r = req(tokens(&[5, 6, 7]), 8);
+    let want = run(&mut clean, &r).tokens;
+    o.gpu.fault = Some(llmcad::gpu::Fault::Lost(3));
+    let mut e = Engine::load(o).unwrap();
+    let mut streamed = Vec::new();
+    let err = e
+        .generate(&r, &mut |ev| {
+            streamed.extend(ev.id);
+            true
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Gpu(_)), "{err}");
+    assert!(
+        !streamed.is_empty() && streamed.len() < want.len(),
+        "{streamed:?}"
+    );
+    assert_eq!(
+        streamed,
+        want[..streamed.len()],
+        "the passes before the loss stand"
+    );
+    assert!(e.warnings().iter().any(|w| w.contains("on the CPU")));
+    assert!(e.device_name().starts_with("cpu"));
+    let again = run(&mut e, &r);
+    assert_eq!(again.tokens.len(), 8);
+}

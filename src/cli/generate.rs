@@ -53,6 +53,13 @@ pub struct GenerateArgs {
     device: String,
     #[command(flatten)]
     spec: SpecArgs,
+    /// Memory for the target's weights on the GPU: auto (from what the OS allows), a size
+    /// (64MiB, 1.5GB) or a share of the weights (25%); weights beyond it stream from the file.
+    #[arg(long, default_value = "auto")]
+    memory_budget: llmcad::memory::MemoryBudget,
+    /// Emulate a phone's storage: streamed weights read at most this fast (500MB/s, 1.5GB/s).
+    #[arg(long, value_parser = parse_rate)]
+    io_bandwidth: Option<f64>,
     /// Print one JSON object (ids, text, stats) instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -74,6 +81,8 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     opts.context = a.run.ctx_size;
     opts.precision = a.run.precision();
     opts.progress = true;
+    opts.memory_budget = a.memory_budget;
+    opts.io_bandwidth = a.io_bandwidth;
     if let Some((drafter, spec)) = a.spec.spec_options()? {
         opts = opts.with_drafter(drafter, spec);
         opts.draft_quantize = a.spec.draft_quantize;
@@ -152,6 +161,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             }
         });
         let mut json = json;
+        if let Some(streaming) = engine.device_stats() {
+            json["stats"]["streaming"] = streaming;
+        }
         if let Some(sp) = &out.spec {
             spec_json(&mut json["stats"], sp, s.target_passes, s.decode_ms());
         }
@@ -211,8 +223,15 @@ fn spec_json(stats: &mut serde_json::Value, sp: &SpecStats, passes: usize, decod
         "verify_ms": verify_ms,
         "overhead_ms": (decode_ms - draft_ms - verify_ms).max(0.0),
         "cost_curve_ms": sp.cost_curve.as_ref().map(|c| c.points.clone()),
+        "overlap_drafted": sp.overlap_drafted,
+        "overlap_kept": sp.overlap_kept,
+        "overlap_dropped": sp.overlap_drafted - sp.overlap_kept,
     });
     if let (Some(dst), serde_json::Value::Object(src)) = (stats.as_object_mut(), extra) {
         dst.extend(src);
     }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    llmcad::gpu::parse_rate(s).map_err(|e| e.to_string())
 }

@@ -184,6 +184,8 @@ struct Stream {
 }
 
 pub struct GpuBackend {
+    /// Forward passes begun (for the `lost:N` fault).
+    passes_started: usize,
     cfg: ModelConfig,
     gpu: Gpu,
     weights: Arc<ModelWeights>,
@@ -379,6 +381,9 @@ impl GpuBackend {
         ctx: GpuContext,
     ) -> Result<Self> {
         cfg.validate()?;
+        if ctx.fault == Some(Fault::Alloc) {
+            return Err(fault::error(Fault::Alloc));
+        }
         if cfg.head_dim > kernels::MAX_HEAD_DIM {
             return Err(Error::Unsupported(format!(
                 "GPU attention handles head dimensions up to {}, the model has {}",
@@ -528,6 +533,7 @@ impl GpuBackend {
         });
         gpu.ctx.wait()?;
         Ok(GpuBackend {
+            passes_started: 0,
             inv_freqs: cfg.rope.inv_freqs(),
             kv_tmp: gpu.buffer(4, "kv_tmp"),
             gpu,
@@ -918,6 +924,11 @@ impl GpuBackend {
     }
 
     fn forward_inner(&mut self, batch: &Batch, want: Want) -> Result<Logits> {
+        if self.gpu.ctx.fault == Some(Fault::Lost(self.passes_started)) {
+            // a real loss: later submits fail and the device-lost callback reports it
+            self.gpu.ctx.device.destroy();
+        }
+        self.passes_started += 1;
         let base = self.len;
         let t0 = Instant::now();
         let io0 = self.stats.io_time;
@@ -1060,6 +1071,10 @@ impl GpuBackend {
 }
 
 impl Backend for GpuBackend {
+    fn stats_json(&self) -> Option<serde_json::Value> {
+        self.is_streaming().then(|| self.stats.to_json())
+    }
+
     fn config(&self) -> &ModelConfig {
         &self.cfg
     }

@@ -1,6 +1,7 @@
 //! WGSL sources (embedded), their variants, and pipelines compiled once per variant.
 
 use super::device::GpuContext;
+use super::fault::{self, Fault};
 use crate::error::Result;
 use crate::quant::DType;
 use std::collections::HashMap;
@@ -254,6 +255,9 @@ impl Pipelines {
             .map_err(|_| crate::Error::Gpu("pipeline cache poisoned".into()))?;
         if let Some(p) = cache.get(&k) {
             return Ok(p.clone());
+        }
+        if ctx.fault == Some(Fault::Pipeline) {
+            return Err(fault::error(Fault::Pipeline));
         }
         let src = k.source();
         let module = ctx
