@@ -224,7 +224,8 @@ fn failures_are_errors_and_leave_the_engine_usable() {
     assert!(err(o).contains("drafter"));
     let mut o = opts(&tiny_f32().gguf);
     o.device = Device::Gpu;
-    assert!(matches!(Engine::load(o), Err(Error::Unsupported(m)) if m.contains("GPU")));
+    o.gpu.fault = Some(llmcad::gpu::Fault::Adapter);
+    assert!(matches!(Engine::load(o), Err(Error::Gpu(m)) if m.contains("injected")));
 
     let mut o = opts(&tiny_f32().gguf);
     o.context = Some(24);

@@ -293,9 +293,14 @@ fn null_and_invalid_arguments_give_error_codes() {
         o.device = 7;
         assert!(llmcad_engine_new(&o).is_null());
         assert!(last_error().contains("device"), "{}", last_error());
+        // the GPU device loads (Lavapipe in CI) or, without an adapter, says why
         o.device = LlmcadDevice::Gpu as i32;
-        assert!(llmcad_engine_new(&o).is_null());
-        assert!(last_error().contains("GPU"), "{}", last_error());
+        let e = llmcad_engine_new(&o);
+        if e.is_null() {
+            assert!(last_error().contains("GPU"), "{}", last_error());
+        } else {
+            llmcad_engine_free(e);
+        }
         let lots = CString::new("lots").unwrap();
         let mut o = options(&path);
         o.memory_budget = lots.as_ptr();

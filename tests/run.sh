@@ -9,6 +9,8 @@ if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
 fi
 bash models/fetch-smollm2.sh >/dev/null
+# the Vulkan loader complains on every start without a runtime directory
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 cargo test --release --locked --no-fail-fast "$@"
 # The mobile GPU floor: the GPU suite (kernels, forward pass, SmolLM2 exactness) again under
 # WebGPU's default limits with no optional features.
