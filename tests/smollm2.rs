@@ -141,3 +141,43 @@ fn speculation_with_the_distilled_drafter_is_lossless() {
         "the distilled drafter should be accepted often ({per_pass:.2})"
     );
 }
+
+/// The same on the GPU verifier (Lavapipe in CI, where a SmolLM2 pass takes ~0.2–0.7 s: two
+/// prompts and 24 tokens keep it to about a minute).
+#[test]
+fn speculation_on_the_gpu_target_is_lossless() {
+    let Some(m) = target() else { return };
+    let d = drafter();
+    let template = m.chat_template.as_ref().unwrap();
+    let opts = GenerateOptions {
+        max_tokens: 24,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let spec = SpecOptions {
+        max_nodes: Some(8),
+        ..SpecOptions::default()
+    };
+    let prompts: Vec<&str> = include_str!("../benches/prompts.txt")
+        .lines()
+        .take(2)
+        .collect();
+    for p in prompts {
+        let text = template
+            .render(&[llmcad::tokenizer::ChatMessage::new("user", p)], true)
+            .unwrap();
+        let prompt = m.encode_prompt(&text).unwrap();
+        let Some(mut t) = gpu_target(m, 1024) else {
+            return;
+        };
+        let want = llmcad::generate::generate(&mut t, &prompt, &[], &opts, &mut |_| true)
+            .unwrap()
+            .tokens;
+        let mut t = gpu_target(m, 1024).unwrap();
+        let mut dr = cpu(d, Precision::default(), 2);
+        let out = generate_speculative(&mut t, &mut dr, &prompt, &[], &opts, &spec, &mut |_| true)
+            .unwrap();
+        assert_eq!(out.generation.tokens, want, "{p:?}");
+        assert!(out.spec.accepted_tokens > 0);
+    }
+}
