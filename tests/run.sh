@@ -16,4 +16,6 @@ cargo test --release --locked --no-fail-fast "$@"
 # WebGPU's default limits with no optional features.
 export LLMCAD_GPU_LIMITS=webgpu-default
 cargo test --release --locked --no-fail-fast --lib "$@" -- gpu::
-cargo test --release --locked --no-fail-fast --test gpu "$@"
+cargo test --release --locked --no-fail-fast --test gpu --test streaming "$@"
+# injected GPU faults (adapter, device, pipeline, allocation, device loss) under the floor too
+cargo test --release --locked --no-fail-fast --test cli --test engine "$@" -- gpu_target device_loss
