@@ -77,14 +77,7 @@ fn opts(f16: bool, subgroups: bool, max_binding: Option<u64>) -> GpuOptions {
 
 /// The GPU backend for `m`, or `None` when there is no GPU and LLMCAD_SKIP_GPU=1.
 fn gpu(m: &Model, o: &GpuOptions) -> Option<GpuBackend> {
-    match GpuBackend::new(m.config.clone(), m.weights.clone(), o) {
-        Ok(b) => Some(b),
-        Err(e) if std::env::var("LLMCAD_SKIP_GPU").as_deref() == Ok("1") => {
-            eprintln!("NOTICE: skipping a GPU test (LLMCAD_SKIP_GPU=1): {e}");
-            None
-        }
-        Err(e) => panic!("GPU backend: {e} (set LLMCAD_SKIP_GPU=1 to skip GPU tests)"),
-    }
+    common::gpu_backend(&m.config, &m.weights, o)
 }
 
 fn tiny(name: &str, spec: &TinySpec, dtype: DType) -> (PathBuf, PathBuf) {

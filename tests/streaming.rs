@@ -38,9 +38,7 @@ fn try_gpu(m: &Model, o: &GpuOptions) -> Option<llmcad::Result<GpuBackend>> {
 
 /// The GPU backend, or `None` when there is no GPU and LLMCAD_SKIP_GPU=1.
 fn gpu(m: &Model, o: &GpuOptions) -> Option<GpuBackend> {
-    try_gpu(m, o).map(|r| {
-        r.unwrap_or_else(|e| panic!("GPU backend: {e} (set LLMCAD_SKIP_GPU=1 to skip GPU tests)"))
-    })
+    common::gpu_backend(&m.config, &m.weights, o)
 }
 
 fn bits(l: &Logits) -> (Vec<u32>, Vec<u32>) {

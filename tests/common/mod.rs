@@ -162,14 +162,14 @@ pub fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize, stop: &[u32]) -> Ve
         .tokens
 }
 
-/// The GPU backend for `m` (context `context`), or `None` when there is no adapter and
-/// LLMCAD_SKIP_GPU=1; without that variable a missing GPU fails the test (CI has Lavapipe).
-pub fn gpu_target(m: &Model, context: usize) -> Option<llmcad::gpu::GpuBackend> {
-    let opts = llmcad::gpu::GpuOptions {
-        context,
-        ..llmcad::gpu::GpuOptions::for_model(&m.config)
-    };
-    match llmcad::gpu::GpuBackend::new(m.config.clone(), m.weights.clone(), &opts) {
+/// A GPU backend, or `None` when there is no adapter and LLMCAD_SKIP_GPU=1; without that
+/// variable a missing GPU fails the test (CI has Lavapipe).
+pub fn gpu_backend(
+    cfg: &llmcad::model::ModelConfig,
+    weights: &std::sync::Arc<llmcad::model::ModelWeights>,
+    opts: &llmcad::gpu::GpuOptions,
+) -> Option<llmcad::gpu::GpuBackend> {
+    match llmcad::gpu::GpuBackend::new(cfg.clone(), weights.clone(), opts) {
         Ok(b) => Some(b),
         Err(e) if std::env::var("LLMCAD_SKIP_GPU").as_deref() == Ok("1") => {
             eprintln!("NOTICE: skipping a GPU test (LLMCAD_SKIP_GPU=1): {e}");
@@ -179,4 +179,13 @@ pub fn gpu_target(m: &Model, context: usize) -> Option<llmcad::gpu::GpuBackend> 
             "GPU backend: {e} (install mesa-vulkan-drivers, or set LLMCAD_SKIP_GPU=1 to skip)"
         ),
     }
+}
+
+/// The GPU backend for `m` with a context of `context` tokens (see `gpu_backend`).
+pub fn gpu_target(m: &Model, context: usize) -> Option<llmcad::gpu::GpuBackend> {
+    let opts = llmcad::gpu::GpuOptions {
+        context,
+        ..llmcad::gpu::GpuOptions::for_model(&m.config)
+    };
+    gpu_backend(&m.config, &m.weights, &opts)
 }
