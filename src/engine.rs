@@ -397,9 +397,6 @@ impl Engine {
                     .map_or(0, |d| kv_bytes(&d.model, opts.context)),
         };
         let target = open_target(&model, &opts, &memory, &mut warnings)?;
-        for w in &warnings {
-            log::warn!("{w}");
-        }
         Ok(Engine {
             model,
             target,
@@ -438,7 +435,8 @@ impl Engine {
         self.target.stats_json()
     }
 
-    /// Warnings from loading (e.g. a drafter not smaller than the target).
+    /// Warnings for the user (a drafter not smaller than the target, a GPU fallback); the
+    /// engine prints nothing itself (a fallback during a generation also goes to `log`).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }

@@ -33,7 +33,22 @@ pub fn tiny_f32() -> &'static TinyModel {
 }
 
 /// A tiny target and a drafter derived from it (same vocabulary, fewer noisy layers), GGUF.
+/// Written once per process and dtype: tests run in parallel and map these files, so they must
+/// never be rewritten under each other (a truncated mapping is a SIGBUS).
 pub fn tiny_pair(dtype: DType) -> (PathBuf, PathBuf) {
+    static PAIRS: OnceLock<std::sync::Mutex<std::collections::HashMap<DType, (PathBuf, PathBuf)>>> =
+        OnceLock::new();
+    let mut pairs = PAIRS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    pairs
+        .entry(dtype)
+        .or_insert_with(|| write_pair(dtype))
+        .clone()
+}
+
+fn write_pair(dtype: DType) -> (PathBuf, PathBuf) {
     let spec = TinySpec {
         n_layers: 4,
         seed: 11,
