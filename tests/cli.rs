@@ -9,10 +9,17 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn llmcad(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llmcad"))
-        .args(args)
-        .output()
-        .expect("run llmcad")
+    llmcad_with_env(args, None)
+}
+
+/// Runs the binary with one extra environment variable (e.g. an injected GPU fault).
+fn llmcad_with_env(args: &[&str], env: Option<(&str, &str)>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llmcad"));
+    c.args(args);
+    if let Some((k, v)) = env {
+        c.env(k, v);
+    }
+    c.output().expect("run llmcad")
 }
 
 fn stderr(o: &Output) -> String {
@@ -229,12 +236,7 @@ fn gpu_target_streams_under_a_budget_and_survives_faults() {
             "--json",
         ];
         args.extend_from_slice(extra);
-        let mut c = Command::new(env!("CARGO_BIN_EXE_llmcad"));
-        c.args(&args);
-        if let Some((k, v)) = env {
-            c.env(k, v);
-        }
-        let o = c.output().unwrap();
+        let o = llmcad_with_env(&args, env);
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         (v, stderr(&o))
@@ -264,19 +266,12 @@ fn gpu_target_streams_under_a_budget_and_survives_faults() {
             "--device",
             "gpu",
         ];
-        fails_with_env(&args, ("LLMCAD_GPU_FAULT", fault), &["injected fault"]);
-    }
-}
-
-fn fails_with_env(args: &[&str], env: (&str, &str), needles: &[&str]) {
-    let o = Command::new(env!("CARGO_BIN_EXE_llmcad"))
-        .args(args)
-        .env(env.0, env.1)
-        .output()
-        .unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{err:?} should mention {n:?}");
+        let o = llmcad_with_env(&args, Some(("LLMCAD_GPU_FAULT", fault)));
+        assert_eq!(o.status.code(), Some(1), "{fault}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("injected fault"),
+            "{fault}: {}",
+            stderr(&o)
+        );
     }
 }
