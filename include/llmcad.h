@@ -97,7 +97,7 @@ typedef struct LlmcadOptions {
   uint32_t tree_nodes;
   // Most drafted tokens on one tree path.
   uint32_t tree_depth;
-  // A drafter candidate besides its first choice opens a branch at this probability.
+  // A drafter candidate besides its first choice may open a branch from this probability.
   float branch_threshold;
   // Negative: the adaptive fallback; in [0, 1): verify when the best path confidence
   // drops below it.

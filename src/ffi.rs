@@ -112,7 +112,7 @@ pub struct LlmcadOptions {
     pub tree_nodes: u32,
     /// Most drafted tokens on one tree path.
     pub tree_depth: u32,
-    /// A drafter candidate besides its first choice opens a branch at this probability.
+    /// A drafter candidate besides its first choice may open a branch from this probability.
     pub branch_threshold: f32,
     /// Negative: the adaptive fallback; in [0, 1): verify when the best path confidence
     /// drops below it.

@@ -114,8 +114,8 @@ pub struct SpecArgs {
     /// Most drafted tokens on one tree path.
     #[arg(long, default_value_t = 12)]
     pub tree_depth: usize,
-    /// A drafter candidate besides its first choice opens a branch at this probability.
-    #[arg(long, default_value_t = 0.1)]
+    /// A drafter candidate besides its first choice may open a branch from this probability.
+    #[arg(long, default_value_t = SpecOptions::default().branch_threshold)]
     pub branch_threshold: f32,
     /// When to stop drafting: adaptive, or fixed:X (verify when the best path confidence < X).
     #[arg(long, default_value = "adaptive")]

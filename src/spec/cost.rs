@@ -6,8 +6,10 @@
 //! verifications. Its cost is the extra verification time it causes (from the verifier's
 //! measured pass time vs node count: flat while the verifier is memory-bound, then rising) plus
 //! one drafter pass. An accepted token is worth the current time per emitted token. So the tree
-//! grows while `k·C·(ms per token) > Δverify(n) + draft ms per node`.
+//! grows while `k·C·(ms per token) > Δverify(n) + draft ms per node`; a token the drafter has
+//! already proposed costs no drafting, only `Δverify(n)`.
 
+use super::drafter::Growth;
 use crate::backend::{Backend, Batch, Want};
 use crate::error::Result;
 use std::time::Instant;
@@ -108,15 +110,19 @@ impl CostModel {
         &self.verify
     }
 
-    /// Should a tree of `nodes` nodes get another expansion at confidence `conf`?
-    pub fn worth_growing(&self, nodes: usize, conf: f32) -> bool {
+    /// Should a tree of `nodes` nodes take one more step at confidence `conf`?
+    pub fn worth_growing(&self, nodes: usize, conf: f32, step: Growth) -> bool {
         let draft_ms = self.draft_ms_per_pass.get_or(0.0);
         let per_token = self
             .ms_per_token
             .get_or(self.verify.ms(1) + draft_ms)
             .max(1e-6);
         let gain = self.calibration.get_or(1.0) * conf as f64 * per_token;
-        let cost = self.verify.ms(nodes + 1) - self.verify.ms(nodes) + draft_ms;
+        let drafting = match step {
+            Growth::Expand => draft_ms,
+            Growth::Leaf => 0.0,
+        };
+        let cost = self.verify.ms(nodes + 1) - self.verify.ms(nodes) + drafting;
         gain > cost
     }
 
@@ -166,13 +172,13 @@ mod tests {
         let flat = CostModel::new(CostCurve {
             points: vec![(1, 10.0), (64, 10.5)],
         });
-        assert!(flat.worth_growing(8, 0.05));
+        assert!(flat.worth_growing(8, 0.05, Growth::Expand));
         // every node costs 3 ms, a token is worth 10 ms: grow while confidence > 0.3
         let steep = CostModel::new(CostCurve {
             points: vec![(1, 10.0), (64, 199.0)],
         });
-        assert!(steep.worth_growing(8, 0.4));
-        assert!(!steep.worth_growing(8, 0.2));
+        assert!(steep.worth_growing(8, 0.4, Growth::Expand));
+        assert!(!steep.worth_growing(8, 0.2, Growth::Leaf));
     }
 
     #[test]
@@ -180,7 +186,7 @@ mod tests {
         let mut m = CostModel::new(CostCurve {
             points: vec![(1, 10.0), (64, 200.0)],
         });
-        let at = |m: &CostModel| m.worth_growing(4, 0.4);
+        let at = |m: &CostModel| m.worth_growing(4, 0.4, Growth::Expand);
         assert!(at(&m));
         for _ in 0..30 {
             m.record(&RoundCost {

@@ -2,7 +2,7 @@
 //! accepted path (plus the target's own token) is emitted and committed to both caches.
 
 use super::cost::{CostCurve, CostModel, RoundCost, CURVE_SIZES};
-use super::drafter::{Draft, Drafter, Extension, TreeShape};
+use super::drafter::{Draft, Drafter, Extension, Growth, TreeShape};
 use super::fallback::{Fallback, FallbackPolicy, Outcome, ThresholdTrace};
 use super::verify::{accept, Verdict};
 use crate::backend::{Backend, Batch, Logits, Rows, Want};
@@ -54,7 +54,9 @@ impl Default for SpecOptions {
             fallback: FallbackPolicy::Adaptive,
             max_nodes: None,
             max_depth: 12,
-            branch_threshold: 0.1,
+            // low: the best-first growth already ranks branches by path confidence, and
+            // second choices near the root beat deep first choices for this kind of drafter
+            branch_threshold: 0.02,
             max_children: 4,
             overlap: Overlap::Auto,
         }
@@ -204,11 +206,13 @@ pub fn generate_speculative(
         // never draft past what is left to generate or what the target's cache holds
         shape.max_depth = shape.max_depth.min(remaining - 1);
         shape.max_nodes = shape.max_nodes.min(target.kv_capacity() - committed);
-        let draft = drafter.draft(root, &shape, &mut |tree, conf| {
-            !fallback.should_verify(conf)
+        // the fallback decides when drafting stops; leaves the drafter already proposed cost
+        // only verification, which the cost model weighs when trees are sized by cost
+        let draft = drafter.draft(root, &shape, &mut |tree, conf, step| {
+            (step == Growth::Leaf || !fallback.should_verify(conf))
                 && cost
                     .as_ref()
-                    .is_none_or(|c| c.worth_growing(tree.len(), conf))
+                    .is_none_or(|c| c.worth_growing(tree.len(), conf, step))
         })?;
         let draft_ms = round.elapsed();
 

@@ -1,5 +1,12 @@
 //! The drafter: a compact model (CPU backend) that grows a token tree from the committed
-//! prefix, one node expansion per pass, best path confidence first.
+//! prefix, best path confidence first.
+//!
+//! Growth is a lazy best-first search. Every node the drafter has run (expanded) offers its
+//! likely next tokens as *candidates*; the tree takes the most confident candidate next, and
+//! runs the drafter on a node only when that node's children could beat every candidate already
+//! on offer. So a node budget goes to the most likely tokens wherever they are (a second choice
+//! near the root before a tenth token deep in a chain), and once drafting stops (the fallback
+//! says an error is likely) the budget can still be filled with candidates at no drafting cost.
 //!
 //! Its KV cache holds the committed prefix, then one speculative slot per expanded tree node
 //! (in expansion order). A node being expanded sees the prefix and its ancestors' slots only
@@ -19,8 +26,9 @@ pub struct TreeShape {
     pub max_nodes: usize,
     /// Most drafted tokens on one path.
     pub max_depth: usize,
-    /// A candidate other than the drafter's first choice opens a branch when its probability
-    /// is at least this (LLMCad uses about 0.3). Above 1, trees are chains.
+    /// A candidate other than the drafter's first choice may open a branch only from this
+    /// probability (which branches open is decided by path confidence, best first). Above 1,
+    /// trees are chains.
     pub branch_threshold: f32,
     /// Most children per node.
     pub max_children: usize,
@@ -42,6 +50,8 @@ pub struct Draft {
     pub tree: TokenTree,
     /// Cache slot of each node the drafter has run (expanded); `None` for leaves.
     slots: Vec<Option<usize>>,
+    /// Tokens the drafter proposed under expanded nodes that are not in the tree (yet).
+    offered: Vec<Candidate>,
     /// Cache slots before the speculative ones (the prefix, root included).
     committed: usize,
     /// Drafter passes this tree took.
@@ -76,6 +86,15 @@ impl Extension {
     }
 }
 
+/// A token the drafter proposed after `parent`, with its probability and path confidence.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    parent: usize,
+    token: u32,
+    prob: f32,
+    conf: f32,
+}
+
 /// Work kept from an extension for the next tree: its root (the target's token, which the
 /// drafter predicted) with its candidates, and the chain drafted below it.
 struct Carry {
@@ -94,9 +113,19 @@ pub struct Drafter<'m> {
     carry: Option<Carry>,
 }
 
-/// Decides, before each expansion, whether the tree should keep growing:
-/// `(tree so far, best confidence among expandable leaves) -> keep going`.
-pub type GrowthRule<'a> = dyn FnMut(&TokenTree, f32) -> bool + 'a;
+/// What the next step of growth would cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Growth {
+    /// A drafter pass on a node, to learn its children.
+    Expand,
+    /// Adding a token the drafter already proposed: one more node for the verifier only.
+    Leaf,
+}
+
+/// Decides before each step whether the tree should keep growing:
+/// `(tree so far, path confidence of the node concerned, step) -> keep going`. Once it refuses
+/// an expansion, drafting is over and only leaves are offered.
+pub type GrowthRule<'a> = dyn FnMut(&TokenTree, f32, Growth) -> bool + 'a;
 
 impl<'m> Drafter<'m> {
     /// `prompt`: the committed tokens the drafter must see before the first root.
@@ -138,6 +167,7 @@ impl<'m> Drafter<'m> {
         let mut draft = Draft {
             tree: TokenTree::new(root),
             slots: vec![Some(committed - 1)],
+            offered: Vec::new(),
             committed,
             passes,
             reused: 0,
@@ -148,35 +178,30 @@ impl<'m> Drafter<'m> {
                 .min(self.model.kv_capacity() - committed + 1),
             ..shape.clone()
         };
-        add_children(&mut draft, 0, &root_cands, &shape);
+        draft.offer(0, &root_cands, &shape);
         // the chain drafted during the last verification is the tree's first path
         let mut at = 0;
         for step in chain {
-            let Some(node) = draft
-                .tree
-                .children(at)
-                .find(|&c| draft.tree.node(c).token == step.token)
+            if draft.tree.len() >= shape.max_nodes {
+                break;
+            }
+            let Some(i) = draft
+                .offered
+                .iter()
+                .position(|c| c.parent == at && c.token == step.token)
             else {
                 break;
             };
-            draft.slots[node] = Some(step.slot);
+            at = draft.take(i);
+            draft.slots[at] = Some(step.slot);
             draft.reused += 1;
-            add_children(&mut draft, node, &step.cands, &shape);
-            at = node;
+            draft.offer(at, &step.cands, &shape);
         }
-        while draft.tree.len() < shape.max_nodes {
-            let Some(best) = best_leaf(&draft, &shape) else {
-                break;
-            };
-            if !grow(&draft.tree, draft.tree.node(best).conf) {
-                break;
-            }
-            let path = draft.tree.path(best);
-            let cands = self.run_node(&draft, &path)?;
-            draft.slots[best] = Some(self.model.kv_len() - 1);
-            draft.passes += 1;
-            add_children(&mut draft, best, &cands, &shape);
-        }
+        grow_best_first(&mut draft, &shape, grow, &mut |draft, node| {
+            let path = draft.tree.path(node);
+            let cands = self.run_node(draft, &path)?;
+            Ok((cands, self.model.kv_len() - 1))
+        })?;
         Ok(draft)
     }
 
@@ -316,6 +341,47 @@ impl<'m> Drafter<'m> {
     }
 }
 
+/// Runs the drafter on a node of a draft: `(draft, node) -> (its candidates, the cache slot
+/// it filled)`.
+type Expand<'a> = dyn FnMut(&Draft, usize) -> Result<(Vec<(u32, f32)>, usize)> + 'a;
+
+/// Grows `draft` best-first within `shape`.
+fn grow_best_first(
+    draft: &mut Draft,
+    shape: &TreeShape,
+    grow: &mut GrowthRule,
+    expand: &mut Expand,
+) -> Result<()> {
+    let mut drafting = true;
+    while draft.tree.len() < shape.max_nodes {
+        let best = draft.best_candidate();
+        let expandable = drafting.then(|| best_leaf(draft, shape)).flatten();
+        match (expandable, best) {
+            // the best node still missing may lie below `node`: run the drafter on it
+            (Some(node), _)
+                if best.is_none_or(|c| draft.tree.node(node).conf > draft.offered[c].conf) =>
+            {
+                if !grow(&draft.tree, draft.tree.node(node).conf, Growth::Expand) {
+                    drafting = false;
+                    continue;
+                }
+                let (cands, slot) = expand(draft, node)?;
+                draft.slots[node] = Some(slot);
+                draft.passes += 1;
+                draft.offer(node, &cands, shape);
+            }
+            (_, Some(c)) => {
+                if !grow(&draft.tree, draft.offered[c].conf, Growth::Leaf) {
+                    break;
+                }
+                draft.take(c);
+            }
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
 /// Cache slots of the drafted nodes strictly between the root and the last node of `path`.
 fn ancestor_slots(draft: &Draft, path: &[usize]) -> Vec<usize> {
     path[1..path.len() - 1]
@@ -331,21 +397,40 @@ fn best_leaf(draft: &Draft, shape: &TreeShape) -> Option<usize> {
         .max_by(|&a, &b| draft.tree.node(a).conf.total_cmp(&draft.tree.node(b).conf))
 }
 
-/// Adds the drafter's first choice under `node`, and branches for other likely tokens.
-fn add_children(draft: &mut Draft, node: usize, cands: &[(u32, f32)], shape: &TreeShape) {
-    draft_children(&mut draft.tree, node, cands, shape);
-    draft.slots.resize(draft.tree.len(), None);
-}
-
-fn draft_children(tree: &mut TokenTree, node: usize, cands: &[(u32, f32)], shape: &TreeShape) {
-    if tree.node(node).depth >= shape.max_depth {
-        return;
-    }
-    for (rank, &(token, p)) in cands.iter().take(shape.max_children.max(1)).enumerate() {
-        if tree.len() >= shape.max_nodes || (rank > 0 && p < shape.branch_threshold) {
-            break;
+impl Draft {
+    /// Offers the drafter's candidates after the expanded `node`: its first choice, and other
+    /// tokens likely enough to open a branch.
+    fn offer(&mut self, node: usize, cands: &[(u32, f32)], shape: &TreeShape) {
+        let n = self.tree.node(node);
+        if n.depth >= shape.max_depth {
+            return;
         }
-        tree.add_child(node, token, p);
+        let conf = n.conf;
+        for (rank, &(token, prob)) in cands.iter().take(shape.max_children.max(1)).enumerate() {
+            if rank > 0 && prob < shape.branch_threshold {
+                break;
+            }
+            self.offered.push(Candidate {
+                parent: node,
+                token,
+                prob,
+                conf: conf * prob,
+            });
+        }
+    }
+
+    /// The most confident candidate on offer.
+    fn best_candidate(&self) -> Option<usize> {
+        (0..self.offered.len())
+            .max_by(|&a, &b| self.offered[a].conf.total_cmp(&self.offered[b].conf))
+    }
+
+    /// Moves candidate `i` into the tree; returns its node.
+    fn take(&mut self, i: usize) -> usize {
+        let c = self.offered.swap_remove(i);
+        let node = self.tree.add_child(c.parent, c.token, c.prob);
+        self.slots.resize(self.tree.len(), None);
+        node
     }
 }
 
@@ -371,21 +456,98 @@ mod tests {
         assert!((p[1].1 - 0.25).abs() < 1e-6);
     }
 
+    /// A drafter that proposes, after every node, tokens `10·node+1…` with probabilities
+    /// `probs` (so every path has its own tokens).
+    fn fake_grow(shape: &TreeShape, probs: &[f32], grow: &mut GrowthRule) -> Draft {
+        let mut draft = Draft {
+            tree: TokenTree::new(0),
+            slots: vec![Some(0)],
+            offered: Vec::new(),
+            committed: 1,
+            passes: 0,
+            reused: 0,
+        };
+        let cands = |token: u32| -> Vec<(u32, f32)> {
+            (0..probs.len())
+                .map(|i| (10 * token + 1 + i as u32, probs[i]))
+                .collect()
+        };
+        draft.offer(0, &cands(0), shape);
+        let mut slot = 0;
+        grow_best_first(&mut draft, shape, grow, &mut |d, node| {
+            slot += 1;
+            Ok((cands(d.tree.node(node).token), slot))
+        })
+        .unwrap();
+        draft
+    }
+
+    fn shape(max_nodes: usize, branch_threshold: f32) -> TreeShape {
+        TreeShape {
+            max_nodes,
+            max_depth: 8,
+            branch_threshold,
+            max_children: 3,
+        }
+    }
+
+    #[test]
+    fn the_tree_holds_the_most_confident_nodes() {
+        let probs = [0.6, 0.3, 0.1];
+        let draft = fake_grow(&shape(9, 0.0), &probs, &mut |_, _, _| true);
+        // every confidence any tree could hold, best first: a tree of 9 takes the best 8
+        let mut all = vec![1.0f32];
+        let mut level = vec![1.0f32];
+        for _ in 0..4 {
+            level = level.iter().flat_map(|c| probs.map(|p| c * p)).collect();
+            all.extend(&level);
+        }
+        all.sort_by(|a, b| b.total_cmp(a));
+        let mut got: Vec<f32> = draft.tree.nodes()[1..].iter().map(|n| n.conf).collect();
+        got.sort_by(|a, b| b.total_cmp(a));
+        assert_eq!(got.len(), 8);
+        let same = got
+            .iter()
+            .zip(&all[1..9])
+            .all(|(a, b)| (a - b).abs() < 1e-6);
+        assert!(
+            same,
+            "the 8 best of every possible node: {got:?} vs {:?}",
+            &all[1..9]
+        );
+        // a node is run only when its children could beat every token on offer
+        for (i, n) in draft.tree.nodes().iter().enumerate().skip(1) {
+            assert!(
+                draft.slots[i].is_none() || n.conf > got[7],
+                "node {i} ran needlessly"
+            );
+        }
+    }
+
     #[test]
     fn branches_open_only_above_the_threshold() {
-        let shape = TreeShape {
-            max_nodes: 10,
-            max_depth: 4,
-            branch_threshold: 0.2,
-            max_children: 3,
-        };
-        let l = probabilities(&[0.5f32.ln(), 3.0f32.ln(), 0.0, f32::NEG_INFINITY], 3);
-        // probabilities: 1 → 0.67, 2 → 0.22, 0 → 0.11
-        let mut t = TokenTree::new(9);
-        draft_children(&mut t, 0, &l, &shape);
-        assert_eq!(t.tokens(), [9, 1, 2]);
-        let mut chain = TokenTree::new(9);
-        draft_children(&mut chain, 0, &l, &TreeShape::chain(3));
-        assert_eq!(chain.tokens(), [9, 1]);
+        let draft = fake_grow(&shape(20, 0.2), &[0.6, 0.3, 0.1], &mut |_, _, _| true);
+        assert!(draft.tree.nodes()[1..].iter().all(|n| n.prob >= 0.3));
+        let chain = fake_grow(&TreeShape::chain(3), &[0.6, 0.3, 0.1], &mut |_, _, _| true);
+        assert_eq!(chain.tree.tokens(), [0, 1, 11, 111]);
+        assert_eq!(chain.passes, 2);
+    }
+
+    #[test]
+    fn when_drafting_stops_the_budget_fills_with_offered_tokens() {
+        let mut expansions = 0;
+        let draft = fake_grow(&shape(7, 0.0), &[0.5, 0.3, 0.2], &mut |_, _, step| {
+            step == Growth::Leaf || {
+                expansions += 1;
+                expansions <= 1
+            }
+        });
+        assert_eq!(draft.passes, 1);
+        assert_eq!(
+            draft.tree.len(),
+            7,
+            "root, its 3 children and 3 of the best one's"
+        );
+        assert_eq!(draft.tree.max_depth(), 2);
     }
 }
