@@ -503,6 +503,10 @@ impl Engine {
                 self.options.threads,
             ));
             self.target_valid = 0;
+            if let Some(d) = &mut self.drafter {
+                // the GPU's pass costs say nothing of the CPU's
+                d.spec.verify_cost = None;
+            }
         }
         if result.is_err() {
             // every write went past the valid prefixes, so they still hold
@@ -640,6 +644,9 @@ impl Engine {
                     &d.spec,
                     &mut each,
                 )?;
+                if d.spec.verify_cost.is_none() {
+                    d.spec.verify_cost = r.spec.cost_curve.clone();
+                }
                 (r.generation, Some(r.spec))
             }
         };

@@ -123,6 +123,19 @@ fn speculation_gives_the_target_only_tokens() {
 }
 
 #[test]
+fn trees_sized_by_cost_measure_the_verifier_once() {
+    let mut o = spec_opts();
+    o.spec.as_mut().unwrap().max_nodes = None;
+    let mut e = Engine::load(o).unwrap();
+    let curve = |out: &Output| out.spec.as_ref().unwrap().cost_curve.clone().unwrap();
+    let first = curve(&run(&mut e, &req(Prompt::Text("in the".into()), 6)));
+    let second = curve(&run(&mut e, &req(Prompt::Text(" and then".into()), 6)));
+    // timings measured twice never agree to the nanosecond
+    assert_eq!(first, second);
+    assert!(first.points.len() > 1);
+}
+
+#[test]
 fn chat_turns_continue_the_rendered_conversation() {
     let o = opts(&tiny_f32().gguf);
     let mut e = Engine::load(o.clone()).unwrap();

@@ -32,6 +32,9 @@ pub struct SpecOptions {
     pub max_children: usize,
     /// Keep drafting on another thread while the target verifies (tree mode).
     pub overlap: Overlap,
+    /// The verifier's pass time vs nodes, to size trees by cost without measuring it again
+    /// (16 passes: seconds when weights stream). An engine keeps its first generation's.
+    pub verify_cost: Option<CostCurve>,
 }
 
 /// Whether the drafter keeps drafting while the target verifies.
@@ -59,6 +62,7 @@ impl Default for SpecOptions {
             branch_threshold: 0.02,
             max_children: 4,
             overlap: Overlap::Auto,
+            verify_cost: None,
         }
     }
 }
@@ -172,9 +176,10 @@ pub fn generate_speculative(
     let t1 = Instant::now();
     let shape = spec.shape();
     let mut cost = match (&spec.mode, spec.max_nodes) {
-        (SpecMode::Tree, None) => {
-            Some(CostModel::new(CostCurve::measure(target, &CURVE_SIZES, 2)?))
-        }
+        (SpecMode::Tree, None) => Some(CostModel::new(match &spec.verify_cost {
+            Some(curve) => curve.clone(),
+            None => CostCurve::measure(target, &CURVE_SIZES, 2)?,
+        })),
         _ => None,
     };
     let mut fallback = Fallback::new(match spec.mode {
