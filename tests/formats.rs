@@ -9,7 +9,7 @@ use llmcad::model::{LoadOptions, Model};
 use llmcad::quant::DType;
 use llmcad::synthetic::{write_tiny, TinySpec};
 use llmcad::Error;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
     let mut b = cpu(m, Precision::F32, 2);
@@ -194,10 +194,10 @@ fn lying_safetensors_header_is_refused() {
     expect_err(&dir, &["not a valid safetensors"]);
 }
 
-#[test]
-fn config_with_missing_fields_is_refused() {
+/// A copy of the tiny HF directory in `scratch/name` whose config.json went through `edit`.
+fn hf_dir_with_config(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
     let src = &tiny_f32().hf_dir;
-    let dir = scratch_dir().join("bad-config");
+    let dir = scratch_dir().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     for f in [
         "model.safetensors",
@@ -208,8 +208,16 @@ fn config_with_missing_fields_is_refused() {
     }
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    cfg.as_object_mut().unwrap().remove("num_hidden_layers");
+    edit(&mut cfg);
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn config_with_missing_fields_is_refused() {
+    let dir = hf_dir_with_config("bad-config", |cfg| {
+        cfg.as_object_mut().unwrap().remove("num_hidden_layers");
+    });
     let e = expect_err(&dir, &["num_hidden_layers"]);
     assert!(matches!(e, Error::Config(_)));
     std::fs::write(dir.join("config.json"), "{ not json").unwrap();
@@ -218,19 +226,6 @@ fn config_with_missing_fields_is_refused() {
 
 #[test]
 fn wrong_tensor_shape_is_refused() {
-    let src = &tiny_f32().hf_dir;
-    let dir = scratch_dir().join("bad-shape");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in [
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ] {
-        std::fs::copy(src.join(f), dir.join(f)).unwrap();
-    }
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    cfg["intermediate_size"] = 96.into();
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let dir = hf_dir_with_config("bad-shape", |cfg| cfg["intermediate_size"] = 96.into());
     expect_err(&dir, &["mlp.gate_proj.weight", "expected [96, 64]"]);
 }

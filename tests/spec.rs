@@ -204,53 +204,32 @@ fn greedy_speculation_is_lossless_q8_0() {
 #[test]
 fn stops_at_end_of_sequence_like_the_target() {
     let f = family(DType::F32);
+    let run = |stop: &[u32], ignore_eos: bool, on_token: &mut dyn FnMut(u32) -> bool| {
+        let opts = GenerateOptions {
+            max_tokens: 20,
+            ignore_eos,
+            ..Default::default()
+        };
+        let mut t = cpu(&f.target, Precision::default(), 1);
+        let mut d = cpu(&f.drafters[0], Precision::default(), 1);
+        let spec = SpecOptions::default();
+        generate_speculative(&mut t, &mut d, &[5, 6], stop, &opts, &spec, on_token)
+            .unwrap()
+            .generation
+    };
     // make every token a stop token: generation ends after the first token
     let stop: Vec<u32> = (0..f.target.config.vocab as u32).collect();
-    let opts = GenerateOptions {
-        max_tokens: 20,
-        ..Default::default()
-    };
-    let mut t = cpu(&f.target, Precision::default(), 1);
-    let mut d = cpu(&f.drafters[0], Precision::default(), 1);
-    let out = generate_speculative(
-        &mut t,
-        &mut d,
-        &[5, 6],
-        &stop,
-        &opts,
-        &SpecOptions::default(),
-        &mut |_| true,
-    )
-    .unwrap();
-    assert_eq!(out.generation.tokens.len(), 1);
-    assert_eq!(
-        out.generation.stop,
-        llmcad::generate::StopReason::EndOfSequence
-    );
+    let out = run(&stop, false, &mut |_| true);
+    assert_eq!(out.tokens.len(), 1);
+    assert_eq!(out.stop, llmcad::generate::StopReason::EndOfSequence);
     // a callback that stops after 3 tokens
     let mut seen = 0;
-    let opts = GenerateOptions {
-        max_tokens: 20,
-        ignore_eos: true,
-        ..Default::default()
-    };
-    let mut t = cpu(&f.target, Precision::default(), 1);
-    let mut d = cpu(&f.drafters[0], Precision::default(), 1);
-    let out = generate_speculative(
-        &mut t,
-        &mut d,
-        &[5, 6],
-        &[],
-        &opts,
-        &SpecOptions::default(),
-        &mut |_| {
-            seen += 1;
-            seen < 3
-        },
-    )
-    .unwrap();
-    assert_eq!(out.generation.tokens.len(), 3);
-    assert_eq!(out.generation.stop, llmcad::generate::StopReason::Cancelled);
+    let out = run(&[], true, &mut |_| {
+        seen += 1;
+        seen < 3
+    });
+    assert_eq!(out.tokens.len(), 3);
+    assert_eq!(out.stop, llmcad::generate::StopReason::Cancelled);
 }
 
 #[test]
