@@ -11,6 +11,7 @@ use llmcad::generate::{generate, GenerateOptions};
 use llmcad::model::{LoadOptions, Model};
 use llmcad::quant::DType;
 use llmcad::sampling::SamplingParams;
+use llmcad::spec::cost::CostCurve;
 use llmcad::spec::{
     check_pair, generate_speculative, FallbackPolicy, Overlap, SpecMode, SpecOptions,
 };
@@ -128,6 +129,14 @@ fn modes() -> Vec<SpecOptions> {
     };
     let mut m = vec![
         SpecOptions::default(),
+        // a verifier whose one-node pass looks free and whose bigger passes cost a fortune:
+        // trees of one node, and mostly rounds without drafting
+        SpecOptions {
+            verify_cost: Some(CostCurve {
+                points: vec![(1, 1e-9), (2, 1e9)],
+            }),
+            ..tree(None, 8, 0.1, FallbackPolicy::Adaptive)
+        },
         tree(Some(1), 8, 0.3, FallbackPolicy::Adaptive),
         tree(Some(2), 8, 0.3, FallbackPolicy::Fixed(0.0)),
         tree(Some(16), 6, 0.05, FallbackPolicy::Fixed(0.0)),
@@ -155,7 +164,7 @@ fn greedy_agrees(dtype: DType) {
         ignore_eos: true,
         ..Default::default()
     };
-    let (mut drafted, mut accepted, mut rejected_rounds) = (0, 0, 0);
+    let (mut drafted, mut accepted, mut rejected_rounds, mut plain_rounds) = (0, 0, 0, 0);
     for prompt in prompts() {
         let want = plain(&f.target, &prompt, &opts);
         assert_eq!(want.len(), 40);
@@ -169,6 +178,7 @@ fn greedy_agrees(dtype: DType) {
                 let s = &got.spec;
                 drafted += s.draft_tokens;
                 accepted += s.accepted_tokens;
+                plain_rounds += s.plain_rounds;
                 if s.accepted_tokens < s.draft_tokens {
                     rejected_rounds += 1;
                 }
@@ -188,6 +198,10 @@ fn greedy_agrees(dtype: DType) {
     assert!(
         rejected_rounds > 10,
         "only {rejected_rounds} runs saw a rejection"
+    );
+    assert!(
+        plain_rounds > 0,
+        "rounds without drafting were never checked"
     );
 }
 

@@ -220,16 +220,20 @@ fn spec_table(a: &BenchArgs, target: &Model, drafter: &Model) -> anyhow::Result<
     println!("|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     let mut baseline: Option<(f64, Vec<Vec<u32>>)> = None;
-    for (name, spec) in spec_modes() {
+    for (name, mut spec) in spec_modes() {
         let (mut tokens, mut secs, mut passes, mut emitted, mut nodes) = (0, 0.0, 0, 0, 0);
         let mut outputs = Vec::new();
         for p in &prompts {
             let mut t = cpu_backend(a, target, threads);
-            let g = match &spec {
+            let g = match &mut spec {
                 None => generate(&mut t, p, &[], &opts, &mut |_| true)?,
                 Some(s) => {
                     let mut d = cpu_backend(a, drafter, threads);
                     let r = generate_speculative(&mut t, &mut d, p, &[], &opts, s, &mut |_| true)?;
+                    // like an engine, measure the verifier's cost once (in the first prompt)
+                    if s.verify_cost.is_none() {
+                        s.verify_cost = r.spec.cost_curve.clone();
+                    }
                     emitted += r.spec.emitted_tokens;
                     nodes += r.spec.tree_nodes;
                     r.generation

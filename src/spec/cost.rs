@@ -8,11 +8,26 @@
 //! one drafter pass. An accepted token is worth the current time per emitted token. So the tree
 //! grows while `k·C·(ms per token) > Δverify(n) + draft ms per node`; a token the drafter has
 //! already proposed costs no drafting, only `Δverify(n)`.
+//!
+//! Speculation itself must pay too: where drafting and bigger passes cost more than they save (a
+//! CPU target, whose pass over N nodes costs nearly N passes), rounds verify the target's token
+//! alone without drafting, and now and then a round speculates again to see whether that
+//! changed (after [`PROBE_EVERY`] plain rounds, twice as long after each probe that lost). The
+//! choice compares measured times per emitted token, so it costs little more than the probes.
 
 use super::drafter::Growth;
 use crate::backend::{Backend, Batch, Want};
 use crate::error::Result;
 use std::time::Instant;
+
+/// While plain rounds are faster, a round speculates anyway after this many of them; the wait
+/// doubles after every probe that lost, up to `MAX_PROBE_EVERY`.
+pub const PROBE_EVERY: usize = 16;
+const MAX_PROBE_EVERY: usize = 256;
+
+/// A pass over a tree that costs this many one-node passes cannot pay for itself with any
+/// drafter we know (they reach 2–5 tokens per pass), so larger trees are not measured.
+const MAX_USEFUL_COST: f64 = 6.0;
 
 /// Node counts at which the verifier's pass time is measured.
 pub const CURVE_SIZES: [usize; 8] = [1, 2, 4, 8, 9, 16, 32, 64];
@@ -25,7 +40,8 @@ pub struct CostCurve {
 
 impl CostCurve {
     /// Times one pass per size over the backend's current prefix (best of `repeats`), leaving
-    /// the cache as it was. Sizes that do not fit the free context are skipped.
+    /// the cache as it was. Sizes that do not fit the free context are skipped, and measuring
+    /// stops once a pass costs [`MAX_USEFUL_COST`] one-node passes (the curve extrapolates).
     pub fn measure(backend: &mut dyn Backend, sizes: &[usize], repeats: usize) -> Result<Self> {
         let base = backend.kv_len();
         let room = backend.kv_capacity() - base;
@@ -43,6 +59,9 @@ impl CostCurve {
                 backend.kv_truncate(base);
             }
             points.push((n, best));
+            if best >= MAX_USEFUL_COST * points[0].1 {
+                break;
+            }
         }
         Ok(CostCurve { points })
     }
@@ -93,7 +112,11 @@ pub struct CostModel {
     verify: CostCurve,
     draft_ms_per_pass: Ema,
     calibration: Ema,
+    /// ms per emitted token of speculative rounds and of plain (target-only) rounds.
     ms_per_token: Ema,
+    plain_ms_per_token: Ema,
+    plain_rounds: usize,
+    probe_every: usize,
 }
 
 impl CostModel {
@@ -103,6 +126,9 @@ impl CostModel {
             draft_ms_per_pass: Ema { value: None },
             calibration: Ema { value: None },
             ms_per_token: Ema { value: None },
+            plain_ms_per_token: Ema { value: None },
+            plain_rounds: 0,
+            probe_every: PROBE_EVERY,
         }
     }
 
@@ -124,6 +150,30 @@ impl CostModel {
         };
         let cost = self.verify.ms(nodes + 1) - self.verify.ms(nodes) + drafting;
         gain > cost
+    }
+
+    /// Should the next round draft at all? Yes while speculative rounds are at least as fast
+    /// per token as plain ones (a plain round costs a one-node pass until measured), and as a
+    /// probe now and then otherwise.
+    pub fn should_draft(&mut self) -> bool {
+        let plain = self.plain_ms_per_token.get_or(self.verify.ms(1));
+        if self.ms_per_token.value.is_none_or(|spec| spec <= plain) {
+            self.plain_rounds = 0;
+            self.probe_every = PROBE_EVERY;
+            return true;
+        }
+        self.plain_rounds += 1;
+        if self.plain_rounds < self.probe_every {
+            return false;
+        }
+        self.plain_rounds = 0;
+        self.probe_every = (2 * self.probe_every).min(MAX_PROBE_EVERY);
+        true
+    }
+
+    /// Learns from a round that verified the target's token alone, without drafting.
+    pub fn record_plain(&mut self, ms: f64) {
+        self.plain_ms_per_token.push(ms);
     }
 
     /// Learns from one round: drafting time and passes, the summed confidence of the drafted
@@ -199,5 +249,35 @@ mod tests {
             });
         }
         assert!(!at(&m), "a drafter that is never right stops paying");
+    }
+
+    fn round(total_ms: f64, emitted: usize) -> RoundCost {
+        RoundCost {
+            draft_ms: 1.0,
+            draft_passes: 1,
+            drafted_conf: 1.0,
+            accepted: emitted - 1,
+            total_ms,
+            emitted,
+        }
+    }
+
+    #[test]
+    fn speculation_pauses_while_plain_rounds_are_faster() {
+        let mut m = CostModel::new(CostCurve {
+            points: vec![(1, 10.0), (64, 200.0)],
+        });
+        assert!(m.should_draft(), "speculation is tried first");
+        m.record(&round(30.0, 2));
+        // 15 ms per token against a 10 ms one-node pass: plain rounds, with probes that
+        // come less often while they keep losing
+        let drafts: Vec<usize> = (1..=7 * PROBE_EVERY).filter(|_| m.should_draft()).collect();
+        assert_eq!(drafts, [PROBE_EVERY, 3 * PROBE_EVERY, 7 * PROBE_EVERY]);
+        // a probe finds speculation paying again (plain rounds measured slower)
+        m.record_plain(12.0);
+        for _ in 0..20 {
+            m.record(&round(20.0, 4));
+        }
+        assert!((0..4).all(|_| m.should_draft()));
     }
 }

@@ -95,6 +95,8 @@ pub struct SpecStats {
     pub draft_time: Duration,
     pub verify_time: Duration,
     pub threshold: ThresholdTrace,
+    /// Rounds that verified the target's token alone because speculation did not pay.
+    pub plain_rounds: usize,
     /// Nodes drafted while the target verified, and how many of them were used.
     pub overlap_drafted: usize,
     pub overlap_kept: usize,
@@ -211,19 +213,28 @@ pub fn generate_speculative(
         // never draft past what is left to generate or what the target's cache holds
         shape.max_depth = shape.max_depth.min(remaining - 1);
         shape.max_nodes = shape.max_nodes.min(target.kv_capacity() - committed);
+        // trees sized by cost: speculate only while it pays (or while work drafted during
+        // the last verification is waiting)
+        let drafting = drafter.has_carry() || cost.as_mut().is_none_or(|c| c.should_draft());
         // the fallback decides when drafting stops; leaves the drafter already proposed cost
         // only verification, which the cost model weighs when trees are sized by cost
-        let draft = drafter.draft(root, &shape, &mut |tree, conf, step| {
-            (step == Growth::Leaf || !fallback.should_verify(conf))
-                && cost
-                    .as_ref()
-                    .is_none_or(|c| c.worth_growing(tree.len(), conf, step))
-        })?;
+        let draft = if drafting {
+            drafter.draft(root, &shape, &mut |tree, conf, step| {
+                (step == Growth::Leaf || !fallback.should_verify(conf))
+                    && cost
+                        .as_ref()
+                        .is_none_or(|c| c.worth_growing(tree.len(), conf, step))
+            })?
+        } else {
+            out.spec.plain_rounds += 1;
+            drafter.skip(root)
+        };
         let draft_ms = round.elapsed();
 
         let t = Instant::now();
         let batch = draft.tree.batch(committed);
-        let (logits, extension) = if overlap {
+        // (a plain round's drafter is behind: it has tokens to catch up on first)
+        let (logits, extension) = if overlap && drafting {
             verify_while_drafting(target, &mut drafter, &draft, &batch, want, shape.max_depth)?
         } else {
             (target.forward(&batch, want)?, None)
@@ -243,16 +254,21 @@ pub fn generate_speculative(
         out.spec.draft_passes += draft.passes;
         out.spec.accepted_tokens += accepted;
         out.spec.emitted_tokens += accepted + 1;
-        fallback.record(outcome(&draft.tree, &verdict));
-        if let Some(c) = cost.as_mut() {
-            c.record(&RoundCost {
+        let round_ms = round.elapsed().as_secs_f64() * 1e3;
+        match cost.as_mut() {
+            Some(c) if !drafting => c.record_plain(round_ms),
+            Some(c) => c.record(&RoundCost {
                 draft_ms: draft_ms.as_secs_f64() * 1e3,
                 draft_passes: draft.passes,
                 drafted_conf: draft.tree.nodes()[1..].iter().map(|n| n.conf as f64).sum(),
                 accepted,
-                total_ms: round.elapsed().as_secs_f64() * 1e3,
+                total_ms: round_ms,
                 emitted: accepted + 1,
-            });
+            }),
+            None => {}
+        }
+        if drafting {
+            fallback.record(outcome(&draft.tree, &verdict));
         }
 
         let emitted = verdict.emitted(&draft.tree);

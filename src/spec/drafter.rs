@@ -205,6 +205,27 @@ impl<'m> Drafter<'m> {
         Ok(draft)
     }
 
+    /// Whether drafting during the last verification left the next tree's first path ready.
+    pub fn has_carry(&self) -> bool {
+        self.carry.is_some()
+    }
+
+    /// A tree of the root alone, for a round without drafting: the drafter will run the root
+    /// later, with the other tokens it has not seen, in one chunk.
+    /// Not for a drafter that [`Self::has_carry`]: its next tree is half drafted already.
+    pub fn skip(&mut self, root: u32) -> Draft {
+        debug_assert!(self.carry.is_none(), "a carried chain would be lost");
+        self.backlog.push(root);
+        Draft {
+            tree: TokenTree::new(root),
+            slots: vec![None],
+            offered: Vec::new(),
+            committed: self.model.kv_len(),
+            passes: 0,
+            reused: 0,
+        }
+    }
+
     /// Runs the last node of `path` over the prefix and the path's drafted slots (plus `more`
     /// slots after them), returning the drafter's candidates after it.
     fn run_node_with(
