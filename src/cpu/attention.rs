@@ -95,15 +95,17 @@ pub fn attend(
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = ac.remainder().iter().zip(bc.remainder());
+    // whole chunks, so no bounds checks stand in the way of vector code
+    for (x, y) in ac.zip(bc) {
         for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+            acc[l] += x[l] * y[l];
         }
     }
     let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for j in chunks * 8..a.len() {
-        s += a[j] * b[j];
+    for (x, y) in tail {
+        s += x * y;
     }
     s
 }
