@@ -60,15 +60,15 @@ pub struct BenchArgs {
     #[arg(long, default_value = "mapped")]
     upload: String,
     /// Weight budgets (percent of the weights) for the GPU tokens/s-vs-budget sweep and plot
-    /// (with --draft; empty to skip).
-    #[arg(long, value_delimiter = ',', default_value = "10,25,50,100")]
+    /// (with --draft; the flag without a value skips it).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "10,25,50,100")]
     budget_sweep: Vec<f64>,
     /// Most tree nodes for the LLMCad mode on the GPU (fixed, so that the cost curve is not
     /// measured per run: 16 passes are expensive on a software GPU).
     #[arg(long, default_value_t = 32)]
     gpu_tree_nodes: usize,
-    /// Tree sizes of the GPU pass table (empty to skip it).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,9,16,32,64")]
+    /// Tree sizes of the GPU pass table (the flag without a value skips it).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,2,4,8,9,16,32,64")]
     gpu_sizes: Vec<usize>,
     /// Repeats per size in the GPU pass table.
     #[arg(long, default_value_t = 1)]
