@@ -53,39 +53,36 @@ pub fn attend(
     let scale = 1.0 / (hd as f32).sqrt();
     let jobs = n_tokens * shape.n_heads;
     let out = SharedMut::new(out);
-    pool.run(|tid| {
-        let n = pool.n_threads();
-        let mut scores: Vec<f32> = Vec::new();
-        let mut slots: Vec<usize> = Vec::new();
-        for job in (tid..jobs).step_by(n) {
-            let (i, h) = (job / shape.n_heads, job % shape.n_heads);
-            let g = h / group;
-            slots.clear();
-            match prefix {
-                Prefix::All => slots.extend(0..base),
-                Prefix::Partial { committed, extra } => {
-                    slots.extend(0..*committed);
-                    slots.extend_from_slice(&extra[i]);
-                }
+    pool.for_each_item(jobs, |(scores, slots): &mut (Vec<f32>, Vec<usize>), job| {
+        let (i, h) = (job / shape.n_heads, job % shape.n_heads);
+        let g = h / group;
+        slots.clear();
+        match prefix {
+            Prefix::All => slots.extend(0..base),
+            Prefix::Partial { committed, extra } => {
+                slots.extend(0..*committed);
+                slots.extend_from_slice(&extra[i]);
             }
-            match vis {
-                Visibility::Causal => slots.extend(base..=base + i),
-                Visibility::Lists(l) => slots.extend(l[i].iter().map(|j| base + j)),
-            }
-            let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-            scores.clear();
-            scores.extend(slots.iter().map(|&s| {
+        }
+        match vis {
+            Visibility::Causal => slots.extend(base..=base + i),
+            Visibility::Lists(l) => slots.extend(l[i].iter().map(|j| base + j)),
+        }
+        let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+        scores.clear();
+        scores.extend(
+            slots.iter().map(|&s| {
                 dot(qh, &k_cache[s * kv_dim + g * hd..s * kv_dim + (g + 1) * hd]) * scale
-            }));
-            softmax(&mut scores);
-            // SAFETY: each (token, head) job owns its own head_dim slice of the output
-            let o = unsafe { out.slice(i * q_dim + h * hd..i * q_dim + (h + 1) * hd) };
-            o.fill(0.0);
-            for (&s, &p) in slots.iter().zip(&scores) {
-                let vh = &v_cache[s * kv_dim + g * hd..s * kv_dim + (g + 1) * hd];
-                for (a, &b) in o.iter_mut().zip(vh) {
-                    *a += p * b;
-                }
+            }),
+        );
+        softmax(scores);
+        // SAFETY: each (token, head) job owns its own head_dim slice of the output
+        let o = unsafe { out.slice(i * q_dim + h * hd..i * q_dim + (h + 1) * hd) };
+        o.fill(0.0);
+        for (&s, &p) in slots.iter().zip(scores.iter()) {
+            let vh = &v_cache[s * kv_dim + g * hd..s * kv_dim + (g + 1) * hd];
+            for (a, &b) in o.iter_mut().zip(vh) {
+                *a += p * b;
             }
         }
     });

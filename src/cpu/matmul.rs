@@ -90,33 +90,38 @@ pub fn linear_many(
     let x = input.x;
     let cols = input.cols;
     let shared: Vec<SharedMut<f32>> = outs.iter_mut().map(|o| SharedMut::new(o)).collect();
-    pool.run(|tid| {
-        let n = pool.n_threads();
-        let mut local = Vec::new();
-        for (m, out) in layers.iter().zip(&shared) {
+    // one chunk of rows per thread and matrix, handed out as threads come free (a thread that
+    // starts late leaves its chunk to the others; finer chunks measured slower when nothing
+    // else runs); multiples of 16 rows keep threads on separate cache lines of the output
+    let pieces = pool.n_threads();
+    let chunks: Vec<(usize, usize, usize)> = layers
+        .iter()
+        .enumerate()
+        .flat_map(|(l, m)| {
             debug_assert_eq!(m.cols, cols);
-            // chunks of 16 rows keep threads on separate cache lines of the output
-            let per = m.rows.div_ceil(n).div_ceil(16) * 16;
-            let start = (tid * per).min(m.rows);
-            let end = ((tid + 1) * per).min(m.rows);
-            if start == end {
-                continue;
-            }
-            let len = end - start;
-            local.resize(t_rows * len, 0.0);
-            if m.dtype.is_quantized() && precision == Precision::Q8Activations {
-                matmul_q8(m.dtype, &m.data, cols, start..end, q8, &mut local, len);
-            } else if m.dtype.is_quantized() && precision == Precision::Q16Activations {
-                let q16 = q16.as_ref().expect("quantized above");
-                matmul_q16(m.dtype, &m.data, cols, start..end, q16, &mut local, len);
-            } else {
-                matmul_f32(m.dtype, &m.data, cols, start..end, x, &mut local, len);
-            }
-            for t in 0..t_rows {
-                // SAFETY: each thread writes its own column range [start, end) of every row
-                let dst = unsafe { out.slice(t * m.rows + start..t * m.rows + end) };
-                dst.copy_from_slice(&local[t * len..(t + 1) * len]);
-            }
+            let per = m.rows.div_ceil(pieces).div_ceil(16) * 16;
+            (0..m.rows)
+                .step_by(per.max(1))
+                .map(move |start| (l, start, (start + per).min(m.rows)))
+        })
+        .collect();
+    pool.for_each_item(chunks.len(), |local: &mut Vec<f32>, c| {
+        let (l, start, end) = chunks[c];
+        let (m, out) = (layers[l], &shared[l]);
+        let len = end - start;
+        local.resize(t_rows * len, 0.0);
+        if m.dtype.is_quantized() && precision == Precision::Q8Activations {
+            matmul_q8(m.dtype, &m.data, cols, start..end, q8, local, len);
+        } else if m.dtype.is_quantized() && precision == Precision::Q16Activations {
+            let q16 = q16.as_ref().expect("quantized above");
+            matmul_q16(m.dtype, &m.data, cols, start..end, q16, local, len);
+        } else {
+            matmul_f32(m.dtype, &m.data, cols, start..end, x, local, len);
+        }
+        for t in 0..t_rows {
+            // SAFETY: each chunk writes its own column range [start, end) of every row
+            let dst = unsafe { out.slice(t * m.rows + start..t * m.rows + end) };
+            dst.copy_from_slice(&local[t * len..(t + 1) * len]);
         }
     });
     if let Some(q) = q16 {
