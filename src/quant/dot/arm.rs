@@ -2,7 +2,7 @@
 //! sums are computed with NEON, the float arithmetic is the scalar reference's (`scalar.rs`), so
 //! these kernels give the scalar kernels' bits on the quantized paths.
 
-use super::{scalar, QActs};
+use super::{matmul_by_dots, scalar, QActs};
 use crate::quant::{dequantize_row, read_f16, DType, QK};
 use std::arch::aarch64::*;
 use std::ops::Range;
@@ -84,13 +84,10 @@ pub fn matmul_q<Q: super::ActInt>(
     out_stride: usize,
 ) {
     let rb = dtype.row_bytes(acts.cols);
-    for r in rows.clone() {
-        let wr = &w[r * rb..(r + 1) * rb];
-        for t in 0..acts.rows() {
-            let a = acts.row(t);
-            out[t * out_stride + r - rows.start] = dot_q(dtype, wr, a.qs, a.d, a.s, Q::WIDE);
-        }
-    }
+    matmul_by_dots(w, rb, rows, acts.rows(), out, out_stride, |wr, t| {
+        let a = acts.row(t);
+        dot_q(dtype, wr, a.qs, a.d, a.s, Q::WIDE)
+    });
 }
 
 /// Exact path: weights dequantized per block of 32 (as `dequantize_row`), four f32x4
@@ -137,11 +134,13 @@ pub fn matmul_f32(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    let rb = dtype.row_bytes(cols);
-    for r in rows.clone() {
-        let wr = &w[r * rb..(r + 1) * rb];
-        for (t, xr) in x.chunks_exact(cols).enumerate() {
-            out[t * out_stride + r - rows.start] = dot_f32(dtype, wr, xr);
-        }
-    }
+    matmul_by_dots(
+        w,
+        dtype.row_bytes(cols),
+        rows,
+        x.len() / cols,
+        out,
+        out_stride,
+        |wr, t| dot_f32(dtype, wr, &x[t * cols..(t + 1) * cols]),
+    );
 }

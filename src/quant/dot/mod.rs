@@ -264,14 +264,33 @@ pub fn matmul_q_with<Q: ActInt>(
         },
         #[cfg(target_arch = "aarch64")]
         Simd::Neon => arm::matmul_q(dtype, w, rows, acts, out, out_stride),
-        _ => {
-            let rb = dtype.row_bytes(cols);
-            for r in rows.clone() {
-                let wr = &w[r * rb..(r + 1) * rb];
-                for t in 0..acts.rows() {
-                    out[t * out_stride + r - rows.start] = scalar::dot_q(dtype, wr, acts.row(t));
-                }
-            }
+        _ => matmul_by_dots(
+            w,
+            dtype.row_bytes(cols),
+            rows,
+            acts.rows(),
+            out,
+            out_stride,
+            |wr, t| scalar::dot_q(dtype, wr, acts.row(t)),
+        ),
+    }
+}
+
+/// `out[t * out_stride + (r - rows.start)] = dot(W[r], t)` for `n_t` activation rows, one dot
+/// at a time (kernels without register tiles); `row_bytes`: bytes of one weight row.
+fn matmul_by_dots(
+    w: &[u8],
+    row_bytes: usize,
+    rows: Range<usize>,
+    n_t: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    dot: impl Fn(&[u8], usize) -> f32,
+) {
+    for r in rows.clone() {
+        let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+        for t in 0..n_t {
+            out[t * out_stride + r - rows.start] = dot(wr, t);
         }
     }
 }
@@ -310,15 +329,15 @@ pub fn matmul_f32_with(
         Simd::Avx2 => unsafe { x86::matmul_f32(dtype, w, cols, rows, x, out, out_stride) },
         #[cfg(target_arch = "aarch64")]
         Simd::Neon => arm::matmul_f32(dtype, w, cols, rows, x, out, out_stride),
-        _ => {
-            let rb = dtype.row_bytes(cols);
-            for r in rows.clone() {
-                let wr = &w[r * rb..(r + 1) * rb];
-                for (t, xr) in x.chunks_exact(cols).enumerate() {
-                    out[t * out_stride + r - rows.start] = scalar::dot_f32(dtype, wr, xr);
-                }
-            }
-        }
+        _ => matmul_by_dots(
+            w,
+            dtype.row_bytes(cols),
+            rows,
+            x.len() / cols,
+            out,
+            out_stride,
+            |wr, t| scalar::dot_f32(dtype, wr, &x[t * cols..(t + 1) * cols]),
+        ),
     }
 }
 
