@@ -94,20 +94,15 @@ pub fn linear_many(
     // starts late leaves its chunk to the others; finer chunks measured slower when nothing
     // else runs); multiples of 16 rows keep threads on separate cache lines of the output
     let pieces = pool.n_threads();
-    let chunks: Vec<(usize, usize, usize)> = layers
-        .iter()
-        .enumerate()
-        .flat_map(|(l, m)| {
-            debug_assert_eq!(m.cols, cols);
-            let per = m.rows.div_ceil(pieces).div_ceil(16) * 16;
-            (0..m.rows)
-                .step_by(per.max(1))
-                .map(move |start| (l, start, (start + per).min(m.rows)))
-        })
-        .collect();
-    pool.for_each_item(chunks.len(), |local: &mut Vec<f32>, c| {
-        let (l, start, end) = chunks[c];
-        let (m, out) = (layers[l], &shared[l]);
+    pool.for_each_item(layers.len() * pieces, |local: &mut Vec<f32>, item| {
+        let (m, out) = (layers[item / pieces], &shared[item / pieces]);
+        debug_assert_eq!(m.cols, cols);
+        let per = m.rows.div_ceil(pieces).div_ceil(16) * 16;
+        let start = (item % pieces * per).min(m.rows);
+        let end = (start + per).min(m.rows);
+        if start == end {
+            return;
+        }
         let len = end - start;
         local.resize(t_rows * len, 0.0);
         if m.dtype.is_quantized() && precision == Precision::Q8Activations {
