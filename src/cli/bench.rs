@@ -281,10 +281,9 @@ fn machine() -> String {
 
 /// The GPU sections: the pass table against the roofline and the LLMCad comparison.
 mod gpu_bench {
-    use super::{BenchArgs, PROMPTS};
+    use super::{cpu_backend, BenchArgs, PROMPTS};
     use anyhow::Context;
     use llmcad::backend::Backend;
-    use llmcad::cpu::{CpuBackend, CpuOptions};
     use llmcad::generate::{generate, GenerateOptions};
     use llmcad::gpu::{parse_rate, parse_size, roofline, GpuBackend, GpuOptions, StreamStats};
     use llmcad::model::Model;
@@ -578,15 +577,7 @@ mod gpu_bench {
                             ..SpecOptions::default()
                         }
                     };
-                    let mut d = CpuBackend::new(
-                        drafter.config.clone(),
-                        drafter.weights.clone(),
-                        &CpuOptions {
-                            threads,
-                            precision: a.run.precision(),
-                            context: a.run.ctx_size.unwrap_or(drafter.config.max_context),
-                        },
-                    );
+                    let mut d = cpu_backend(a, drafter, threads);
                     let s =
                         generate_speculative(&mut g, &mut d, p, &[], &opts, &spec, &mut |_| true)?;
                     r.emitted += s.spec.emitted_tokens;
