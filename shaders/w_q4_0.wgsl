@@ -1,45 +1,14 @@
 // Repacked Q4_0: 4 words of nibbles per block (byte j: value j low, value j+16 high), then f16
-// scales two per word.
+// scales two per word. The nibble decoding is shared with Q4_1 (w_q4.wgsl, appended).
 @group(0) @binding(1) var<storage, read> w: array<u32>;
-fn load_w(row: u32, c: u32) -> f32 {
-    let blk = row * (p.cols / 32u) + c / 32u;
-    let j = c % 32u;
-    let jj = j % 16u;
-    let byte = (w[p.q_off + blk * 4u + jj / 4u] >> ((jj % 4u) * 8u)) & 0xffu;
-    let q = select(byte & 0xfu, byte >> 4u, j >= 16u);
+// what dequantizes the nibbles of block `blk`: its scale (Q4_0 has no minimum)
+fn q4_params(blk: u32) -> vec2<f32> {
     let dd = unpack2x16float(w[p.d_off + (blk >> 1u)]);
-    let d = select(dd.x, dd.y, (blk & 1u) == 1u);
-    return d * f32(i32(q) - 8);
+    return vec2<f32>(select(dd.x, dd.y, (blk & 1u) == 1u), 0.0);
 }
-// c is a multiple of 4: four nibbles of one word
-fn load4(row: u32, c: u32) -> vec4<f32> {
-    let blk = row * (p.cols / 32u) + c / 32u;
-    let j = c % 32u;
-    let word = w[p.q_off + blk * 4u + (j % 16u) / 4u] >> select(0u, 4u, j >= 16u);
-    let q = vec4<u32>(word & 0xfu, (word >> 8u) & 0xfu, (word >> 16u) & 0xfu, (word >> 24u) & 0xfu);
-    let dd = unpack2x16float(w[p.d_off + (blk >> 1u)]);
-    return select(dd.x, dd.y, (blk & 1u) == 1u) * (vec4<f32>(q) - 8.0);
+fn q4_value(s: vec2<f32>, q: f32) -> f32 {
+    return s.x * (q - 8.0);
 }
-// 32-column block `b` of `row` as 8 vec4 (columns 4j..4j+3 in element j); cols % 32 == 0
-fn wblock(row: u32, b: u32) -> array<vec4<f32>, 8> {
-    let blk = row * (p.cols / 32u) + b;
-    let dd = unpack2x16float(w[p.d_off + (blk >> 1u)]);
-    let d = select(dd.x, dd.y, (blk & 1u) == 1u);
-    let q = p.q_off + blk * 4u;
-    let w0 = w[q];
-    let w1 = w[q + 1u];
-    let w2 = w[q + 2u];
-    let w3 = w[q + 3u];
-    let sh = vec4<u32>(0u, 8u, 16u, 24u);
-    let lo = vec4<u32>(0xfu);
-    return array<vec4<f32>, 8>(
-        d * (vec4<f32>((vec4<u32>(w0) >> sh) & lo) - 8.0),
-        d * (vec4<f32>((vec4<u32>(w1) >> sh) & lo) - 8.0),
-        d * (vec4<f32>((vec4<u32>(w2) >> sh) & lo) - 8.0),
-        d * (vec4<f32>((vec4<u32>(w3) >> sh) & lo) - 8.0),
-        d * (vec4<f32>((vec4<u32>(w0 >> 4u) >> sh) & lo) - 8.0),
-        d * (vec4<f32>((vec4<u32>(w1 >> 4u) >> sh) & lo) - 8.0),
-        d * (vec4<f32>((vec4<u32>(w2 >> 4u) >> sh) & lo) - 8.0),
-        d * (vec4<f32>((vec4<u32>(w3 >> 4u) >> sh) & lo) - 8.0),
-    );
+fn q4_value4(s: vec2<f32>, q: vec4<f32>) -> vec4<f32> {
+    return s.x * (q - 8.0);
 }

@@ -24,8 +24,15 @@ const W_F32: &str = include_str!("../../shaders/w_f32.wgsl");
 const W_F16: &str = include_str!("../../shaders/w_f16.wgsl");
 const W_F16_NATIVE: &str = include_str!("../../shaders/w_f16_native.wgsl");
 const W_Q8_0: &str = include_str!("../../shaders/w_q8_0.wgsl");
-const W_Q4_0: &str = include_str!("../../shaders/w_q4_0.wgsl");
-const W_Q4_1: &str = include_str!("../../shaders/w_q4_1.wgsl");
+// the two 4-bit formats share their nibble decoding (w_q4.wgsl)
+const W_Q4_0: &str = concat!(
+    include_str!("../../shaders/w_q4_0.wgsl"),
+    include_str!("../../shaders/w_q4.wgsl")
+);
+const W_Q4_1: &str = concat!(
+    include_str!("../../shaders/w_q4_1.wgsl"),
+    include_str!("../../shaders/w_q4.wgsl")
+);
 
 /// How weights of a matrix are stored on the GPU (BF16 is widened to F32 at upload).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
