@@ -892,6 +892,7 @@ fn packed_layout(dtype: DType, n: usize) -> (usize, u32, u32, u32) {
             };
             (m_off + mins, 0, d_off as u32, m_off as u32)
         }
+        _ => todo!("GPU layout of {dtype}"),
     }
 }
 
@@ -927,6 +928,7 @@ fn pack_into(dtype: DType, src: &[u8], n: usize, out: &mut [u8]) {
                 }
             }
         }
+        _ => todo!("GPU layout of {dtype}"),
     }
 }
 

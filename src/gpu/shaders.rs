@@ -65,6 +65,7 @@ impl WFormat {
             DType::Q8_0 => WFormat::Q8_0,
             DType::Q4_0 => WFormat::Q4_0,
             DType::Q4_1 => WFormat::Q4_1,
+            _ => todo!("GPU format of {dtype}"),
         }
     }
 

@@ -1,16 +1,12 @@
 //! Weight types and their block layouts (the GGML ones llmcad reads), conversion to and from
-//! f32, and the dot-product kernels the CPU backend multiplies with.
-//!
-//! Block layouts (little-endian, as in GGUF files):
-//! - `Q8_0`: 32 values in 34 bytes: f16 scale `d`, then 32 × i8; value = d·q.
-//! - `Q4_0`: 32 values in 18 bytes: f16 `d`, then 16 bytes of nibbles; byte j holds value j in
-//!   its low nibble and value j+16 in its high nibble; value = d·(q − 8).
-//! - `Q4_1`: 32 values in 20 bytes: f16 `d`, f16 `m`, then 16 bytes of nibbles laid out as in
-//!   Q4_0; value = d·q + m.
+//! f32, and the dot-product kernels the CPU backend multiplies with. `blocks` describes every
+//! quantized layout and decodes it to one integer form the kernels share.
 
+mod blocks;
 mod dot;
 mod quantize;
 
+pub use blocks::{sub_block, sub_blocks, SubBlock};
 pub use dot::{
     dot_f32, dot_q16, dot_q8, matmul_f32, matmul_f32_with, matmul_q16, matmul_q8, matmul_q_with,
     ActInt, Q16Acts, Q16Row, Q8Acts, Q8Row, QActs, QRow, Simd,
@@ -20,10 +16,14 @@ pub use quantize::{quantize_q4_0, quantize_q4_1, quantize_q8_0, quantize_row};
 use crate::error::{format_err, Result};
 use half::{bf16, f16};
 
-/// Elements per quantization block for the block-quantized types.
+/// Elements per quantization block of the legacy types, per sub-block of the K-quants, and per
+/// block of quantized activations.
 pub const QK: usize = 32;
+/// Elements per super-block of the K-quants.
+pub const QK_K: usize = 256;
 
-/// The element types a weight tensor may have.
+/// The element types a weight tensor may have (GGML's names).
+#[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
@@ -32,23 +32,42 @@ pub enum DType {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    Q8_K,
 }
 
 impl DType {
-    pub const ALL: [DType; 6] = [
+    pub const ALL: [DType; 14] = [
         DType::F32,
         DType::F16,
         DType::BF16,
         DType::Q8_0,
         DType::Q4_0,
         DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::Q8_K,
     ];
 
     /// Elements per block (1 for the float types).
     pub fn block_len(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => QK,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => QK,
+            DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::Q8_K => {
+                QK_K
+            }
         }
     }
 
@@ -60,7 +79,20 @@ impl DType {
             DType::Q8_0 => 34,
             DType::Q4_0 => 18,
             DType::Q4_1 => 20,
+            DType::Q5_0 => 22,
+            DType::Q5_1 => 24,
+            DType::Q2_K => 84,
+            DType::Q3_K => 110,
+            DType::Q4_K => 144,
+            DType::Q5_K => 176,
+            DType::Q6_K => 210,
+            DType::Q8_K => 292,
         }
+    }
+
+    /// The K-quants (super-blocks of 256 with per-sub-block scales).
+    pub fn is_k_quant(self) -> bool {
+        self.block_len() == QK_K
     }
 
     pub fn is_quantized(self) -> bool {
@@ -98,7 +130,20 @@ impl DType {
             DType::Q8_0 => "Q8_0",
             DType::Q4_0 => "Q4_0",
             DType::Q4_1 => "Q4_1",
+            DType::Q5_0 => "Q5_0",
+            DType::Q5_1 => "Q5_1",
+            DType::Q2_K => "Q2_K",
+            DType::Q3_K => "Q3_K",
+            DType::Q4_K => "Q4_K",
+            DType::Q5_K => "Q5_K",
+            DType::Q6_K => "Q6_K",
+            DType::Q8_K => "Q8_K",
         }
+    }
+
+    /// Every type's name, comma-separated, for messages.
+    pub fn names() -> String {
+        DType::ALL.map(DType::name).join(", ")
     }
 
     /// The GGML type id used in GGUF files.
@@ -108,7 +153,15 @@ impl DType {
             DType::F16 => 1,
             DType::Q4_0 => 2,
             DType::Q4_1 => 3,
+            DType::Q5_0 => 6,
+            DType::Q5_1 => 7,
             DType::Q8_0 => 8,
+            DType::Q2_K => 10,
+            DType::Q3_K => 11,
+            DType::Q4_K => 12,
+            DType::Q5_K => 13,
+            DType::Q6_K => 14,
+            DType::Q8_K => 15,
             DType::BF16 => 30,
         }
     }
@@ -116,15 +169,10 @@ impl DType {
     /// Maps a GGML type id to a supported type; `Err` carries the type's GGML name (or its
     /// number) so the caller can say which tensor has it.
     pub fn from_ggml_id(id: u32) -> Result<DType, String> {
-        Ok(match id {
-            0 => DType::F32,
-            1 => DType::F16,
-            2 => DType::Q4_0,
-            3 => DType::Q4_1,
-            8 => DType::Q8_0,
-            30 => DType::BF16,
-            other => return Err(ggml_type_name(other)),
-        })
+        DType::ALL
+            .into_iter()
+            .find(|d| d.ggml_id() == id)
+            .ok_or_else(|| ggml_type_name(id))
     }
 }
 
@@ -140,9 +188,7 @@ impl std::str::FromStr for DType {
         DType::ALL
             .into_iter()
             .find(|d| d.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                format!("unknown type '{s}' (expected one of F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
-            })
+            .ok_or_else(|| format!("unknown type '{s}' (expected one of {})", DType::names()))
     }
 }
 
@@ -221,33 +267,7 @@ pub fn dequantize_row(dtype: DType, src: &[u8], out: &mut [f32]) {
                 *o = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
             }
         }
-        DType::Q8_0 => {
-            for (o, blk) in out.chunks_exact_mut(QK).zip(src.chunks_exact(34)) {
-                let d = read_f16(blk);
-                for (v, &q) in o.iter_mut().zip(&blk[2..]) {
-                    *v = d * (q as i8) as f32;
-                }
-            }
-        }
-        DType::Q4_0 => {
-            for (o, blk) in out.chunks_exact_mut(QK).zip(src.chunks_exact(18)) {
-                let d = read_f16(blk);
-                for (j, &byte) in blk[2..].iter().enumerate() {
-                    o[j] = d * ((byte & 0x0f) as i32 - 8) as f32;
-                    o[j + 16] = d * ((byte >> 4) as i32 - 8) as f32;
-                }
-            }
-        }
-        DType::Q4_1 => {
-            for (o, blk) in out.chunks_exact_mut(QK).zip(src.chunks_exact(20)) {
-                let d = read_f16(blk);
-                let m = read_f16(&blk[2..]);
-                for (j, &byte) in blk[4..].iter().enumerate() {
-                    o[j] = d * (byte & 0x0f) as f32 + m;
-                    o[j + 16] = d * (byte >> 4) as f32 + m;
-                }
-            }
-        }
+        _ => blocks::dequantize_blocks(dtype, src, out),
     }
 }
 
@@ -316,7 +336,10 @@ mod tests {
 
     #[test]
     fn unknown_ggml_types_are_named() {
-        assert_eq!(DType::from_ggml_id(12).unwrap_err(), "Q4_K (GGML type 12)");
+        assert_eq!(
+            DType::from_ggml_id(20).unwrap_err(),
+            "IQ4_NL (GGML type 20)"
+        );
         assert_eq!(
             DType::from_ggml_id(999).unwrap_err(),
             "unknown GGML type 999"

@@ -30,7 +30,7 @@ unsafe fn wq(dtype: DType, blk: &[u8]) -> (int8x16_t, int8x16_t) {
                 (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi))
             }
         }
-        _ => unreachable!("float weights use the f32 path"),
+        _ => unreachable!("{dtype} has no NEON decoder"),
     }
 }
 

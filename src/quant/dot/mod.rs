@@ -255,7 +255,7 @@ pub fn matmul_q_with<Q: ActInt>(
     match simd.checked() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA/F16C; the kernel checks the slice bounds it relies on
-        Simd::Avx2 => unsafe {
+        Simd::Avx2 if x86::has_q_kernel(dtype) => unsafe {
             if Q::WIDE {
                 x86::matmul_q::<true, Q>(dtype, w, rows, acts, out, out_stride)
             } else {
@@ -326,7 +326,9 @@ pub fn matmul_f32_with(
     match simd.checked() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA/F16C; the kernel checks the slice bounds it relies on
-        Simd::Avx2 => unsafe { x86::matmul_f32(dtype, w, cols, rows, x, out, out_stride) },
+        Simd::Avx2 if x86::has_q_kernel(dtype) || !dtype.is_quantized() => unsafe {
+            x86::matmul_f32(dtype, w, cols, rows, x, out, out_stride)
+        },
         #[cfg(target_arch = "aarch64")]
         Simd::Neon => arm::matmul_f32(dtype, w, cols, rows, x, out, out_stride),
         _ => matmul_by_dots(

@@ -1,46 +1,53 @@
 //! Portable reference kernels: one (weight row, activation row) dot at a time, in a plain
 //! sequential order. The SIMD kernels are checked against these.
 
-use super::super::{dequantize_row, read_f16, DType, QK};
+use super::super::{dequantize_row, sub_block, sub_blocks, DType, SubBlock, QK};
 use super::QRow;
 
-/// Sum of `w_int · a_int` over one block, for the integer weight values of a block.
+/// The integer sums of one sub-block against 32 quantized activations: `Σ sc[h]·q·a` and, for
+/// Q2_K's integer minimums, `Σ mq[h]·a` (i64: Q6_K's scaled products overflow i32 with 16-bit
+/// activations).
 #[inline]
-fn block_isum<Q: Copy + Into<i32>>(dtype: DType, blk: &[u8], qa: &[Q]) -> i32 {
-    let mut isum = 0i32;
-    match dtype {
-        DType::Q8_0 => {
-            for (&qw, &q) in blk[2..].iter().zip(qa) {
-                isum += (qw as i8) as i32 * q.into();
-            }
+pub fn sub_block_isums<Q: Copy + Into<i32>>(s: &SubBlock, qa: &[Q]) -> (i64, i64) {
+    let (mut isum, mut msum) = (0i64, 0i64);
+    for h in 0..2 {
+        let (mut qh, mut ah) = (0i64, 0i64);
+        for i in h * QK / 2..(h + 1) * QK / 2 {
+            let a: i32 = qa[i].into();
+            qh += s.q[i] as i64 * a as i64;
+            ah += a as i64;
         }
-        DType::Q4_0 => {
-            for (j, &byte) in blk[2..].iter().enumerate() {
-                isum += ((byte & 0x0f) as i32 - 8) * qa[j].into();
-                isum += ((byte >> 4) as i32 - 8) * qa[j + 16].into();
-            }
-        }
-        DType::Q4_1 => {
-            for (j, &byte) in blk[4..].iter().enumerate() {
-                isum += (byte & 0x0f) as i32 * qa[j].into();
-                isum += (byte >> 4) as i32 * qa[j + 16].into();
-            }
-        }
-        DType::F32 | DType::F16 | DType::BF16 => unreachable!("float weights use the f32 path"),
+        isum += s.sc[h] as i64 * qh;
+        msum += s.mq[h] as i64 * ah;
     }
-    isum
+    (isum, msum)
+}
+
+/// Adds one sub-block's share of a dot to `acc`, from its integer sums and its activation
+/// block (scale `d_a`, scaled sum `s_a`): `d·d_a·Σ`, then `m·s_a`, then `dm·d_a·Σmq`.
+#[inline]
+pub fn add_sub_block(acc: &mut f32, s: &SubBlock, isum: i64, msum: i64, d_a: f32, s_a: f32) {
+    *acc += s.d * d_a * isum as f32;
+    if s.m != 0.0 {
+        *acc += s.m * s_a;
+    }
+    if s.dm != 0.0 {
+        *acc += s.dm * d_a * msum as f32;
+    }
 }
 
 /// Dot product of a block-quantized weight row with a block-quantized activation row (8- or
-/// 16-bit activations): integer sums per block, then `d_w·d_a·Σ (+ m_w·s_a for Q4_1)`.
+/// 16-bit activations): integer sums per sub-block of 32, then its scales (`add_sub_block`),
+/// accumulated in order.
 pub fn dot_q<Q: Copy + Into<i32>>(dtype: DType, w: &[u8], a: QRow<'_, Q>) -> f32 {
-    let bb = dtype.block_bytes();
+    let per = sub_blocks(dtype);
     let mut acc = 0f32;
-    for (b, blk) in w.chunks_exact(bb).enumerate() {
-        let isum = block_isum(dtype, blk, &a.qs[b * QK..(b + 1) * QK]);
-        acc += read_f16(blk) * a.d[b] * isum as f32;
-        if dtype == DType::Q4_1 {
-            acc += read_f16(&blk[2..]) * a.s[b];
+    for (i, blk) in w.chunks_exact(dtype.block_bytes()).enumerate() {
+        for j in 0..per {
+            let b = i * per + j;
+            let s = sub_block(dtype, blk, j);
+            let (isum, msum) = sub_block_isums(&s, &a.qs[b * QK..(b + 1) * QK]);
+            add_sub_block(&mut acc, &s, isum, msum, a.d[b], a.s[b]);
         }
     }
     acc
@@ -48,7 +55,7 @@ pub fn dot_q<Q: Copy + Into<i32>>(dtype: DType, w: &[u8], a: QRow<'_, Q>) -> f32
 
 /// Exact-path dot product: any weight type, dequantized on the fly, times f32 activations.
 pub fn dot_f32(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
-    let mut tmp = [0f32; QK];
+    let mut tmp = [0f32; super::super::QK_K];
     let bl = dtype.block_len().max(QK);
     let mut acc = 0f32;
     for (wc, xc) in w.chunks(dtype.row_bytes(bl)).zip(x.chunks(bl)) {

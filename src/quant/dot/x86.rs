@@ -34,6 +34,11 @@ const fn blk_bytes(k: u8) -> usize {
     }
 }
 
+/// Whether these kernels have a tiled path for `dtype`'s blocks.
+pub fn has_q_kernel(dtype: DType) -> bool {
+    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+}
+
 pub fn available() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
@@ -478,7 +483,7 @@ pub unsafe fn matmul_q<const WIDE: bool, Q>(
         DType::Q8_0 => matmul_q_k::<Q8_0, WIDE, Q>(w, rb, rows, acts, out, out_stride),
         DType::Q4_0 => matmul_q_k::<Q4_0, WIDE, Q>(w, rb, rows, acts, out, out_stride),
         DType::Q4_1 => matmul_q_k::<Q4_1, WIDE, Q>(w, rb, rows, acts, out, out_stride),
-        DType::F32 | DType::F16 | DType::BF16 => unreachable!("float weights use the f32 path"),
+        _ => unreachable!("{dtype} has no tiled kernel"),
     }
 }
 
@@ -573,6 +578,7 @@ pub unsafe fn matmul_f32(
         DType::Q8_0 => matmul_f32_k::<Q8_0>(w, rb, cols, rows, x, out, out_stride),
         DType::Q4_0 => matmul_f32_k::<Q4_0>(w, rb, cols, rows, x, out, out_stride),
         DType::Q4_1 => matmul_f32_k::<Q4_1>(w, rb, cols, rows, x, out, out_stride),
+        _ => unreachable!("{dtype} has no tiled kernel"),
     }
 }
 
