@@ -20,7 +20,7 @@ struct Params {
     mode: u32,      // bit 0: add into y (residual); bit 1: add bias
     q_off: u32,     // words: quants / values
     d_off: u32,     // words: f16 scales, two per word
-    m_off: u32,     // words: f16 minimums (Q4_1)
+    m_off: u32,     // words: f16 minimums (Q4_1, Q5_1)
     bias_off: u32,  // bias index of chunk row 0
     wg_rows: u32,   // rows per workgroup: 64 / token slots
     _pad0: u32,

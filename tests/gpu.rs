@@ -129,14 +129,30 @@ fn gpu_matches_cpu_on_tiny_models() {
         seed: 5,
         ..Default::default()
     };
+    let wide = wide_spec(6);
+    let wide_qwen = TinySpec {
+        arch: Arch::Qwen2,
+        ..wide_spec(8)
+    };
     for (name, spec, dtype) in [
         ("gpu-f32", &default, DType::F32),
         ("gpu-q8", &default, DType::Q8_0),
         ("gpu-q4_1", &default, DType::Q4_1),
         ("gpu-qwen2-q4_0", &qwen, DType::Q4_0),
         ("gpu-untied-f16", &untied, DType::F16),
+        ("gpu-q5_0", &default, DType::Q5_0),
+        ("gpu-wide-q4_k", &wide, DType::Q4_K),
+        ("gpu-wide-qwen2-q6_k", &wide_qwen, DType::Q6_K),
     ] {
         let (gguf, hf) = tiny(name, spec, dtype);
+        // every matrix of the file has the type (none fell back to F32)
+        let mats = load(&gguf)
+            .weights
+            .matrices()
+            .iter()
+            .map(|m| m.dtype)
+            .collect::<Vec<_>>();
+        assert!(mats.iter().all(|&d| d == dtype), "{name}: {mats:?}");
         for path in [gguf, hf] {
             let m = load(&path);
             let layout = m.config.rope.layout;
@@ -152,6 +168,19 @@ fn gpu_matches_cpu_on_tiny_models() {
     assert_eq!(m.config.rope.layout, RopeLayout::Interleaved);
 }
 
+/// A model whose matrices have 256 or 512 columns, so that every one of them can take a K-quant
+/// (smaller rows stay F32 in the file).
+fn wide_spec(seed: u64) -> TinySpec {
+    TinySpec {
+        n_layers: 2,
+        hidden: 256,
+        ffn: 512,
+        head_dim: 64,
+        seed,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn gpu_without_f16_and_subgroups_matches_cpu() {
     let spec = TinySpec {
@@ -161,6 +190,8 @@ fn gpu_without_f16_and_subgroups_matches_cpu() {
     let (gguf, _) = tiny("gpu-nofeat-f16", &spec, DType::F16);
     compare_with_cpu(&load(&gguf), &opts(false, false, None), "no f16/subgroups");
     let (gguf, _) = tiny("gpu-nofeat-q4_1", &spec, DType::Q4_1);
+    compare_with_cpu(&load(&gguf), &opts(false, false, None), "no f16/subgroups");
+    let (gguf, _) = tiny("gpu-nofeat-q5_k", &wide_spec(9), DType::Q5_K);
     compare_with_cpu(&load(&gguf), &opts(false, false, None), "no f16/subgroups");
 }
 
@@ -341,7 +372,7 @@ fn real_model_matches_cpu_and_reference() {
     ) else {
         return;
     };
-    let refs = common::references();
+    let refs = common::references(common::SMOLLM2_REFERENCES);
     let r = &refs[0];
     let mut c = cpu(&m, Precision::F32, 2);
     let batch = Batch::chain(&r.prompt_ids, 0);

@@ -6,7 +6,7 @@ use super::device::GpuContext;
 use super::shaders::{Kernel, Pipelines, WFormat};
 use crate::error::{Error, Result};
 use crate::model::Matrix;
-use crate::quant::DType;
+use crate::quant::{DType, QK_K};
 use std::num::NonZeroU64;
 
 /// Most workgroups in one dispatch dimension (WebGPU's guaranteed minimum).
@@ -771,6 +771,7 @@ pub fn row_range_layouts(m: &Matrix, r0: usize, r1: usize, limit: u64) -> Result
     // packed bytes per row, plus slack for the half-word rounding of each region
     let per_row = match m.dtype {
         DType::BF16 => m.cols * 4,
+        d if d.is_k_quant() => m.cols / QK_K * k_block_words(d) * 4,
         d => d.row_bytes(m.cols),
     };
     if per_row + 16 > limit {
@@ -880,24 +881,44 @@ fn packed_layout(dtype: DType, n: usize) -> (usize, u32, u32, u32) {
     match dtype {
         DType::F32 | DType::BF16 => (n, 0, 0, 0),
         DType::F16 => (n.div_ceil(2), 0, 0, 0),
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => {
             let nb = n / 32;
-            let qwords = if dtype == DType::Q8_0 { 8 } else { 4 };
-            let d_off = nb * qwords;
+            let d_off = nb * (dtype.block_bytes() - legacy_head(dtype)) / 4;
             let m_off = d_off + nb.div_ceil(2);
-            let mins = if dtype == DType::Q4_1 {
+            let mins = if legacy_head(dtype) == 4 {
                 nb.div_ceil(2)
             } else {
                 0
             };
             (m_off + mins, 0, d_off as u32, m_off as u32)
         }
-        _ => todo!("GPU layout of {dtype}"),
+        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::Q8_K => {
+            (n / QK_K * k_block_words(dtype), 0, 0, 0)
+        }
+    }
+}
+
+/// Bytes of the f16 scale (and minimum) that lead a block of 32: they move to their own
+/// regions, the rest (the 5th bits, then the quants) stays in order in whole words.
+fn legacy_head(dtype: DType) -> usize {
+    match dtype {
+        DType::Q4_1 | DType::Q5_1 => 4,
+        _ => 2,
+    }
+}
+
+/// Words of a K-quant super-block on the GPU: the file's block padded to whole words (read
+/// word by word, no repacking), Q8_K without its sums (unused here).
+fn k_block_words(dtype: DType) -> usize {
+    match dtype {
+        DType::Q8_K => 65,
+        d => d.block_bytes().div_ceil(4),
     }
 }
 
 /// Repacks `n` elements of `dtype` from `src` (file layout) into `out` (GPU layout, zeroed
-/// padding): quantized blocks are split into a region of quants, then scales, then minimums.
+/// padding): blocks of 32 are split into a region of quants, then scales, then minimums;
+/// K-quant super-blocks stay whole.
 fn pack_into(dtype: DType, src: &[u8], n: usize, out: &mut [u8]) {
     let (words, _, d_off, m_off) = packed_layout(dtype, n);
     debug_assert_eq!(out.len(), words * 4);
@@ -912,9 +933,9 @@ fn pack_into(dtype: DType, src: &[u8], n: usize, out: &mut [u8]) {
             out[..n * 2].copy_from_slice(&src[..n * 2]);
             out[n * 2..].fill(0);
         }
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => {
             let bb = dtype.block_bytes();
-            let head = if dtype == DType::Q4_1 { 4 } else { 2 };
+            let head = legacy_head(dtype);
             let qb = bb - head;
             let (q, rest) = out.split_at_mut(d_off as usize * 4);
             let (d, mn) = rest.split_at_mut((m_off - d_off) as usize * 4);
@@ -928,7 +949,17 @@ fn pack_into(dtype: DType, src: &[u8], n: usize, out: &mut [u8]) {
                 }
             }
         }
-        _ => todo!("GPU layout of {dtype}"),
+        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::Q8_K => {
+            let gb = k_block_words(dtype) * 4;
+            for (o, blk) in out
+                .chunks_exact_mut(gb)
+                .zip(src.chunks_exact(dtype.block_bytes()))
+            {
+                let keep = gb.min(blk.len());
+                o[..keep].copy_from_slice(&blk[..keep]);
+                o[keep..].fill(0);
+            }
+        }
     }
 }
 
@@ -957,9 +988,28 @@ mod pack_tests {
                     .collect();
                 halves(&h)
             }
+            d if d.is_k_quant() => {
+                // whole blocks padded to words; Q8_K without its 16 i16 sums
+                let keep = if d == DType::Q8_K {
+                    260
+                } else {
+                    d.block_bytes()
+                };
+                src.chunks_exact(d.block_bytes())
+                    .flat_map(|b| {
+                        let mut v = b[..keep].to_vec();
+                        v.resize(keep.next_multiple_of(4), 0);
+                        v.chunks_exact(4).map(word).collect::<Vec<_>>()
+                    })
+                    .collect()
+            }
             _ => {
                 let bb = dtype.block_bytes();
-                let head = if dtype == DType::Q4_1 { 4 } else { 2 };
+                let head = if matches!(dtype, DType::Q4_1 | DType::Q5_1) {
+                    4
+                } else {
+                    2
+                };
                 let (mut q, mut d, mut mn) = (Vec::new(), Vec::new(), Vec::new());
                 for blk in src.chunks_exact(bb).take(n / 32) {
                     d.push(u16::from_le_bytes([blk[0], blk[1]]));
@@ -977,16 +1027,9 @@ mod pack_tests {
 
     #[test]
     fn pack_into_matches_the_reference_packer() {
-        for dtype in [
-            DType::F32,
-            DType::BF16,
-            DType::F16,
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-        ] {
+        for dtype in DType::ALL {
             for blocks in [1usize, 2, 3, 7] {
-                let n = blocks * 32;
+                let n = blocks * dtype.block_len().max(32);
                 let bytes = match dtype {
                     DType::F32 => n * 4,
                     DType::BF16 | DType::F16 => n * 2,

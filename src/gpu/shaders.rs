@@ -24,17 +24,28 @@ const W_F32: &str = include_str!("../../shaders/w_f32.wgsl");
 const W_F16: &str = include_str!("../../shaders/w_f16.wgsl");
 const W_F16_NATIVE: &str = include_str!("../../shaders/w_f16_native.wgsl");
 const W_Q8_0: &str = include_str!("../../shaders/w_q8_0.wgsl");
-// the two 4-bit formats share their nibble decoding (w_q4.wgsl)
-const W_Q4_0: &str = concat!(
-    include_str!("../../shaders/w_q4_0.wgsl"),
-    include_str!("../../shaders/w_q4.wgsl")
-);
-const W_Q4_1: &str = concat!(
-    include_str!("../../shaders/w_q4_1.wgsl"),
-    include_str!("../../shaders/w_q4.wgsl")
-);
+// the 4- and 5-bit blocks of 32 share their decoding (w_q4.wgsl), the type's snippet sets its
+// constants
+macro_rules! q4 {
+    ($ty:literal) => {
+        concat!(
+            include_str!(concat!("../../shaders/w_", $ty, ".wgsl")),
+            include_str!("../../shaders/w_q4.wgsl")
+        )
+    };
+}
+// the K-quants share the super-block walk (w_k.wgsl); Q4_K and Q5_K their nibbles (w_q45_k.wgsl)
+macro_rules! k_quant {
+    ($($part:literal),+) => {
+        concat!(
+            $(include_str!(concat!("../../shaders/w_", $part, ".wgsl")),)+
+            include_str!("../../shaders/w_k.wgsl")
+        )
+    };
+}
 
 /// How weights of a matrix are stored on the GPU (BF16 is widened to F32 at upload).
+#[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WFormat {
     F32,
@@ -44,16 +55,32 @@ pub enum WFormat {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    Q8_K,
 }
 
 impl WFormat {
-    pub const ALL: [WFormat; 6] = [
+    pub const ALL: [WFormat; 14] = [
         WFormat::F32,
         WFormat::F16,
         WFormat::F16Native,
         WFormat::Q8_0,
         WFormat::Q4_0,
         WFormat::Q4_1,
+        WFormat::Q5_0,
+        WFormat::Q5_1,
+        WFormat::Q2_K,
+        WFormat::Q3_K,
+        WFormat::Q4_K,
+        WFormat::Q5_K,
+        WFormat::Q6_K,
+        WFormat::Q8_K,
     ];
 
     /// The format a matrix of `dtype` uses on a device with (or without) `SHADER_F16`.
@@ -65,7 +92,14 @@ impl WFormat {
             DType::Q8_0 => WFormat::Q8_0,
             DType::Q4_0 => WFormat::Q4_0,
             DType::Q4_1 => WFormat::Q4_1,
-            _ => todo!("GPU format of {dtype}"),
+            DType::Q5_0 => WFormat::Q5_0,
+            DType::Q5_1 => WFormat::Q5_1,
+            DType::Q2_K => WFormat::Q2_K,
+            DType::Q3_K => WFormat::Q3_K,
+            DType::Q4_K => WFormat::Q4_K,
+            DType::Q5_K => WFormat::Q5_K,
+            DType::Q6_K => WFormat::Q6_K,
+            DType::Q8_K => WFormat::Q8_K,
         }
     }
 
@@ -75,8 +109,16 @@ impl WFormat {
             WFormat::F16 => W_F16,
             WFormat::F16Native => W_F16_NATIVE,
             WFormat::Q8_0 => W_Q8_0,
-            WFormat::Q4_0 => W_Q4_0,
-            WFormat::Q4_1 => W_Q4_1,
+            WFormat::Q4_0 => q4!("q4_0"),
+            WFormat::Q4_1 => q4!("q4_1"),
+            WFormat::Q5_0 => q4!("q5_0"),
+            WFormat::Q5_1 => q4!("q5_1"),
+            WFormat::Q2_K => k_quant!("q2_k"),
+            WFormat::Q3_K => k_quant!("q3_k"),
+            WFormat::Q4_K => k_quant!("q4_k", "q45_k"),
+            WFormat::Q5_K => k_quant!("q5_k", "q45_k"),
+            WFormat::Q6_K => k_quant!("q6_k"),
+            WFormat::Q8_K => k_quant!("q8_k"),
         }
     }
 

@@ -49,10 +49,17 @@ fn nan_buffer(g: &Gpu, n: usize) -> wgpu::Buffer {
     g.upload(&vec![f32::NAN; n], "poisoned")
 }
 
+/// Random rows whose groups of 16 differ in magnitude (1/16 to 4), so that sub-block scales
+/// spread over their range (uniform rows would leave every one near its maximum).
 fn matrix(rng: &mut SamplerRng, dtype: DType, rows: usize, cols: usize) -> Matrix {
     let mut data = Vec::new();
     for _ in 0..rows {
-        quantize_row(dtype, &randn(rng, cols, 1.0), &mut data);
+        let mut row = randn(rng, cols, 1.0);
+        for g in row.chunks_mut(16) {
+            let f = (rng.uniform() as f32 * 6.0 - 4.0).exp2();
+            g.iter_mut().for_each(|v| *v *= f);
+        }
+        quantize_row(dtype, &row, &mut data);
     }
     Matrix {
         name: format!("test-{dtype}"),
@@ -94,8 +101,9 @@ fn cpu_matmul(m: &Matrix, x: &[f32]) -> Vec<f32> {
     out
 }
 
-/// Every weight type, with odd column counts (scalar kernels) and multiples of 4 (vec4).
-const FORMATS: [(DType, usize); 8] = [
+/// Every weight type, with odd column counts (scalar kernels) and multiples of 4 (vec4); the
+/// K-quants with one and several super-blocks per row.
+const FORMATS: [(DType, usize); 16] = [
     (DType::F32, 75),
     (DType::F32, 132),
     (DType::F16, 75),
@@ -104,6 +112,14 @@ const FORMATS: [(DType, usize); 8] = [
     (DType::Q8_0, 96),
     (DType::Q4_0, 288),
     (DType::Q4_1, 64),
+    (DType::Q5_0, 96),
+    (DType::Q5_1, 160),
+    (DType::Q2_K, 512),
+    (DType::Q3_K, 256),
+    (DType::Q4_K, 768),
+    (DType::Q5_K, 256),
+    (DType::Q6_K, 512),
+    (DType::Q8_K, 256),
 ];
 
 #[test]
@@ -149,6 +165,8 @@ fn matmul_is_bit_identical_for_any_batch_size_and_slot() {
         let mut rng = SamplerRng::new(3);
         // 320 columns: the small-N kernel; 132: the tiled kernel
         let cases = [
+            (DType::Q4_K, 512),
+            (DType::Q5_0, 320),
             (DType::Q4_1, 320),
             (DType::Q4_0, 320),
             (DType::Q8_0, 320),
@@ -201,18 +219,20 @@ fn matmul_is_bit_identical_for_any_batch_size_and_slot() {
     }
 }
 
-/// Bias and accumulation (residual) on both kernels, with an input offset and stride.
+/// Bias and accumulation (residual) on every kernel and weight type, with an input offset and
+/// stride: offset 4 keeps the activations vec4-aligned (the small-N kernel for whole blocks of
+/// 32), offset 1 does not (the tiled kernel, scalar weight loads).
 #[test]
 fn matmul_adds_bias_and_accumulates() {
     let Some(g) = gpu() else { return };
     let mut rng = SamplerRng::new(9);
-    for (dtype, cols) in [(DType::Q4_1, 96), (DType::F32, 75)] {
+    for ((dtype, cols), x_off) in FORMATS.into_iter().flat_map(|f| [(f, 4), (f, 1)]) {
         let (rows, n) = (70, 6);
         let m = matrix(&mut rng, dtype, rows, cols);
         let gm = GpuMatrix::upload(&g, &m).unwrap();
-        // token t's input at 4 + t * (cols + 4)
-        let stride = cols.next_multiple_of(4) + 4;
-        let xs = randn(&mut rng, 4 + n * stride, 1.0);
+        // token t's input at x_off + t * stride
+        let stride = cols.next_multiple_of(4) + x_off;
+        let xs = randn(&mut rng, x_off + n * stride, 1.0);
         let b = randn(&mut rng, rows, 1.0);
         let y0 = randn(&mut rng, n * rows, 1.0);
         let (xb, bb, yb) = (g.upload(&xs, "x"), g.upload(&b, "b"), g.upload(&y0, "y"));
@@ -222,7 +242,7 @@ fn matmul_adds_bias_and_accumulates() {
             &gm,
             &MatmulArgs {
                 x: &xb,
-                x_off: 4,
+                x_off,
                 x_stride: stride,
                 n,
                 y: &yb,
@@ -237,14 +257,14 @@ fn matmul_adds_bias_and_accumulates() {
         let got = g.read_f32(&yb, n * rows).unwrap();
         let mut x = Vec::new();
         for t in 0..n {
-            x.extend_from_slice(&xs[4 + t * stride..4 + t * stride + cols]);
+            x.extend_from_slice(&xs[x_off + t * stride..x_off + t * stride + cols]);
         }
         let mut want = cpu_matmul(&m, &x);
         for (i, v) in want.iter_mut().enumerate() {
             *v = y0[i] + (*v + b[i % rows]);
         }
         let e = rel_err(&got, &want);
-        assert!(e < 1e-5, "{dtype}: rel err {e}");
+        assert!(e < 1e-5, "{dtype} cols={cols} x_off={x_off}: rel err {e}");
     }
 }
 
