@@ -167,11 +167,29 @@ fn tensor_offset_past_the_end_is_refused() {
 fn unknown_dtype_is_refused_with_tensor_and_type() {
     let mut bytes = tiny_gguf_bytes();
     let at = tensor_type_offset(&bytes, "blk.0.attn_q.weight");
-    bytes[at..at + 4].copy_from_slice(&12u32.to_le_bytes()); // Q4_K
+    bytes[at..at + 4].copy_from_slice(&20u32.to_le_bytes()); // IQ4_NL
     let p = scratch_dir().join("dtype.gguf");
     std::fs::write(&p, &bytes).unwrap();
-    let e = expect_err(&p, &["blk.0.attn_q.weight", "Q4_K"]);
+    let e = expect_err(&p, &["blk.0.attn_q.weight", "IQ4_NL", "Q4_K"]);
     assert!(matches!(e, Error::Unsupported(_)));
+}
+
+/// A file of an unsupported family with unknown tensor types is named as that family.
+#[test]
+fn unknown_architecture_is_named_before_tensor_types() {
+    let mut bytes = tiny_gguf_bytes();
+    let at = tensor_type_offset(&bytes, "blk.0.attn_q.weight");
+    bytes[at..at + 4].copy_from_slice(&20u32.to_le_bytes());
+    // the value that follows the key general.architecture: type 8 (string), length, "llama"
+    let key = b"general.architecture";
+    let k = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    let value = k + 4 + 8;
+    assert_eq!(&bytes[value..value + 5], b"llama");
+    bytes[value..value + 5].copy_from_slice(b"mamba");
+    let p = scratch_dir().join("arch.gguf");
+    std::fs::write(&p, &bytes).unwrap();
+    let e = expect_err(&p, &["architecture", "mamba"]);
+    assert!(!e.to_string().contains("IQ4_NL"), "{e}");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs Lavapipe (Mesa's CPU Vulkan driver, for the wgpu
-# tests) when no Vulkan driver is there, fetches the real SmolLM2 model, then `cargo test`.
+# tests) when no Vulkan driver is there, fetches the real models (SmolLM2, and the Qwen2.5-Coder
+# 1.5B/0.5B pair) and the `gguf` Python package (the independent dequantization check), then
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
@@ -9,6 +11,8 @@ if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
 fi
 bash models/fetch-smollm2.sh >/dev/null
+bash models/fetch-qwen-pair.sh >/dev/null
+python3 -c "import gguf" 2>/dev/null || python3 -m pip install --quiet gguf
 # the Vulkan loader complains on every start without a runtime directory
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 cargo test --release --locked --no-fail-fast "$@"
@@ -17,5 +21,6 @@ cargo test --release --locked --no-fail-fast "$@"
 export LLMCAD_GPU_LIMITS=webgpu-default
 cargo test --release --locked --no-fail-fast --lib "$@" -- gpu::
 cargo test --release --locked --no-fail-fast --test gpu --test streaming "$@"
+cargo test --release --locked --no-fail-fast --test qwen "$@" -- on_the_gpu
 # injected GPU faults (adapter, device, pipeline, allocation, device loss) under the floor too
 cargo test --release --locked --no-fail-fast --test cli --test engine "$@" -- gpu_target device_loss

@@ -29,7 +29,7 @@ fn drafter() -> &'static Model {
 fn run_references(m: &Model, precision: Precision) -> (usize, usize) {
     let mut b = cpu(m, precision, 2);
     let (mut chat, mut matched) = (0, 0);
-    for r in references() {
+    for r in references(SMOLLM2_REFERENCES) {
         assert_eq!(
             m.encode_prompt(&r.prompt_text).unwrap(),
             r.prompt_ids,

@@ -227,7 +227,7 @@ fn reference_prompts_are_reproduced() {
         return;
     };
     assert!(template.summary().starts_with("ChatML (jinja, "));
-    let refs = common::references();
+    let refs = common::references(common::SMOLLM2_REFERENCES);
     assert!(refs.iter().any(|r| r.kind == "chat"));
     for r in &refs {
         if r.kind == "chat" {
@@ -382,7 +382,10 @@ fn shared_drafter_gguf_and_hf_chat_template() {
         config["eos_token"].as_str().map(str::to_string),
     )
     .unwrap();
-    for r in common::references().iter().filter(|r| r.kind == "chat") {
+    for r in common::references(common::SMOLLM2_REFERENCES)
+        .iter()
+        .filter(|r| r.kind == "chat")
+    {
         let text = template
             .render(&[ChatMessage::new("user", r.prompt.clone())], true)
             .unwrap();

@@ -96,11 +96,24 @@ impl Value {
 pub struct GgufFile {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
+    /// The tensors of types llmcad reads.
     pub tensors: Vec<RawTensor>,
     pub file_size: usize,
+    /// The first tensor of a type llmcad does not read, as a message; `check_types` reports it
+    /// (after the loader has checked the architecture, which is the better message when both
+    /// are unsupported).
+    unsupported_type: Option<String>,
 }
 
 impl GgufFile {
+    /// Fails when a tensor has a type llmcad does not read, naming the tensor and the type.
+    pub fn check_types(&self) -> Result<()> {
+        match &self.unsupported_type {
+            Some(m) => Err(unsupported!("{m}")),
+            None => Ok(()),
+        }
+    }
+
     pub fn open(path: &Path) -> Result<Self> {
         let map = map_file(path)?;
         Self::parse(map).map_err(|e| match e {
@@ -177,14 +190,22 @@ impl GgufFile {
         let file_size = map.len();
 
         let mut tensors = Vec::with_capacity(infos.len());
+        let mut unsupported_type = None;
         for info in infos {
-            let dtype = DType::from_ggml_id(info.ty).map_err(|ty| {
-                unsupported!(
-                    "tensor {} has type {ty}; llmcad reads F32, F16, BF16, Q8_0, Q4_0 and Q4_1 \
-                     (requantize the model, e.g. with llama-quantize --allow-requantize … Q4_0)",
-                    info.name
-                )
-            })?;
+            let dtype = match DType::from_ggml_id(info.ty) {
+                Ok(d) => d,
+                Err(ty) => {
+                    unsupported_type.get_or_insert_with(|| {
+                        format!(
+                            "tensor {} has type {ty}; llmcad reads {} (requantize the model, \
+                             e.g. with llama-quantize --allow-requantize … Q4_K_M)",
+                            info.name,
+                            DType::names()
+                        )
+                    });
+                    continue;
+                }
+            };
             let numel = info
                 .dims
                 .iter()
@@ -238,6 +259,7 @@ impl GgufFile {
             version,
             metadata,
             tensors,
+            unsupported_type,
             file_size,
         })
     }

@@ -7,7 +7,7 @@ pub mod weights;
 pub use config::{Arch, ModelConfig, RopeConfig, RopeLayout, RopeScaling, SpecialTokens};
 pub use weights::{LayerWeights, Matrix, ModelWeights};
 
-use crate::error::{format_err, Error, Result};
+use crate::error::{format_err, unsupported, Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::hf_dir::HfDir;
 use crate::format::safetensors;
@@ -94,6 +94,8 @@ impl Model {
     fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
         let g = GgufFile::open(path)?;
         let mut config = ModelConfig::from_gguf(&g)?;
+        g.check_types()
+            .map_err(|e| unsupported!("{}: {e}", path.display()))?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let chat_template = match g.get_str("tokenizer.chat_template")? {
             Some(src) => Some(ChatTemplate::new(

@@ -62,8 +62,14 @@ impl SubBlock {
         for (h, o) in out.chunks_exact_mut(QK / 2).enumerate() {
             let dl = self.d * self.sc[h] as f32;
             let ml = self.dm * self.mq[h] as f32;
+            let off = self.m + ml;
             for (v, &q) in o.iter_mut().zip(&self.q[h * QK / 2..]) {
-                *v = dl * q as f32 + (self.m + ml);
+                // no offset added when there is none: ggml's −0 stays −0
+                *v = if off == 0.0 {
+                    dl * q as f32
+                } else {
+                    dl * q as f32 + off
+                };
             }
         }
     }

@@ -22,9 +22,9 @@ pub fn check_pair(target: &Model, drafter: &Model) -> Result<Vec<String>> {
             target.config.vocab, drafter.config.vocab
         ));
     }
-    // a spread of ids, the specials included, must map to the same token texts
-    let step = (tv / 257).max(1);
-    for id in (0..tv as u32).step_by(step).chain(tv as u32 - 1..tv as u32) {
+    // every id, the specials included, must map to the same token text: a drafter whose
+    // tokens mean something else would be accepted less, never more
+    for id in 0..tv as u32 {
         let (a, b) = (
             target.tokenizer.id_to_token(id),
             drafter.tokenizer.id_to_token(id),

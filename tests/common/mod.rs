@@ -110,11 +110,26 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     (num / den.max(1e-30)).sqrt()
 }
 
-/// The real SmolLM2 GGUF. Missing → the test fails with instructions, unless
-/// LLMCAD_SKIP_REAL_MODEL=1, when it prints a notice and the caller returns.
+/// The real SmolLM2 GGUF (see `cached_model`).
 pub fn real_model() -> Option<PathBuf> {
-    let p =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
+    cached_model("SmolLM2-135M-Instruct.Q4_1.gguf", "models/fetch-smollm2.sh")
+}
+
+/// The real Qwen2.5-Coder pair: the 1.5B target and the 0.5B drafter (see `cached_model`).
+pub fn qwen_pair() -> Option<(PathBuf, PathBuf)> {
+    let fetch = "models/fetch-qwen-pair.sh";
+    Some((
+        cached_model("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", fetch)?,
+        cached_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", fetch)?,
+    ))
+}
+
+/// A real model file in models/cache/. Missing → the test fails with instructions, unless
+/// LLMCAD_SKIP_REAL_MODEL=1, when it prints a notice and the caller returns.
+pub fn cached_model(file: &str, fetch: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/cache")
+        .join(file);
     if p.exists() {
         return Some(p);
     }
@@ -125,7 +140,10 @@ pub fn real_model() -> Option<PathBuf> {
         );
         return None;
     }
-    panic!("{} is missing: run models/fetch-smollm2.sh (or set LLMCAD_SKIP_REAL_MODEL=1 to skip locally)", p.display());
+    panic!(
+        "{} is missing: run {fetch} (or set LLMCAD_SKIP_REAL_MODEL=1 to skip locally)",
+        p.display()
+    );
 }
 
 /// The shared folder beside the checkout (drafter, reference outputs).
@@ -139,11 +157,18 @@ pub struct Reference {
     pub prompt_text: String,
     pub prompt_ids: Vec<u32>,
     pub output_ids: Vec<u32>,
+    /// The smallest gap between the two best candidates along the output (logits for SmolLM2,
+    /// probabilities for Qwen; see the reference README).
+    pub min_top2_margin: f64,
 }
 
-pub fn references() -> Vec<Reference> {
-    let text = std::fs::read_to_string(shared().join("reference/smollm2_greedy.jsonl"))
-        .expect("reference file");
+pub const SMOLLM2_REFERENCES: &str = "smollm2_greedy.jsonl";
+pub const QWEN_REFERENCES: &str = "qwen2.5-coder-1.5b_greedy.jsonl";
+
+/// The lines of `../shared/reference/<file>`.
+pub fn references(file: &str) -> Vec<Reference> {
+    let text =
+        std::fs::read_to_string(shared().join("reference").join(file)).expect("reference file");
     text.lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
@@ -155,11 +180,12 @@ pub fn references() -> Vec<Reference> {
                     .collect()
             };
             Reference {
-                kind: v["kind"].as_str().unwrap().into(),
+                kind: v["kind"].as_str().unwrap_or("chat").into(),
                 prompt: v["prompt"].as_str().unwrap().into(),
                 prompt_text: v["prompt_text"].as_str().unwrap().into(),
                 prompt_ids: ids("prompt_ids"),
                 output_ids: ids("output_ids"),
+                min_top2_margin: v["min_top2_margin"].as_f64().unwrap(),
             }
         })
         .collect()

@@ -1,81 +1,347 @@
-//! NEON kernels (aarch64, where NEON is always present). One dot at a time: the integer block
-//! sums are computed with NEON, the float arithmetic is the scalar reference's (`scalar.rs`), so
-//! these kernels give the scalar kernels' bits on the quantized paths.
+//! NEON kernels (aarch64, where NEON is always present). One dot at a time: the integer
+//! sub-block sums are computed with NEON, the float arithmetic is the scalar reference's
+//! (`scalar::add_sub_block`), so these kernels give the scalar kernels' bits on the quantized
+//! paths.
+//!
+//! Every quantized type is decoded with NEON, 32 weights (one sub-block, see `blocks.rs`) at a
+//! time, into two i8x16; its scales come out as a `SubBlock` (with `q` unused) computed exactly
+//! as `blocks::sub_block` computes them. The integer sums are exact and cannot overflow:
+//! products are at most 128·32768 in magnitude (2^22), four of them per i32 lane and half, times
+//! a scale of magnitude at most 128 for Q6_K (2^31 / 4 per half), and the lanes are reduced to
+//! i64 (`vaddlvq_s32`), as the scalar reference sums in i64.
 
-use super::{matmul_by_dots, scalar, QActs};
-use crate::quant::{dequantize_row, read_f16, DType, QK};
+use super::super::blocks::{scale_min_k4, scales_q3_k};
+use super::{matmul_by_dots, scalar, ActInt, QActs};
+use crate::quant::{dequantize_row, read_f16, DType, SubBlock, QK, QK_K};
 use std::arch::aarch64::*;
 use std::ops::Range;
 
-/// The 32 integer weights of a quantized block as two i8x16 (elements 0..16, 16..32).
-#[inline]
-unsafe fn wq(dtype: DType, blk: &[u8]) -> (int8x16_t, int8x16_t) {
-    match dtype {
-        DType::Q8_0 => (
-            vld1q_s8(blk.as_ptr().add(2) as *const i8),
-            vld1q_s8(blk.as_ptr().add(18) as *const i8),
-        ),
-        DType::Q4_0 | DType::Q4_1 => {
-            let off = if dtype == DType::Q4_0 { 2 } else { 4 };
-            let b = vld1q_u8(blk.as_ptr().add(off));
-            let lo = vandq_u8(b, vdupq_n_u8(0x0f));
-            let hi = vshrq_n_u8(b, 4);
-            if dtype == DType::Q4_0 {
-                let eight = vdupq_n_u8(8);
-                (
-                    vreinterpretq_s8_u8(vsubq_u8(lo, eight)),
-                    vreinterpretq_s8_u8(vsubq_u8(hi, eight)),
-                )
-            } else {
-                (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi))
-            }
-        }
-        _ => unreachable!("{dtype} has no NEON decoder"),
+// Type codes for the const-generic kernels (one monomorphized kernel per weight type).
+const Q8_0: u8 = 0;
+const Q4_0: u8 = 1;
+const Q4_1: u8 = 2;
+const Q5_0: u8 = 3;
+const Q5_1: u8 = 4;
+const Q2_K: u8 = 5;
+const Q3_K: u8 = 6;
+const Q4_K: u8 = 7;
+const Q5_K: u8 = 8;
+const Q6_K: u8 = 9;
+const Q8_K: u8 = 10;
+
+const fn dtype_of(t: u8) -> DType {
+    match t {
+        Q8_0 => DType::Q8_0,
+        Q4_0 => DType::Q4_0,
+        Q4_1 => DType::Q4_1,
+        Q5_0 => DType::Q5_0,
+        Q5_1 => DType::Q5_1,
+        Q2_K => DType::Q2_K,
+        Q3_K => DType::Q3_K,
+        Q4_K => DType::Q4_K,
+        Q5_K => DType::Q5_K,
+        Q6_K => DType::Q6_K,
+        _ => DType::Q8_K,
     }
 }
 
-#[inline]
-unsafe fn isum8(w: int8x16_t, a: int8x16_t, acc: int32x4_t) -> int32x4_t {
-    let acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(w), vget_low_s8(a)));
-    vpadalq_s16(acc, vmull_high_s8(w, a))
+/// Calls `$f::<CODE, ..>($args)` for the code of the quantized type `$dtype`.
+macro_rules! by_type {
+    ($dtype:expr, $f:ident::<_ $(, $g:ty)*>($($args:expr),*)) => {
+        match $dtype {
+            DType::Q8_0 => $f::<Q8_0 $(, $g)*>($($args),*),
+            DType::Q4_0 => $f::<Q4_0 $(, $g)*>($($args),*),
+            DType::Q4_1 => $f::<Q4_1 $(, $g)*>($($args),*),
+            DType::Q5_0 => $f::<Q5_0 $(, $g)*>($($args),*),
+            DType::Q5_1 => $f::<Q5_1 $(, $g)*>($($args),*),
+            DType::Q2_K => $f::<Q2_K $(, $g)*>($($args),*),
+            DType::Q3_K => $f::<Q3_K $(, $g)*>($($args),*),
+            DType::Q4_K => $f::<Q4_K $(, $g)*>($($args),*),
+            DType::Q5_K => $f::<Q5_K $(, $g)*>($($args),*),
+            DType::Q6_K => $f::<Q6_K $(, $g)*>($($args),*),
+            DType::Q8_K => $f::<Q8_K $(, $g)*>($($args),*),
+            DType::F32 | DType::F16 | DType::BF16 => {
+                unreachable!("{} is not block-quantized", $dtype)
+            }
+        }
+    };
 }
 
-#[inline]
-unsafe fn isum16(w: int8x16_t, a: *const i16, acc: int32x4_t) -> int32x4_t {
-    let (wl, wh) = (vmovl_s8(vget_low_s8(w)), vmovl_high_s8(w));
-    let acc = vmlal_s16(acc, vget_low_s16(wl), vld1_s16(a));
-    let acc = vmlal_high_s16(acc, wl, vld1q_s16(a));
-    let acc = vmlal_s16(acc, vget_low_s16(wh), vld1_s16(a.add(8)));
-    vmlal_high_s16(acc, wh, vld1q_s16(a.add(8)))
+/// Scales of a sub-block with the defaults of `SubBlock` (`sc` 1, no minimums); `q` is not
+/// filled by the NEON decoders.
+#[inline(always)]
+fn meta(d: f32) -> SubBlock {
+    SubBlock {
+        q: [0; QK],
+        sc: [1; 2],
+        d,
+        m: 0.0,
+        mq: [0; 2],
+        dm: 0.0,
+    }
 }
 
-/// Same arithmetic as `scalar::dot_q`, with NEON integer sums.
-fn dot_q<Q>(dtype: DType, w: &[u8], qs: &[Q], d: &[f32], s: &[f32], wide: bool) -> f32 {
-    let bb = dtype.block_bytes();
-    let mut acc = 0f32;
-    for (b, blk) in w.chunks_exact(bb).enumerate() {
-        // SAFETY: blk is a whole block; qs holds 32 values of block b
-        let isum = unsafe {
-            let (wl, wh) = wq(dtype, blk);
-            let z = vdupq_n_s32(0);
-            let v = if wide {
-                let a = qs.as_ptr().add(b * QK) as *const i16;
-                isum16(wh, a.add(16), isum16(wl, a, z))
+#[inline(always)]
+unsafe fn ld(p: &[u8], off: usize) -> uint8x16_t {
+    debug_assert!(off + 16 <= p.len());
+    vld1q_u8(p.as_ptr().add(off))
+}
+
+#[inline(always)]
+unsafe fn s8(v: uint8x16_t) -> int8x16_t {
+    vreinterpretq_s8_u8(v)
+}
+
+/// 0x10 in lane i of the first (second) vector where bit i (16 + i) of `qh` is set: the 5th
+/// bits of Q5_0/Q5_1.
+#[inline(always)]
+unsafe fn fifth_bits(qh: u32) -> (uint8x16_t, uint8x16_t) {
+    const LANE_BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+    let m = vld1q_u8(LANE_BIT.as_ptr());
+    let b = qh.to_le_bytes();
+    let lo = vcombine_u8(vdup_n_u8(b[0]), vdup_n_u8(b[1]));
+    let hi = vcombine_u8(vdup_n_u8(b[2]), vdup_n_u8(b[3]));
+    let x10 = vdupq_n_u8(0x10);
+    (
+        vandq_u8(vtstq_u8(lo, m), x10),
+        vandq_u8(vtstq_u8(hi, m), x10),
+    )
+}
+
+/// Nibbles of Q4_0/Q4_1/Q5_0/Q5_1: byte i holds value i (low) and 16 + i (high).
+#[inline(always)]
+unsafe fn nibbles(blk: &[u8], off: usize) -> (uint8x16_t, uint8x16_t) {
+    let b = ld(blk, off);
+    (vandq_u8(b, vdupq_n_u8(0x0f)), vshrq_n_u8::<4>(b))
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+/// Sub-block `j` of the block `blk` of type code `T`: its scales, exactly as `sub_block` gives
+/// them (`q` left zero), and its 32 integer weights as two i8x16 (elements 0..16, 16..32).
+/// `sc3`: Q3_K's unpacked scales of this block (unused for the other types).
+///
+/// # Safety
+/// `blk` is a whole block of the type and `j < sub_blocks`.
+#[inline(always)]
+unsafe fn decode<const T: u8>(
+    blk: &[u8],
+    j: usize,
+    sc3: &[u8; 16],
+) -> (SubBlock, int8x16_t, int8x16_t) {
+    debug_assert_eq!(blk.len(), dtype_of(T).block_bytes());
+    match T {
+        Q8_0 => (meta(read_f16(blk)), s8(ld(blk, 2)), s8(ld(blk, 18))),
+        Q4_0 => {
+            let (lo, hi) = nibbles(blk, 2);
+            let eight = vdupq_n_s8(8);
+            let (lo, hi) = (vsubq_s8(s8(lo), eight), vsubq_s8(s8(hi), eight));
+            (meta(read_f16(blk)), lo, hi)
+        }
+        Q4_1 => {
+            let (lo, hi) = nibbles(blk, 4);
+            let mut s = meta(read_f16(blk));
+            s.m = read_f16(&blk[2..]);
+            (s, s8(lo), s8(hi))
+        }
+        Q5_0 => {
+            let (lo, hi) = nibbles(blk, 6);
+            let (h0, h1) = fifth_bits(u32_at(blk, 2));
+            let sixteen = vdupq_n_s8(16);
+            (
+                meta(read_f16(blk)),
+                vsubq_s8(s8(vorrq_u8(lo, h0)), sixteen),
+                vsubq_s8(s8(vorrq_u8(hi, h1)), sixteen),
+            )
+        }
+        Q5_1 => {
+            let (lo, hi) = nibbles(blk, 8);
+            let (h0, h1) = fifth_bits(u32_at(blk, 4));
+            let mut s = meta(read_f16(blk));
+            s.m = read_f16(&blk[2..]);
+            (s, s8(vorrq_u8(lo, h0)), s8(vorrq_u8(hi, h1)))
+        }
+        Q8_K => {
+            let d = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+            let off = 4 + j * QK;
+            (meta(d), s8(ld(blk, off)), s8(ld(blk, off + 16)))
+        }
+        Q4_K | Q5_K => {
+            let (sc, mn) = scale_min_k4(j, &blk[4..16]);
+            let mut s = meta(read_f16(blk) * sc as f32);
+            s.m = -(read_f16(&blk[2..]) * mn as f32);
+            let base = if T == Q4_K { 16 } else { 48 } + 32 * (j / 2);
+            let (g0, g1) = (ld(blk, base), ld(blk, base + 16));
+            let (mut lo, mut hi) = if j % 2 == 0 {
+                let m = vdupq_n_u8(0x0f);
+                (vandq_u8(g0, m), vandq_u8(g1, m))
             } else {
-                let a = qs.as_ptr().add(b * QK) as *const i8;
-                isum8(wh, vld1q_s8(a.add(16)), isum8(wl, vld1q_s8(a), z))
+                (vshrq_n_u8::<4>(g0), vshrq_n_u8::<4>(g1))
             };
-            vaddvq_s32(v)
+            if T == Q5_K {
+                let bit = vdupq_n_u8(1 << j);
+                let x10 = vdupq_n_u8(0x10);
+                lo = vorrq_u8(lo, vandq_u8(vtstq_u8(ld(blk, 16), bit), x10));
+                hi = vorrq_u8(hi, vandq_u8(vtstq_u8(ld(blk, 32), bit), x10));
+            }
+            (s, s8(lo), s8(hi))
+        }
+        Q6_K => {
+            let (n, k) = (j / 4, j % 4);
+            let scales = &blk[192 + 8 * n + 2 * k..];
+            let mut s = meta(read_f16(&blk[208..]));
+            s.sc = [scales[0] as i8 as i16, scales[1] as i8 as i16];
+            let ql = 64 * n + 32 * (k & 1);
+            let (l0, l1) = (ld(blk, ql), ld(blk, ql + 16));
+            let (l0, l1) = if k < 2 {
+                let m = vdupq_n_u8(0x0f);
+                (vandq_u8(l0, m), vandq_u8(l1, m))
+            } else {
+                (vshrq_n_u8::<4>(l0), vshrq_n_u8::<4>(l1))
+            };
+            // bits 2k, 2k+1 of qh moved to bits 4, 5 (a negative count shifts right)
+            let shift = vdupq_n_s8(4 - 2 * k as i8);
+            let m = vdupq_n_u8(0x30);
+            let qh = 128 + 32 * n;
+            let h0 = vandq_u8(vshlq_u8(ld(blk, qh), shift), m);
+            let h1 = vandq_u8(vshlq_u8(ld(blk, qh + 16), shift), m);
+            let x32 = vdupq_n_s8(32);
+            (
+                s,
+                vsubq_s8(s8(vorrq_u8(l0, h0)), x32),
+                vsubq_s8(s8(vorrq_u8(l1, h1)), x32),
+            )
+        }
+        Q2_K => {
+            let (n, k) = (j / 4, j % 4);
+            let scales = &blk[8 * n + 2 * k..];
+            let mut s = meta(read_f16(&blk[80..]));
+            s.dm = -read_f16(&blk[82..]);
+            s.sc = [(scales[0] & 0xf) as i16, (scales[1] & 0xf) as i16];
+            s.mq = [(scales[0] >> 4) as i8, (scales[1] >> 4) as i8];
+            let shift = vdupq_n_s8(-2 * k as i8);
+            let m = vdupq_n_u8(3);
+            let qs = 16 + 32 * n;
+            let q0 = vandq_u8(vshlq_u8(ld(blk, qs), shift), m);
+            let q1 = vandq_u8(vshlq_u8(ld(blk, qs + 16), shift), m);
+            (s, s8(q0), s8(q1))
+        }
+        Q3_K => {
+            let (n, k) = (j / 4, j % 4);
+            let mut s = meta(read_f16(&blk[108..]));
+            s.sc = [
+                sc3[8 * n + 2 * k] as i16 - 32,
+                sc3[8 * n + 2 * k + 1] as i16 - 32,
+            ];
+            let shift = vdupq_n_s8(-2 * k as i8);
+            let m = vdupq_n_u8(3);
+            let qs = 32 + 32 * n;
+            let q0 = vandq_u8(vshlq_u8(ld(blk, qs), shift), m);
+            let q1 = vandq_u8(vshlq_u8(ld(blk, qs + 16), shift), m);
+            // 4 is subtracted where the hmask bit (j) is clear
+            let bit = vdupq_n_u8(1 << j);
+            let four = vdupq_n_u8(4);
+            let o0 = vbicq_u8(four, vtstq_u8(ld(blk, 0), bit));
+            let o1 = vbicq_u8(four, vtstq_u8(ld(blk, 16), bit));
+            (s, vsubq_s8(s8(q0), s8(o0)), vsubq_s8(s8(q1), s8(o1)))
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// Products of 16 weights with 16 i8 activations, pairwise summed into 4 i32 lanes.
+#[inline(always)]
+unsafe fn prod8(w: int8x16_t, a: *const i8) -> int32x4_t {
+    let a = vld1q_s8(a);
+    let p = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(a)));
+    vpadalq_s16(p, vmull_high_s8(w, a))
+}
+
+/// Products of 16 weights with 16 i16 activations summed into 4 i32 lanes.
+#[inline(always)]
+unsafe fn prod16(w: int8x16_t, a: *const i16) -> int32x4_t {
+    let (wl, wh) = (vmovl_s8(vget_low_s8(w)), vmovl_high_s8(w));
+    let (a0, a1) = (vld1q_s16(a), vld1q_s16(a.add(8)));
+    let acc = vmull_s16(vget_low_s16(wl), vget_low_s16(a0));
+    let acc = vmlal_high_s16(acc, wl, a0);
+    let acc = vmlal_s16(acc, vget_low_s16(wh), vget_low_s16(a1));
+    vmlal_high_s16(acc, wh, a1)
+}
+
+/// `scalar::sub_block_isums` with NEON: `(Σ sc[h]·q·a, Σ mq[h]·a)` over the 32 activations at
+/// `a` (i8 or i16 as `Q::WIDE` says).
+///
+/// # Safety
+/// `a` points at 32 activations.
+#[inline(always)]
+unsafe fn isums<const T: u8, Q: ActInt>(
+    s: &SubBlock,
+    w: (int8x16_t, int8x16_t),
+    a: *const Q,
+) -> (i64, i64) {
+    let (p0, p1) = if Q::WIDE {
+        let a = a as *const i16;
+        (prod16(w.0, a), prod16(w.1, a.add(16)))
+    } else {
+        let a = a as *const i8;
+        (prod8(w.0, a), prod8(w.1, a.add(16)))
+    };
+    // per lane at most 4·128·32768·128 per half (Q6_K), so sc0·p0 + sc1·p1 fits i32
+    let v = match T {
+        Q2_K | Q3_K | Q6_K => vmlaq_n_s32(vmulq_n_s32(p0, s.sc[0] as i32), p1, s.sc[1] as i32),
+        _ => vaddq_s32(p0, p1),
+    };
+    let isum = vaddlvq_s32(v);
+    let msum = if T == Q2_K {
+        let (a0, a1) = if Q::WIDE {
+            let a = a as *const i16;
+            (
+                vaddlvq_s16(vld1q_s16(a)) + vaddlvq_s16(vld1q_s16(a.add(8))),
+                vaddlvq_s16(vld1q_s16(a.add(16))) + vaddlvq_s16(vld1q_s16(a.add(24))),
+            )
+        } else {
+            let a = a as *const i8;
+            (
+                vaddlvq_s8(vld1q_s8(a)) as i32,
+                vaddlvq_s8(vld1q_s8(a.add(16))) as i32,
+            )
         };
-        acc += read_f16(blk) * d[b] * isum as f32;
-        if dtype == DType::Q4_1 {
-            acc += read_f16(&blk[2..]) * s[b];
+        s.mq[0] as i64 * a0 as i64 + s.mq[1] as i64 * a1 as i64
+    } else {
+        0
+    };
+    (isum, msum)
+}
+
+/// Same arithmetic as `scalar::dot_q`, with NEON decoding and integer sums.
+fn dot_q<const T: u8, Q: ActInt>(w: &[u8], qs: &[Q], d: &[f32], s: &[f32]) -> f32 {
+    let dtype = dtype_of(T);
+    let (bb, per) = (dtype.block_bytes(), dtype.block_len() / QK);
+    let blocks = w.len() / bb;
+    assert!(qs.len() >= blocks * per * QK && d.len() >= blocks * per && s.len() >= blocks * per);
+    let mut acc = 0f32;
+    let mut sc3 = [0u8; 16];
+    for (i, blk) in w.chunks_exact(bb).enumerate() {
+        if T == Q3_K {
+            sc3 = scales_q3_k(&blk[96..108]);
+        }
+        for j in 0..per {
+            let b = i * per + j;
+            // SAFETY: blk is a whole block and j < per; qs holds the 32 values of block b
+            let (sb, isum, msum) = unsafe {
+                let (sb, wl, wh) = decode::<T>(blk, j, &sc3);
+                let (isum, msum) = isums::<T, Q>(&sb, (wl, wh), qs.as_ptr().add(b * QK));
+                (sb, isum, msum)
+            };
+            scalar::add_sub_block(&mut acc, &sb, isum, msum, d[b], s[b]);
         }
     }
     acc
 }
 
-pub fn matmul_q<Q: super::ActInt>(
+pub fn matmul_q<Q: ActInt>(
     dtype: DType,
     w: &[u8],
     rows: Range<usize>,
@@ -83,35 +349,51 @@ pub fn matmul_q<Q: super::ActInt>(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    let rb = dtype.row_bytes(acts.cols);
+    by_type!(dtype, matmul_q_t::<_, Q>(w, rows, acts, out, out_stride))
+}
+
+fn matmul_q_t<const T: u8, Q: ActInt>(
+    w: &[u8],
+    rows: Range<usize>,
+    acts: &QActs<Q>,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let rb = dtype_of(T).row_bytes(acts.cols);
     matmul_by_dots(w, rb, rows, acts.rows(), out, out_stride, |wr, t| {
         let a = acts.row(t);
-        dot_q(dtype, wr, a.qs, a.d, a.s, Q::WIDE)
+        dot_q::<T, Q>(wr, a.qs, a.d, a.s)
     });
 }
 
-/// Exact path: weights dequantized per block of 32 (as `dequantize_row`), four f32x4
-/// accumulators, fixed final order; a scalar tail for float rows not a multiple of 32.
+/// Exact path: weights dequantized per block (as `dequantize_row`; 32 elements for the float
+/// and legacy types, 256 for the K-quants), four f32x4 accumulators over each 32 elements,
+/// fixed final order; a scalar tail for float rows not a multiple of 32.
 fn dot_f32(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
-    let nb = x.len() / QK;
-    let bb = dtype.row_bytes(QK);
-    let mut tmp = [0f32; QK];
-    // SAFETY: NEON is part of aarch64; loads stay inside `tmp` and `x`
+    let bl = dtype.block_len().max(QK);
+    let nb = x.len() / bl;
+    let bb = dtype.row_bytes(bl);
+    let mut tmp = [0f32; QK_K];
+    let tmp = &mut tmp[..bl];
+    // SAFETY: NEON is part of aarch64; loads stay inside `tmp` and `x` (bl a multiple of 32)
     let mut acc = unsafe {
         let mut acc = [vdupq_n_f32(0.0); 4];
         for b in 0..nb {
-            dequantize_row(dtype, &w[b * bb..(b + 1) * bb], &mut tmp);
-            let xp = x.as_ptr().add(b * QK);
-            for (j, a) in acc.iter_mut().enumerate() {
-                let lo = vmulq_f32(vld1q_f32(tmp.as_ptr().add(4 * j)), vld1q_f32(xp.add(4 * j)));
-                *a = vaddq_f32(
-                    *a,
-                    vfmaq_f32(
-                        lo,
-                        vld1q_f32(tmp.as_ptr().add(16 + 4 * j)),
-                        vld1q_f32(xp.add(16 + 4 * j)),
-                    ),
-                );
+            dequantize_row(dtype, &w[b * bb..(b + 1) * bb], tmp);
+            for c in 0..bl / QK {
+                let tp = tmp.as_ptr().add(c * QK);
+                let xp = x.as_ptr().add(b * bl + c * QK);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let lo = vmulq_f32(vld1q_f32(tp.add(4 * j)), vld1q_f32(xp.add(4 * j)));
+                    *a = vaddq_f32(
+                        *a,
+                        vfmaq_f32(
+                            lo,
+                            vld1q_f32(tp.add(16 + 4 * j)),
+                            vld1q_f32(xp.add(16 + 4 * j)),
+                        ),
+                    );
+                }
             }
         }
         vaddvq_f32(vaddq_f32(
@@ -119,8 +401,8 @@ fn dot_f32(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
             vaddq_f32(acc[2], acc[3]),
         ))
     };
-    if nb * QK < x.len() {
-        acc += scalar::dot_f32(dtype, &w[nb * bb..], &x[nb * QK..]);
+    if nb * bl < x.len() {
+        acc += scalar::dot_f32(dtype, &w[nb * bb..], &x[nb * bl..]);
     }
     acc
 }
@@ -143,4 +425,208 @@ pub fn matmul_f32(
         out_stride,
         |wr, t| dot_f32(dtype, wr, &x[t * cols..(t + 1) * cols]),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{QRow, Simd};
+    use super::*;
+    use crate::quant::{sub_block, sub_blocks};
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 16
+        }
+        fn f16(&mut self) -> [u8; 2] {
+            // finite, either sign, magnitudes 2^-24..2^4 (subnormals included), sometimes 0
+            let v = self.next();
+            if v % 17 == 0 {
+                return [0, 0];
+            }
+            let e = (v >> 8) % 20 + 1; // biased exponent 1..20, or subnormal below
+            let bits = if v % 13 == 0 {
+                ((v >> 32) & 0x3ff) as u16
+            } else {
+                ((e as u16) << 10) | ((v >> 32) & 0x3ff) as u16
+            };
+            (bits | (((v >> 4) & 1) as u16) << 15).to_le_bytes()
+        }
+    }
+
+    /// Offsets of the f16 fields of each type's block.
+    fn f16_fields(dtype: DType) -> &'static [usize] {
+        match dtype {
+            DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => &[0],
+            DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+            DType::Q2_K => &[80, 82],
+            DType::Q3_K => &[108],
+            DType::Q6_K => &[208],
+            _ => &[],
+        }
+    }
+
+    /// Random raw blocks: every byte random, the float scales finite.
+    fn random_blocks(dtype: DType, rng: &mut Rng, n: usize) -> Vec<u8> {
+        let bb = dtype.block_bytes();
+        let mut w: Vec<u8> = (0..n * bb).map(|_| rng.next() as u8).collect();
+        for blk in w.chunks_exact_mut(bb) {
+            for &off in f16_fields(dtype) {
+                blk[off..off + 2].copy_from_slice(&rng.f16());
+            }
+            if dtype == DType::Q8_K {
+                let d = (rng.next() % 2000) as f32 / 1000.0 - 1.0;
+                blk[..4].copy_from_slice(&(d * 1e-3).to_le_bytes());
+            }
+        }
+        w
+    }
+
+    fn quantized() -> impl Iterator<Item = DType> {
+        DType::ALL.into_iter().filter(|d| d.is_quantized())
+    }
+
+    /// The NEON decoders give `sub_block`'s integers and scales bit for bit.
+    #[test]
+    fn neon_decode_matches_sub_block() {
+        let mut rng = Rng(1);
+        for dtype in quantized() {
+            let w = random_blocks(dtype, &mut rng, 64);
+            for blk in w.chunks_exact(dtype.block_bytes()) {
+                let sc3 = if dtype == DType::Q3_K {
+                    scales_q3_k(&blk[96..108])
+                } else {
+                    [0; 16]
+                };
+                for j in 0..sub_blocks(dtype) {
+                    let want = sub_block(dtype, blk, j);
+                    // SAFETY: whole block, j in range, stores into a 32-byte array
+                    let got = unsafe {
+                        let (mut s, lo, hi) = by_type!(dtype, decode::<_>(blk, j, &sc3));
+                        vst1q_s8(s.q.as_mut_ptr(), lo);
+                        vst1q_s8(s.q.as_mut_ptr().add(16), hi);
+                        s
+                    };
+                    let bits = |s: &SubBlock| (s.d.to_bits(), s.m.to_bits(), s.dm.to_bits());
+                    assert_eq!(
+                        (got.q, got.sc, got.mq, bits(&got)),
+                        (want.q, want.sc, want.mq, bits(&want)),
+                        "{dtype} sub-block {j}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn neon_dot<Q: ActInt>(dtype: DType, w: &[u8], a: QRow<'_, Q>) -> f32 {
+        by_type!(dtype, dot_q::<_, Q>(w, a.qs, a.d, a.s))
+    }
+
+    /// Activations: random over the whole range, or saturated (every value ±qmax or the type's
+    /// minimum) to reach the largest integer sums.
+    fn acts<Q: ActInt>(
+        rng: &mut Rng,
+        n: usize,
+        conv: impl Fn(i64) -> Q,
+        min: i64,
+        max: i64,
+    ) -> Vec<Q> {
+        let mode = rng.next() % 3;
+        (0..n)
+            .map(|_| {
+                let r = rng.next();
+                conv(match mode {
+                    0 => min + (r % (max - min + 1) as u64) as i64,
+                    1 => {
+                        if r % 2 == 0 {
+                            min
+                        } else {
+                            max
+                        }
+                    }
+                    _ => {
+                        if r % 5 == 0 {
+                            max
+                        } else {
+                            min
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// The NEON dots give the scalar reference's bits for every quantized type, on random raw
+    /// blocks and random 8- and 16-bit activations (extremes included).
+    #[test]
+    fn neon_dots_match_scalar_bits() {
+        let mut rng = Rng(2);
+        for dtype in quantized() {
+            for round in 0..24 {
+                let nblk = 1 + round % 5;
+                let w = random_blocks(dtype, &mut rng, nblk);
+                let n = nblk * dtype.block_len();
+                let nb = n / QK;
+                let d: Vec<f32> = (0..nb)
+                    .map(|_| (rng.next() % 1000) as f32 * 1e-4 - 0.05)
+                    .collect();
+                let s: Vec<f32> = (0..nb)
+                    .map(|_| (rng.next() % 1000) as f32 * 1e-2 - 5.0)
+                    .collect();
+                let a8 = acts(&mut rng, n, |v| v as i8, -128, 127);
+                let a16 = acts(&mut rng, n, |v| v as i16, -32768, 32767);
+                let r8 = QRow {
+                    qs: &a8,
+                    d: &d,
+                    s: &s,
+                };
+                let r16 = QRow {
+                    qs: &a16,
+                    d: &d,
+                    s: &s,
+                };
+                let (g, e) = (neon_dot(dtype, &w, r8), scalar::dot_q(dtype, &w, r8));
+                assert_eq!(
+                    g.to_bits(),
+                    e.to_bits(),
+                    "{dtype} i8 round {round}: {g} vs {e}"
+                );
+                let (g, e) = (neon_dot(dtype, &w, r16), scalar::dot_q(dtype, &w, r16));
+                assert_eq!(
+                    g.to_bits(),
+                    e.to_bits(),
+                    "{dtype} i16 round {round}: {g} vs {e}"
+                );
+            }
+        }
+    }
+
+    /// The exact path over whole K-quant super-blocks agrees with the scalar reference (to
+    /// rounding: the summation order differs).
+    #[test]
+    fn neon_f32_dots_match_scalar() {
+        let mut rng = Rng(3);
+        for dtype in quantized() {
+            let nblk = 3;
+            let w = random_blocks(dtype, &mut rng, nblk);
+            let n = nblk * dtype.block_len();
+            let x: Vec<f32> = (0..n)
+                .map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let mut wd = vec![0f32; n];
+            dequantize_row(dtype, &w, &mut wd);
+            let norm: f32 = wd.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+            let (g, e) = (dot_f32(dtype, &w, &x), scalar::dot_f32(dtype, &w, &x));
+            assert!(
+                (g - e).abs() <= 1e-5 * norm,
+                "{dtype}: {g} vs {e} (norm {norm})"
+            );
+        }
+        assert_eq!(Simd::best(), Simd::Neon);
+    }
 }

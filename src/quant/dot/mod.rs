@@ -255,7 +255,7 @@ pub fn matmul_q_with<Q: ActInt>(
     match simd.checked() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA/F16C; the kernel checks the slice bounds it relies on
-        Simd::Avx2 if x86::has_q_kernel(dtype) => unsafe {
+        Simd::Avx2 => unsafe {
             if Q::WIDE {
                 x86::matmul_q::<true, Q>(dtype, w, rows, acts, out, out_stride)
             } else {
@@ -326,9 +326,7 @@ pub fn matmul_f32_with(
     match simd.checked() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA/F16C; the kernel checks the slice bounds it relies on
-        Simd::Avx2 if x86::has_q_kernel(dtype) || !dtype.is_quantized() => unsafe {
-            x86::matmul_f32(dtype, w, cols, rows, x, out, out_stride)
-        },
+        Simd::Avx2 => unsafe { x86::matmul_f32(dtype, w, cols, rows, x, out, out_stride) },
         #[cfg(target_arch = "aarch64")]
         Simd::Neon => arm::matmul_f32(dtype, w, cols, rows, x, out, out_stride),
         _ => matmul_by_dots(
@@ -433,7 +431,13 @@ mod tests {
             quantize_row(dtype, r, &mut b);
             bytes.extend(b);
         }
+        assert_eq!(bytes.len(), rows * dtype.row_bytes(cols), "{dtype}");
         bytes
+    }
+
+    /// `cols` for types with blocks of 32, and a multiple of 256 near it for the K types.
+    fn cols_for(dtype: DType, cols: usize) -> usize {
+        cols.next_multiple_of(dtype.block_len())
     }
 
     /// Both scalar dots against an f64 reference computed from the dequantized weights (and,
@@ -441,7 +445,7 @@ mod tests {
     /// error remains).
     #[test]
     fn dots_match_f64_reference() {
-        for (seed, cols) in [(1u64, 32usize), (2, 96), (3, 576), (4, 1536), (5, 4096)] {
+        for (seed, cols) in [(1u64, 32usize), (2, 96), (3, 256), (4, 1536), (5, 4096)] {
             let w = randoms(seed, cols);
             let x = activations(seed + 100, cols);
             let mut a8 = Q8Acts::default();
@@ -454,9 +458,10 @@ mod tests {
             let x16: Vec<f64> = (0..cols)
                 .map(|i| a16.row(0).qs[i] as f64 * a16.row(0).d[i / QK] as f64)
                 .collect();
-            for dtype in DType::ALL {
+            for dtype in DType::ALL.into_iter().filter(|d| cols % d.block_len() == 0) {
                 let mut bytes = Vec::new();
                 quantize_row(dtype, &w, &mut bytes);
+                assert_eq!(bytes.len(), dtype.row_bytes(cols));
                 let mut wd = vec![0f32; cols];
                 dequantize_row(dtype, &bytes, &mut wd);
                 let dot64 = |x: &mut dyn Iterator<Item = f64>| -> f64 {
@@ -500,9 +505,10 @@ mod tests {
     /// f64 reference from the dequantized weights and f32 activations. NaN never passes.
     #[test]
     fn matmuls_match_f64_reference() {
-        let (rows, cols, n_t) = (13usize, 320usize, 5usize);
-        let x = activations(7, n_t * cols);
+        let (rows, n_t) = (13usize, 5usize);
         for dtype in DType::ALL {
+            let cols = cols_for(dtype, 320);
+            let x = activations(7, n_t * cols);
             let bytes = weights(dtype, 11, rows, cols);
             let rb = dtype.row_bytes(cols);
             let mut wd = vec![0f32; rows * cols];
@@ -554,9 +560,10 @@ mod tests {
     /// A dot's bits do not depend on the batch size, the row range or the tile it falls in.
     #[test]
     fn matmul_is_bitwise_batch_invariant() {
-        let (rows, cols) = (11usize, 160usize);
-        let x = activations(3, 9 * cols);
+        let rows = 11usize;
         for dtype in DType::ALL {
+            let cols = cols_for(dtype, 160);
+            let x = activations(3, 9 * cols);
             let bytes = weights(dtype, 5, rows, cols);
             for simd in simds() {
                 for &path in paths(dtype) {

@@ -12,9 +12,10 @@ pub fn sub_block_isums<Q: Copy + Into<i32>>(s: &SubBlock, qa: &[Q]) -> (i64, i64
     let (mut isum, mut msum) = (0i64, 0i64);
     for h in 0..2 {
         let (mut qh, mut ah) = (0i64, 0i64);
-        for i in h * QK / 2..(h + 1) * QK / 2 {
-            let a: i32 = qa[i].into();
-            qh += s.q[i] as i64 * a as i64;
+        let half = h * QK / 2..(h + 1) * QK / 2;
+        for (&q, &a) in s.q[half.clone()].iter().zip(&qa[half]) {
+            let a: i32 = a.into();
+            qh += q as i64 * a as i64;
             ah += a as i64;
         }
         isum += s.sc[h] as i64 * qh;

@@ -17,26 +17,46 @@ const Q4_1: u8 = 2;
 const F32: u8 = 3;
 const F16: u8 = 4;
 const BF16: u8 = 5;
+// Types decoded through their 32-value sub-blocks (`tile_sub`).
+const Q5_0: u8 = 6;
+const Q5_1: u8 = 7;
+const Q8_K: u8 = 8;
+const Q4_K: u8 = 9;
+const Q5_K: u8 = 10;
+const Q6_K: u8 = 11;
+const Q2_K: u8 = 12;
+const Q3_K: u8 = 13;
 
 /// Weight rows per tile.
 const TR: usize = 4;
 /// Activation rows per tile.
 const TT: usize = 2;
 
-/// Bytes of 32 elements of kind `K`.
+/// Bytes of 32 elements of kind `K` (of a whole block for the sub-block kinds).
 const fn blk_bytes(k: u8) -> usize {
     match k {
         Q8_0 => 34,
         Q4_0 => 18,
         Q4_1 => 20,
         F32 => 128,
-        _ => 64,
+        F16 | BF16 => 64,
+        Q5_0 => 22,
+        Q5_1 => 24,
+        Q8_K => 292,
+        Q4_K => 144,
+        Q5_K => 176,
+        Q6_K => 210,
+        Q2_K => 84,
+        _ => 110,
     }
 }
 
-/// Whether these kernels have a tiled path for `dtype`'s blocks.
-pub fn has_q_kernel(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+/// Sub-blocks of 32 per block of kind `K`.
+const fn per_block(k: u8) -> usize {
+    match k {
+        Q8_K | Q4_K | Q5_K | Q6_K | Q2_K | Q3_K => 8,
+        _ => 1,
+    }
 }
 
 pub fn available() -> bool {
@@ -176,6 +196,9 @@ unsafe fn tile_q<const K: u8, const WIDE: bool, const R: usize, const T: usize>(
     nb: usize,
 ) -> [[f32; T]; R] {
     const { assert!(R <= 4) };
+    if K >= Q5_0 {
+        return tile_sub::<K, WIDE, R, T>(w, a, nb);
+    }
     let bb = blk_bytes(K);
     let qbytes = if WIDE { 2 * QK } else { QK };
     let mut acc = [[_mm256_setzero_ps(); T]; R];
@@ -219,6 +242,289 @@ unsafe fn tile_q<const K: u8, const WIDE: bool, const R: usize, const T: usize>(
         }
     }
     out
+}
+
+/// What a block of kind `K` says about all its sub-blocks (`value = d·w + m + dm·mq` in the
+/// integer form of `quant::blocks`): lane j of `d` and `m` belongs to sub-block j (lane 0 only
+/// for the one-sub-block kinds, the other lanes 0).
+struct Header {
+    d: __m256,
+    m: __m256,
+    dm: f32,
+    /// Q3_K's sixteen 6-bit scales (before subtracting 32).
+    sc3: [u8; 16],
+}
+
+/// The header of the block at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn header<const K: u8>(p: *const u8) -> Header {
+    let lane0 = |v: f32| _mm256_castps128_ps256(_mm_set_ss(v));
+    let mut h = Header {
+        d: _mm256_set1_ps(0.0),
+        m: _mm256_setzero_ps(),
+        dm: 0.0,
+        sc3: [0; 16],
+    };
+    match K {
+        Q5_0 => h.d = lane0(f16_at(p)),
+        Q5_1 => {
+            h.d = lane0(f16_at(p));
+            h.m = lane0(f16_at(p.add(2)));
+        }
+        Q8_K => h.d = _mm256_set1_ps((p as *const f32).read_unaligned()),
+        Q4_K | Q5_K => {
+            // ggml's unpacking of the 6-bit scales (bytes 0..8) and minimums (8..16)
+            let q = p.add(4) as *const u32;
+            let (q0, q1, q2) = (
+                q.read_unaligned(),
+                q.add(1).read_unaligned(),
+                q.add(2).read_unaligned(),
+            );
+            let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+            let scales = [q0 & k1, (q2 & k2) | (((q0 >> 6) & k3) << 4)];
+            let mins = [q1 & k1, ((q2 >> 4) & k2) | (((q1 >> 6) & k3) << 4)];
+            let lanes = |v: [u32; 2]| {
+                let b = _mm_set_epi32(0, 0, v[1] as i32, v[0] as i32);
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b))
+            };
+            h.d = _mm256_mul_ps(_mm256_set1_ps(f16_at(p)), lanes(scales));
+            let dmin = _mm256_set1_ps(f16_at(p.add(2)));
+            h.m = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(dmin, lanes(mins)));
+        }
+        Q6_K => h.d = _mm256_set1_ps(f16_at(p.add(208))),
+        Q2_K => {
+            h.d = _mm256_set1_ps(f16_at(p.add(80)));
+            h.dm = -f16_at(p.add(82));
+        }
+        _ => {
+            h.d = _mm256_set1_ps(f16_at(p.add(108)));
+            h.sc3 = crate::quant::blocks::scales_q3_k(std::slice::from_raw_parts(p.add(96), 12));
+        }
+    }
+    h
+}
+
+/// `v` (32 bytes of u8 or i8 values, element order) widened to two i16 vectors.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen<const SIGNED: bool>(v: __m256i) -> [__m256i; 2] {
+    let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    if SIGNED {
+        [_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi)]
+    } else {
+        [_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi)]
+    }
+}
+
+/// The `bits`-wide field at bit `shift` of each of the 32 bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bit_field(p: *const u8, shift: u32, mask: u8) -> __m256i {
+    let v = _mm256_loadu_si256(p as *const __m256i);
+    let v = _mm256_srl_epi16(v, _mm_cvtsi32_si128(shift as i32));
+    _mm256_and_si256(v, _mm256_set1_epi8(mask as i8))
+}
+
+/// 0xff in each byte of the 32 at `p` whose bit `bit` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bit_mask(p: *const u8, bit: u32) -> __m256i {
+    let b = _mm256_set1_epi8((1u8 << bit) as i8);
+    let v = _mm256_and_si256(_mm256_loadu_si256(p as *const __m256i), b);
+    _mm256_cmpeq_epi8(v, b)
+}
+
+/// 16 in element i of 32 where bit i of `qh` is set, else 0 (Q5_0/Q5_1's fifth bits).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn qh_bits(qh: u32) -> __m256i {
+    // byte i of the shuffle picks the byte of qh that holds bit i
+    let bytes = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(qh as i32),
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(16))
+}
+
+/// Two i16 vectors times the integer scales of their 16 values.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale16(w: [__m256i; 2], sc: [i16; 2]) -> [__m256i; 2] {
+    [
+        _mm256_mullo_epi16(w[0], _mm256_set1_epi16(sc[0])),
+        _mm256_mullo_epi16(w[1], _mm256_set1_epi16(sc[1])),
+    ]
+}
+
+/// The integer weights of sub-block `j` of the block at `p` as i16 (elements 0..16, 16..32)
+/// with the per-16 integer scales multiplied in, and Q2_K's per-16 minimums as i16 lanes;
+/// decoded as `quant::blocks::sub_block` does. Products with 16-bit activations stay inside i32
+/// lanes: |w| ≤ 4096 (Q6_K).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quants<const K: u8>(p: *const u8, j: usize, h: &Header) -> ([__m256i; 2], [__m256i; 2]) {
+    let zero = [_mm256_setzero_si256(); 2];
+    match K {
+        Q5_0 | Q5_1 => {
+            let (qh, nib) = if K == Q5_0 { (2, 6) } else { (4, 8) };
+            let nib = _mm_loadu_si128(p.add(nib) as *const __m128i);
+            let q = _mm256_and_si256(
+                _mm256_set_m128i(_mm_srli_epi16(nib, 4), nib),
+                _mm256_set1_epi8(0x0f),
+            );
+            let q = _mm256_or_si256(q, qh_bits((p.add(qh) as *const u32).read_unaligned()));
+            if K == Q5_0 {
+                (
+                    widen::<true>(_mm256_sub_epi8(q, _mm256_set1_epi8(16))),
+                    zero,
+                )
+            } else {
+                (widen::<false>(q), zero)
+            }
+        }
+        Q8_K => (
+            widen::<true>(_mm256_loadu_si256(p.add(4 + 32 * j) as *const __m256i)),
+            zero,
+        ),
+        Q4_K | Q5_K => {
+            let qs = if K == Q4_K { 16 } else { 48 };
+            let mut q = bit_field(p.add(qs + 32 * (j / 2)), 4 * (j as u32 % 2), 0x0f);
+            if K == Q5_K {
+                let hb = bit_mask(p.add(16), j as u32);
+                q = _mm256_or_si256(q, _mm256_and_si256(hb, _mm256_set1_epi8(16)));
+            }
+            (widen::<false>(q), zero)
+        }
+        Q6_K => {
+            let (n, k) = (j / 4, j % 4);
+            let lo = bit_field(p.add(64 * n + 32 * (k & 1)), 4 * (k as u32 / 2), 0x0f);
+            let hi = bit_field(p.add(128 + 32 * n), 2 * k as u32, 3);
+            let q = _mm256_sub_epi8(
+                _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)),
+                _mm256_set1_epi8(32),
+            );
+            let sc = p.add(192 + 8 * n + 2 * k) as *const i8;
+            (
+                scale16(widen::<true>(q), [*sc as i16, *sc.add(1) as i16]),
+                zero,
+            )
+        }
+        Q2_K => {
+            let (n, k) = (j / 4, j % 4);
+            let q = bit_field(p.add(16 + 32 * n), 2 * k as u32, 3);
+            let sc = [*p.add(8 * n + 2 * k), *p.add(8 * n + 2 * k + 1)];
+            (
+                scale16(widen::<false>(q), sc.map(|v| (v & 0xf) as i16)),
+                sc.map(|v| _mm256_set1_epi16((v >> 4) as i16)),
+            )
+        }
+        _ => {
+            // Q3_K: values whose (inverted) high bit is clear lose 4
+            let (n, k) = (j / 4, j % 4);
+            let low = bit_field(p.add(32 + 32 * n), 2 * k as u32, 3);
+            let hb = bit_mask(p, (4 * n + k) as u32);
+            let q = _mm256_sub_epi8(low, _mm256_andnot_si256(hb, _mm256_set1_epi8(4)));
+            let sc = [
+                h.sc3[8 * n + 2 * k] as i16 - 32,
+                h.sc3[8 * n + 2 * k + 1] as i16 - 32,
+            ];
+            (scale16(widen::<true>(q), sc), zero)
+        }
+    }
+}
+
+/// As `tile_q`, for the types decoded through sub-blocks. Per block, each weight row's header
+/// is decoded once and its scales meet the activation scales of all its sub-blocks in one
+/// vector product; per sub-block, the i16 weights meet every activation row of the tile. Per
+/// (row, activation row) the same operations run in every tile shape.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_sub<const K: u8, const WIDE: bool, const R: usize, const T: usize>(
+    w: [*const u8; R],
+    a: &ARows<T>,
+    nb: usize,
+) -> [[f32; T]; R] {
+    let (bb, per) = (blk_bytes(K), per_block(K));
+    let qbytes = if WIDE { 2 * QK } else { QK };
+    let has_min = K == Q5_1 || K == Q4_K || K == Q5_K;
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut ms = [[_mm256_setzero_ps(); T]; R];
+    for i in 0..nb / per {
+        let p = w.map(|wr| wr.add(i * bb));
+        let hdr = p.map(|p| header::<K>(p));
+        // activation scales (and scaled sums) of the block's sub-blocks, lane j for sub-block j
+        let lanes = |v: *const f32| {
+            if per == 8 {
+                _mm256_loadu_ps(v.add(8 * i))
+            } else {
+                _mm256_set1_ps(*v.add(i))
+            }
+        };
+        let mut dd = [[_mm256_setzero_ps(); T]; R];
+        for t in 0..T {
+            let (da, sa) = (lanes(a.d[t]), lanes(a.s[t]));
+            for r in 0..R {
+                dd[r][t] = _mm256_mul_ps(hdr[r].d, da);
+                if has_min {
+                    ms[r][t] = _mm256_fmadd_ps(hdr[r].m, sa, ms[r][t]);
+                }
+            }
+        }
+        for j in 0..per {
+            let b = i * per + j;
+            let wq: [_; R] = std::array::from_fn(|r| quants::<K>(p[r], j, &hdr[r]));
+            for t in 0..T {
+                let qp = a.q[t].add(b * qbytes);
+                let act = if WIDE {
+                    [
+                        _mm256_loadu_si256(qp as *const __m256i),
+                        _mm256_loadu_si256(qp.add(32) as *const __m256i),
+                    ]
+                } else {
+                    widen::<true>(_mm256_loadu_si256(qp as *const __m256i))
+                };
+                for r in 0..R {
+                    let (wv, mq) = &wq[r];
+                    let isum = _mm256_add_epi32(
+                        _mm256_madd_epi16(wv[0], act[0]),
+                        _mm256_madd_epi16(wv[1], act[1]),
+                    );
+                    let scale = splat_lane8(dd[r][t], j);
+                    acc[r][t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[r][t]);
+                    if K == Q2_K {
+                        let m = _mm256_add_epi32(
+                            _mm256_madd_epi16(mq[0], act[0]),
+                            _mm256_madd_epi16(mq[1], act[1]),
+                        );
+                        let dm = _mm256_set1_ps(hdr[r].dm * *a.d[t].add(b));
+                        acc[r][t] = _mm256_fmadd_ps(dm, _mm256_cvtepi32_ps(m), acc[r][t]);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = hsum(acc[r][t]) + if has_min { hsum(ms[r][t]) } else { 0.0 };
+        }
+    }
+    out
+}
+
+/// Lane `j` (0..8) of `v` in all eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn splat_lane8(v: __m256, j: usize) -> __m256 {
+    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j as i32))
 }
 
 /// 32 weights of kind `K` at `p` as f32, exactly as `dequantize_row` computes them.
@@ -275,6 +581,29 @@ unsafe fn load32<const K: u8>(p: *const u8) -> [__m256; 4] {
     }
 }
 
+/// The 32 weights of sub-block `b` of the row at `row` as f32, through the reference decoder
+/// (the exact path's rounding is `dequantize_row`'s).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_sub<const K: u8>(row: *const u8, b: usize) -> [__m256; 4] {
+    let dtype = match K {
+        Q5_0 => DType::Q5_0,
+        Q5_1 => DType::Q5_1,
+        Q8_K => DType::Q8_K,
+        Q4_K => DType::Q4_K,
+        Q5_K => DType::Q5_K,
+        Q6_K => DType::Q6_K,
+        Q2_K => DType::Q2_K,
+        _ => DType::Q3_K,
+    };
+    let (bb, per) = (blk_bytes(K), per_block(K));
+    let blk = std::slice::from_raw_parts(row.add(b / per * bb), bb);
+    let mut v = [0f32; QK];
+    crate::quant::sub_block(dtype, blk, b % per).dequantize(&mut v);
+    let f = v.as_ptr();
+    [0, 8, 16, 24].map(|o| _mm256_loadu_ps(f.add(o)))
+}
+
 /// One weight of float kind `K` (for row tails shorter than 32).
 #[inline]
 unsafe fn float_at<const K: u8>(p: *const u8, i: usize) -> f32 {
@@ -298,7 +627,11 @@ unsafe fn tile_f<const K: u8, const R: usize, const T: usize>(
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for b in 0..nb {
         for r in 0..R {
-            let wv = load32::<K>(w[r].add(b * bb));
+            let wv = if K >= Q5_0 {
+                load_sub::<K>(w[r], b)
+            } else {
+                load32::<K>(w[r].add(b * bb))
+            };
             for t in 0..T {
                 let xp = x[t].add(b * QK);
                 let p01 = _mm256_fmadd_ps(
@@ -483,7 +816,15 @@ pub unsafe fn matmul_q<const WIDE: bool, Q>(
         DType::Q8_0 => matmul_q_k::<Q8_0, WIDE, Q>(w, rb, rows, acts, out, out_stride),
         DType::Q4_0 => matmul_q_k::<Q4_0, WIDE, Q>(w, rb, rows, acts, out, out_stride),
         DType::Q4_1 => matmul_q_k::<Q4_1, WIDE, Q>(w, rb, rows, acts, out, out_stride),
-        _ => unreachable!("{dtype} has no tiled kernel"),
+        DType::Q5_0 => matmul_q_k::<Q5_0, WIDE, Q>(w, rb, rows, acts, out, out_stride),
+        DType::Q5_1 => matmul_q_k::<Q5_1, WIDE, Q>(w, rb, rows, acts, out, out_stride),
+        DType::Q8_K => matmul_q_k::<Q8_K, WIDE, Q>(w, rb, rows, acts, out, out_stride),
+        DType::Q4_K => matmul_q_k::<Q4_K, WIDE, Q>(w, rb, rows, acts, out, out_stride),
+        DType::Q5_K => matmul_q_k::<Q5_K, WIDE, Q>(w, rb, rows, acts, out, out_stride),
+        DType::Q6_K => matmul_q_k::<Q6_K, WIDE, Q>(w, rb, rows, acts, out, out_stride),
+        DType::Q2_K => matmul_q_k::<Q2_K, WIDE, Q>(w, rb, rows, acts, out, out_stride),
+        DType::Q3_K => matmul_q_k::<Q3_K, WIDE, Q>(w, rb, rows, acts, out, out_stride),
+        DType::F32 | DType::F16 | DType::BF16 => unreachable!("float weights use the f32 path"),
     }
 }
 
@@ -578,7 +919,14 @@ pub unsafe fn matmul_f32(
         DType::Q8_0 => matmul_f32_k::<Q8_0>(w, rb, cols, rows, x, out, out_stride),
         DType::Q4_0 => matmul_f32_k::<Q4_0>(w, rb, cols, rows, x, out, out_stride),
         DType::Q4_1 => matmul_f32_k::<Q4_1>(w, rb, cols, rows, x, out, out_stride),
-        _ => unreachable!("{dtype} has no tiled kernel"),
+        DType::Q5_0 => matmul_f32_k::<Q5_0>(w, rb, cols, rows, x, out, out_stride),
+        DType::Q5_1 => matmul_f32_k::<Q5_1>(w, rb, cols, rows, x, out, out_stride),
+        DType::Q8_K => matmul_f32_k::<Q8_K>(w, rb, cols, rows, x, out, out_stride),
+        DType::Q4_K => matmul_f32_k::<Q4_K>(w, rb, cols, rows, x, out, out_stride),
+        DType::Q5_K => matmul_f32_k::<Q5_K>(w, rb, cols, rows, x, out, out_stride),
+        DType::Q6_K => matmul_f32_k::<Q6_K>(w, rb, cols, rows, x, out, out_stride),
+        DType::Q2_K => matmul_f32_k::<Q2_K>(w, rb, cols, rows, x, out, out_stride),
+        DType::Q3_K => matmul_f32_k::<Q3_K>(w, rb, cols, rows, x, out, out_stride),
     }
 }
 
