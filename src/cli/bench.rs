@@ -12,6 +12,7 @@ use llmcad::backend::Backend;
 use llmcad::cpu::{CpuBackend, CpuOptions};
 use llmcad::generate::{generate, prefill, GenerateOptions};
 use llmcad::model::{LoadOptions, Model};
+use llmcad::spec::cost::CostCurve;
 use llmcad::spec::{check_pair, generate_speculative, FallbackPolicy, SpecMode, SpecOptions};
 use llmcad::tokenizer::ChatMessage;
 use serde_json::json;
@@ -129,11 +130,12 @@ fn cpu_table(a: &BenchArgs, m: &Model) -> anyhow::Result<serde_json::Value> {
     prompt.truncate(a.n_prompt.max(1));
     println!("\n{} on the CPU ({:?})", m.name, a.run.precision());
     println!(
-        "| threads | prompt tokens/s (pp{}) | decode tokens/s (tg{}) |",
+        "| threads | prompt tokens/s (pp{}) | decode tokens/s (tg{}) | {} |",
         prompt.len(),
-        a.n_gen
+        a.n_gen,
+        TREE_SIZES.map(|n| format!("pass T={n} ms")).join(" | ")
     );
-    println!("|---|---|---|");
+    println!("|---|---|---|{}", "---|".repeat(TREE_SIZES.len()));
     let mut rows = Vec::new();
     for &t in &a.thread_counts {
         let mut b = cpu_backend(a, m, t);
@@ -153,10 +155,29 @@ fn cpu_table(a: &BenchArgs, m: &Model) -> anyhow::Result<serde_json::Value> {
         };
         let g = generate(&mut b, &prompt, &[], &opts, &mut |_| true)?;
         let tg = g.stats.tokens_per_s();
-        println!("| {t} | {pp:.1} | {tg:.1} |");
-        rows.push(json!({"threads": t, "prompt_tokens_per_s": pp, "decode_tokens_per_s": tg}));
+        // the verifier's price for a tree: one pass over T nodes after the prompt
+        b.kv_truncate(0);
+        prefill(&mut b, &prompt, prompt.len(), Some(1))?;
+        let curve = CostCurve::measure_up_to(&mut b, &TREE_SIZES, 3, f64::INFINITY)?;
+        println!("| {t} | {pp:.1} | {tg:.1} | {} |", tree_cells(&curve));
+        rows.push(json!({"threads": t, "prompt_tokens_per_s": pp, "decode_tokens_per_s": tg,
+            "tree_pass_ms": curve.points}));
     }
     Ok(json!(rows))
+}
+
+/// Tree sizes of the CPU table's pass-cost columns.
+const TREE_SIZES: [usize; 5] = [1, 2, 4, 8, 16];
+
+/// "ms (× the one-node pass)" per tree size.
+fn tree_cells(curve: &CostCurve) -> String {
+    let one = curve.ms(1);
+    curve
+        .points
+        .iter()
+        .map(|&(_, ms)| format!("{ms:.1} ({:.2}×)", ms / one))
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// The modes the speculation table compares.

@@ -43,6 +43,17 @@ impl CostCurve {
     /// the cache as it was. Sizes that do not fit the free context are skipped, and measuring
     /// stops once a pass costs [`MAX_USEFUL_COST`] one-node passes (the curve extrapolates).
     pub fn measure(backend: &mut dyn Backend, sizes: &[usize], repeats: usize) -> Result<Self> {
+        Self::measure_up_to(backend, sizes, repeats, MAX_USEFUL_COST)
+    }
+
+    /// As `measure`, stopping once a pass costs `max_cost` one-node passes (infinite: every
+    /// size that fits).
+    pub fn measure_up_to(
+        backend: &mut dyn Backend,
+        sizes: &[usize],
+        repeats: usize,
+        max_cost: f64,
+    ) -> Result<Self> {
         let base = backend.kv_len();
         let room = backend.kv_capacity() - base;
         let mut points = Vec::new();
@@ -59,7 +70,7 @@ impl CostCurve {
                 backend.kv_truncate(base);
             }
             points.push((n, best));
-            if best >= MAX_USEFUL_COST * points[0].1 {
+            if best >= max_cost * points[0].1 {
                 break;
             }
         }
