@@ -24,3 +24,19 @@ cargo test --release --locked --no-fail-fast --test gpu --test streaming "$@"
 cargo test --release --locked --no-fail-fast --test qwen "$@" -- on_the_gpu
 # injected GPU faults (adapter, device, pipeline, allocation, device loss) under the floor too
 cargo test --release --locked --no-fail-fast --test cli --test engine "$@" -- gpu_target device_loss
+unset LLMCAD_GPU_LIMITS
+
+# The NEON kernels (phones are ARM): the quant tests again, built for aarch64 and run under qemu
+# (every weight type against the scalar reference's bits and an f64 reference).
+if [ "$(uname -m)" = x86_64 ]; then
+  if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
+    as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user \
+      gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null
+  fi
+  rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1
+  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu max -L /usr/aarch64-linux-gnu"
+  cargo test --release --locked --no-fail-fast --target aarch64-unknown-linux-gnu --lib "$@" -- quant::
+fi

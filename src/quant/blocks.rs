@@ -46,7 +46,8 @@ pub struct SubBlock {
 }
 
 impl SubBlock {
-    fn new(d: f32) -> SubBlock {
+    /// A sub-block of scale `d` with no per-16 scales or minimums (`q` still to fill).
+    pub(crate) fn new(d: f32) -> SubBlock {
         SubBlock {
             q: [0; QK],
             sc: [1; 2],

@@ -67,20 +67,6 @@ macro_rules! by_type {
     };
 }
 
-/// Scales of a sub-block with the defaults of `SubBlock` (`sc` 1, no minimums); `q` is not
-/// filled by the NEON decoders.
-#[inline(always)]
-fn meta(d: f32) -> SubBlock {
-    SubBlock {
-        q: [0; QK],
-        sc: [1; 2],
-        d,
-        m: 0.0,
-        mq: [0; 2],
-        dm: 0.0,
-    }
-}
-
 #[inline(always)]
 unsafe fn ld(p: &[u8], off: usize) -> uint8x16_t {
     debug_assert!(off + 16 <= p.len());
@@ -133,16 +119,16 @@ unsafe fn decode<const T: u8>(
 ) -> (SubBlock, int8x16_t, int8x16_t) {
     debug_assert_eq!(blk.len(), dtype_of(T).block_bytes());
     match T {
-        Q8_0 => (meta(read_f16(blk)), s8(ld(blk, 2)), s8(ld(blk, 18))),
+        Q8_0 => (SubBlock::new(read_f16(blk)), s8(ld(blk, 2)), s8(ld(blk, 18))),
         Q4_0 => {
             let (lo, hi) = nibbles(blk, 2);
             let eight = vdupq_n_s8(8);
             let (lo, hi) = (vsubq_s8(s8(lo), eight), vsubq_s8(s8(hi), eight));
-            (meta(read_f16(blk)), lo, hi)
+            (SubBlock::new(read_f16(blk)), lo, hi)
         }
         Q4_1 => {
             let (lo, hi) = nibbles(blk, 4);
-            let mut s = meta(read_f16(blk));
+            let mut s = SubBlock::new(read_f16(blk));
             s.m = read_f16(&blk[2..]);
             (s, s8(lo), s8(hi))
         }
@@ -151,7 +137,7 @@ unsafe fn decode<const T: u8>(
             let (h0, h1) = fifth_bits(u32_at(blk, 2));
             let sixteen = vdupq_n_s8(16);
             (
-                meta(read_f16(blk)),
+                SubBlock::new(read_f16(blk)),
                 vsubq_s8(s8(vorrq_u8(lo, h0)), sixteen),
                 vsubq_s8(s8(vorrq_u8(hi, h1)), sixteen),
             )
@@ -159,18 +145,18 @@ unsafe fn decode<const T: u8>(
         Q5_1 => {
             let (lo, hi) = nibbles(blk, 8);
             let (h0, h1) = fifth_bits(u32_at(blk, 4));
-            let mut s = meta(read_f16(blk));
+            let mut s = SubBlock::new(read_f16(blk));
             s.m = read_f16(&blk[2..]);
             (s, s8(vorrq_u8(lo, h0)), s8(vorrq_u8(hi, h1)))
         }
         Q8_K => {
             let d = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
             let off = 4 + j * QK;
-            (meta(d), s8(ld(blk, off)), s8(ld(blk, off + 16)))
+            (SubBlock::new(d), s8(ld(blk, off)), s8(ld(blk, off + 16)))
         }
         Q4_K | Q5_K => {
             let (sc, mn) = scale_min_k4(j, &blk[4..16]);
-            let mut s = meta(read_f16(blk) * sc as f32);
+            let mut s = SubBlock::new(read_f16(blk) * sc as f32);
             s.m = -(read_f16(&blk[2..]) * mn as f32);
             let base = if T == Q4_K { 16 } else { 48 } + 32 * (j / 2);
             let (g0, g1) = (ld(blk, base), ld(blk, base + 16));
@@ -191,7 +177,7 @@ unsafe fn decode<const T: u8>(
         Q6_K => {
             let (n, k) = (j / 4, j % 4);
             let scales = &blk[192 + 8 * n + 2 * k..];
-            let mut s = meta(read_f16(&blk[208..]));
+            let mut s = SubBlock::new(read_f16(&blk[208..]));
             s.sc = [scales[0] as i8 as i16, scales[1] as i8 as i16];
             let ql = 64 * n + 32 * (k & 1);
             let (l0, l1) = (ld(blk, ql), ld(blk, ql + 16));
@@ -217,7 +203,7 @@ unsafe fn decode<const T: u8>(
         Q2_K => {
             let (n, k) = (j / 4, j % 4);
             let scales = &blk[8 * n + 2 * k..];
-            let mut s = meta(read_f16(&blk[80..]));
+            let mut s = SubBlock::new(read_f16(&blk[80..]));
             s.dm = -read_f16(&blk[82..]);
             s.sc = [(scales[0] & 0xf) as i16, (scales[1] & 0xf) as i16];
             s.mq = [(scales[0] >> 4) as i8, (scales[1] >> 4) as i8];
@@ -230,7 +216,7 @@ unsafe fn decode<const T: u8>(
         }
         Q3_K => {
             let (n, k) = (j / 4, j % 4);
-            let mut s = meta(read_f16(&blk[108..]));
+            let mut s = SubBlock::new(read_f16(&blk[108..]));
             s.sc = [
                 sc3[8 * n + 2 * k] as i16 - 32,
                 sc3[8 * n + 2 * k + 1] as i16 - 32,

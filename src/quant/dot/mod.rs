@@ -195,7 +195,7 @@ impl Simd {
     }
 }
 
-/// Dot product of a block-quantized weight row (Q8_0, Q4_0 or Q4_1) with a Q8 activation row
+/// Dot product of a block-quantized weight row (any quantized type) with a Q8 activation row
 /// (scalar reference).
 pub fn dot_q8(dtype: DType, w: &[u8], a: Q8Row<'_>) -> f32 {
     scalar::dot_q(dtype, w, a)
