@@ -160,8 +160,10 @@ fn cpu_table(a: &BenchArgs, m: &Model) -> anyhow::Result<serde_json::Value> {
         prefill(&mut b, &prompt, prompt.len(), Some(1))?;
         let curve = CostCurve::measure_up_to(&mut b, &TREE_SIZES, 3, f64::INFINITY)?;
         println!("| {t} | {pp:.1} | {tg:.1} | {} |", tree_cells(&curve));
-        rows.push(json!({"threads": t, "prompt_tokens_per_s": pp, "decode_tokens_per_s": tg,
-            "tree_pass_ms": curve.points}));
+        rows.push(
+            json!({"threads": t, "prompt_tokens_per_s": pp, "decode_tokens_per_s": tg,
+            "tree_pass_ms": curve.points}),
+        );
     }
     Ok(json!(rows))
 }

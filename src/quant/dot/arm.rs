@@ -119,7 +119,11 @@ unsafe fn decode<const T: u8>(
 ) -> (SubBlock, int8x16_t, int8x16_t) {
     debug_assert_eq!(blk.len(), dtype_of(T).block_bytes());
     match T {
-        Q8_0 => (SubBlock::new(read_f16(blk)), s8(ld(blk, 2)), s8(ld(blk, 18))),
+        Q8_0 => (
+            SubBlock::new(read_f16(blk)),
+            s8(ld(blk, 2)),
+            s8(ld(blk, 18)),
+        ),
         Q4_0 => {
             let (lo, hi) = nibbles(blk, 2);
             let eight = vdupq_n_s8(8);
