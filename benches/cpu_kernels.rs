@@ -1,10 +1,12 @@
-//! CPU matmul kernels on SmolLM2-sized (576×1536) and Llama-7B-sized (4096×4096) Q4_1 weights:
-//! one-token mat-vec (decode) and an 8-token batch (prefill/verification), each kernel set ×
-//! precision, one thread. Prints weight bandwidth (GB/s) and how many such mat-vecs per second.
+//! CPU matmul kernels on the weight types and shapes of the real pair (Qwen2.5-Coder 1.5B:
+//! 1536×1536 attention, 8960×1536 FFN up; Q4_K, Q6_K, Q8_0, Q5_0, and SmolLM2's Q4_1), one
+//! thread, every kernel set this CPU runs, 16-bit and 8-bit activations, T = 1, 2, 4, 8, 16
+//! tokens per call. Each row gives µs per call, weight GB/s and the cost against T = 1; the
+//! first line is the ceiling: one thread summing a buffer of the same size.
 //!
-//! `cargo bench --bench cpu_kernels`
+//! `cargo bench --bench cpu_kernels [-- TYPE...]`
 
-use llmcad::quant::{matmul_f32_with, matmul_q_with, quantize_row, DType, Q16Acts, Q8Acts, Simd};
+use llmcad::quant::{matmul_q_with, quantize_row, DType, Q16Acts, Q8Acts, Simd};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -20,14 +22,14 @@ fn randoms(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Seconds per call: the best of several timed rounds of at least 100 ms each.
+/// Seconds per call: the best of several timed rounds of at least 50 ms each.
 fn time(mut f: impl FnMut()) -> f64 {
     f();
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let start = Instant::now();
         let mut n = 0u32;
-        while start.elapsed() < Duration::from_millis(100) {
+        while start.elapsed() < Duration::from_millis(50) {
             f();
             n += 1;
         }
@@ -36,45 +38,77 @@ fn time(mut f: impl FnMut()) -> f64 {
     best
 }
 
-fn main() {
-    let dtype = DType::Q4_1;
-    let mut simds = vec![Simd::Scalar];
-    if Simd::best() != Simd::Scalar {
-        simds.push(Simd::best());
-    }
-    println!(
-        "{:<10} {:<7} {:<5} {:>3} {:>10} {:>9} {:>12}",
-        "shape", "kernels", "acts", "T", "us/call", "GB/s", "tokens/s"
-    );
-    for (rows, cols) in [(576usize, 1536usize), (4096, 4096)] {
-        let w: Vec<f32> = randoms(1, rows * cols);
-        let mut bytes = Vec::with_capacity(dtype.row_bytes(cols) * rows);
-        for r in w.chunks_exact(cols) {
-            let mut b = Vec::new();
-            quantize_row(dtype, r, &mut b);
-            bytes.extend(b);
+/// Seconds to read `buf` once, summing it 8 bytes at a time in 8 independent chains.
+fn read_ceiling(buf: &[u8]) -> f64 {
+    time(|| {
+        let mut acc = [0u64; 8];
+        for c in buf.chunks_exact(64) {
+            for (a, w) in acc.iter_mut().zip(c.chunks_exact(8)) {
+                *a = a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap()));
+            }
         }
-        let gb = bytes.len() as f64 / 1e9;
-        for n_t in [1usize, 8] {
-            let x = randoms(2, n_t * cols);
-            let mut out = vec![0f32; n_t * rows];
+        black_box(acc);
+    })
+}
+
+fn main() {
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let types = [
+        DType::Q4_K,
+        DType::Q6_K,
+        DType::Q8_0,
+        DType::Q5_0,
+        DType::Q4_1,
+    ];
+    let simds: Vec<Simd> = Simd::all_available()
+        .into_iter()
+        .filter(|&s| s != Simd::Scalar)
+        .collect();
+    println!(
+        "{:<10} {:<6} {:<11} {:<4} {:>3} {:>9} {:>7} {:>7}",
+        "shape", "type", "kernels", "acts", "T", "us/call", "GB/s", "vs T=1"
+    );
+    for (rows, cols) in [(1536usize, 1536usize), (8960, 1536)] {
+        for dtype in types {
+            if !wanted.is_empty()
+                && !wanted
+                    .iter()
+                    .any(|w| w.eq_ignore_ascii_case(&dtype.to_string()))
+            {
+                continue;
+            }
+            let w = randoms(1, rows * cols);
+            let mut bytes = Vec::with_capacity(dtype.row_bytes(cols) * rows);
+            for r in w.chunks_exact(cols) {
+                let mut b = Vec::new();
+                quantize_row(dtype, r, &mut b);
+                bytes.extend(b);
+            }
+            let gb = bytes.len() as f64 / 1e9;
+            let ceiling = read_ceiling(&bytes);
+            println!(
+                "{:<10} {:<6} {:<11} {:<4} {:>3} {:>9.1} {:>7.2}",
+                format!("{rows}x{cols}"),
+                dtype.to_string(),
+                "read",
+                "-",
+                "-",
+                ceiling * 1e6,
+                gb / ceiling
+            );
             for &simd in &simds {
-                for acts in ["f32", "q8", "q16"] {
-                    // the activation quantization is part of the cost, as in a forward pass
-                    let (mut a8, mut a16) = (Q8Acts::default(), Q16Acts::default());
-                    let secs = time(|| {
-                        match acts {
-                            "f32" => matmul_f32_with(
-                                simd,
-                                dtype,
-                                &bytes,
-                                cols,
-                                0..rows,
-                                &x,
-                                &mut out,
-                                rows,
-                            ),
-                            "q8" => {
+                for acts in ["q16", "q8"] {
+                    let mut one = 0.0;
+                    for n_t in [1usize, 2, 4, 8, 16] {
+                        let x = randoms(2, n_t * cols);
+                        let mut out = vec![0f32; n_t * rows];
+                        // the activation quantization is part of the cost, as in a forward pass
+                        let (mut a8, mut a16) = (Q8Acts::default(), Q16Acts::default());
+                        let secs = time(|| {
+                            if acts == "q8" {
                                 a8.quantize_with(simd, &x, cols);
                                 matmul_q_with(
                                     simd,
@@ -86,8 +120,7 @@ fn main() {
                                     &mut out,
                                     rows,
                                 )
-                            }
-                            _ => {
+                            } else {
                                 a16.quantize_with(simd, &x, cols);
                                 matmul_q_with(
                                     simd,
@@ -100,19 +133,23 @@ fn main() {
                                     rows,
                                 )
                             }
+                            black_box(&mut out);
+                        });
+                        if n_t == 1 {
+                            one = secs;
                         }
-                        black_box(&mut out);
-                    });
-                    println!(
-                        "{:<10} {:<7} {:<5} {:>3} {:>10.1} {:>9.2} {:>12.0}",
-                        format!("{rows}x{cols}"),
-                        simd.name(),
-                        acts,
-                        n_t,
-                        secs * 1e6,
-                        gb / secs,
-                        n_t as f64 / secs
-                    );
+                        println!(
+                            "{:<10} {:<6} {:<11} {:<4} {:>3} {:>9.1} {:>7.2} {:>6.2}x",
+                            format!("{rows}x{cols}"),
+                            dtype.to_string(),
+                            simd.name(),
+                            acts,
+                            n_t,
+                            secs * 1e6,
+                            gb / secs,
+                            secs / one
+                        );
+                    }
                 }
             }
         }

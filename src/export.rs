@@ -80,7 +80,7 @@ fn gguf_name(hf: &str) -> Option<String> {
 fn encode(dtype: DType, t: &F32Tensor) -> (DType, Vec<u8>) {
     // 1-D tensors (norms, biases) and rows that do not fill blocks stay F32, as in llama.cpp
     let cols = *t.shape.last().unwrap_or(&1);
-    let dtype = if t.shape.len() < 2 || cols % dtype.block_len() != 0 {
+    let dtype = if t.shape.len() < 2 || !cols.is_multiple_of(dtype.block_len()) {
         DType::F32
     } else {
         dtype

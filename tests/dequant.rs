@@ -62,7 +62,7 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 fn compare(what: &str, dtype: DType, row_len: usize, raw: &[u8], want: &[f32]) -> usize {
     let rb = dtype.row_bytes(row_len);
     assert!(
-        row_len > 0 && want.len() % row_len == 0,
+        row_len > 0 && want.len().is_multiple_of(row_len),
         "{what}: bad shape"
     );
     let rows = want.len() / row_len;

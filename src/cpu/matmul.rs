@@ -152,11 +152,14 @@ mod tests {
     /// Threads split weight rows; every output must have the bits of a one-thread, one-token run.
     #[test]
     fn threads_and_batches_do_not_change_bits() {
-        let cols = 96;
-        let x: Vec<f32> = (0..7 * cols)
-            .map(|i| ((i * 7919) % 1013) as f32 / 100.0 - 5.0)
-            .collect();
         for dtype in DType::ALL {
+            // whole blocks: 3 of 32, or 2 of the K-quants' 256
+            let cols = 96usize
+                .next_multiple_of(dtype.block_len())
+                .max(2 * dtype.block_len());
+            let x: Vec<f32> = (0..7 * cols)
+                .map(|i| ((i * 7919) % 1013) as f32 / 100.0 - 5.0)
+                .collect();
             let (a, b) = (matrix(dtype, 37, cols, 1), matrix(dtype, 19, cols, 2));
             for precision in [
                 Precision::F32,

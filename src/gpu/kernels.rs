@@ -57,7 +57,7 @@ impl Gpu {
         if bytes.is_empty() {
             return;
         }
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.ctx.queue.write_buffer(buf, offset, bytes);
         } else {
             let mut v = bytes.to_vec();
@@ -256,7 +256,8 @@ impl Gpu {
             return Ok(());
         }
         let mode = a.accumulate as u32 | (a.bias.is_some() as u32) << 1;
-        let vec4 = m.cols % 4 == 0 && a.x_stride % 4 == 0 && a.x_off % 4 == 0;
+        let vec4 =
+            m.cols.is_multiple_of(4) && a.x_stride.is_multiple_of(4) && a.x_off.is_multiple_of(4);
         let bias = a.bias.unwrap_or(&self.dummy);
         let params = |c: &WChunk, last: u32| {
             [
@@ -286,7 +287,7 @@ impl Gpu {
                 Bind::whole(bias),
             ]
         };
-        if vec4 && m.cols % 32 == 0 {
+        if vec4 && m.cols.is_multiple_of(32) {
             // subgroupBroadcast hands out the 8 vec4 of a block: subgroups of 8 or more
             let subgroups = self.ctx.subgroups && self.ctx.info.subgroup_min_size >= 8;
             let full = a.n / MV_TILE;

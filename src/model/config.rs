@@ -153,14 +153,17 @@ impl ModelConfig {
                 return Err(config_err!("model config: {what} is 0"));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(config_err!(
                 "model config: {} attention heads is not a multiple of {} key/value heads",
                 self.n_heads,
                 self.n_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 || self.rope.dims > self.head_dim || self.rope.dims % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2)
+            || self.rope.dims > self.head_dim
+            || !self.rope.dims.is_multiple_of(2)
+        {
             return Err(config_err!(
                 "model config: head dimension {} / rotary dimension {} must be even",
                 self.head_dim,

@@ -326,7 +326,7 @@ impl<'a> WeightLoader<'a> {
             data: t.data.clone(),
         };
         match self.quantize_to {
-            Some(to) if !m.dtype.is_quantized() && cols % to.block_len() == 0 => {
+            Some(to) if !m.dtype.is_quantized() && cols.is_multiple_of(to.block_len()) => {
                 Ok(quantize_matrix(&m, to))
             }
             Some(to) => {

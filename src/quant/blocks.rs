@@ -127,7 +127,11 @@ pub fn sub_block(dtype: DType, blk: &[u8], j: usize) -> SubBlock {
             };
             let g = &qs[32 * (j / 2)..32 * (j / 2) + 32];
             for (l, q) in s.q.iter_mut().enumerate() {
-                let nib = if j % 2 == 0 { g[l] & 0xf } else { g[l] >> 4 };
+                let nib = if j.is_multiple_of(2) {
+                    g[l] & 0xf
+                } else {
+                    g[l] >> 4
+                };
                 let hi = qh.map_or(0, |qh| ((qh[l] >> j) & 1) << 4);
                 *q = (nib | hi) as i8;
             }

@@ -107,7 +107,7 @@ impl DType {
 
     /// Bytes of `n` elements, or an error when `n` does not fill whole blocks.
     pub fn bytes_for(self, n: usize, what: &str) -> Result<usize> {
-        if n % self.block_len() != 0 {
+        if !n.is_multiple_of(self.block_len()) {
             return Err(format_err!(
                 "{what}: {n} elements is not a multiple of the {} block size {}",
                 self.name(),

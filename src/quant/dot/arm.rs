@@ -419,63 +419,10 @@ pub fn matmul_f32(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{acts, random_blocks, Rng};
     use super::super::{QRow, Simd};
     use super::*;
     use crate::quant::{sub_block, sub_blocks};
-
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            self.0 >> 16
-        }
-        fn f16(&mut self) -> [u8; 2] {
-            // finite, either sign, magnitudes 2^-24..2^4 (subnormals included), sometimes 0
-            let v = self.next();
-            if v % 17 == 0 {
-                return [0, 0];
-            }
-            let e = (v >> 8) % 20 + 1; // biased exponent 1..20, or subnormal below
-            let bits = if v % 13 == 0 {
-                ((v >> 32) & 0x3ff) as u16
-            } else {
-                ((e as u16) << 10) | ((v >> 32) & 0x3ff) as u16
-            };
-            (bits | (((v >> 4) & 1) as u16) << 15).to_le_bytes()
-        }
-    }
-
-    /// Offsets of the f16 fields of each type's block.
-    fn f16_fields(dtype: DType) -> &'static [usize] {
-        match dtype {
-            DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => &[0],
-            DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
-            DType::Q2_K => &[80, 82],
-            DType::Q3_K => &[108],
-            DType::Q6_K => &[208],
-            _ => &[],
-        }
-    }
-
-    /// Random raw blocks: every byte random, the float scales finite.
-    fn random_blocks(dtype: DType, rng: &mut Rng, n: usize) -> Vec<u8> {
-        let bb = dtype.block_bytes();
-        let mut w: Vec<u8> = (0..n * bb).map(|_| rng.next() as u8).collect();
-        for blk in w.chunks_exact_mut(bb) {
-            for &off in f16_fields(dtype) {
-                blk[off..off + 2].copy_from_slice(&rng.f16());
-            }
-            if dtype == DType::Q8_K {
-                let d = (rng.next() % 2000) as f32 / 1000.0 - 1.0;
-                blk[..4].copy_from_slice(&(d * 1e-3).to_le_bytes());
-            }
-        }
-        w
-    }
 
     fn quantized() -> impl Iterator<Item = DType> {
         DType::ALL.into_iter().filter(|d| d.is_quantized())
@@ -515,40 +462,6 @@ mod tests {
 
     fn neon_dot<Q: ActInt>(dtype: DType, w: &[u8], a: QRow<'_, Q>) -> f32 {
         by_type!(dtype, dot_q::<_, Q>(w, a.qs, a.d, a.s))
-    }
-
-    /// Activations: random over the whole range, or saturated (every value ±qmax or the type's
-    /// minimum) to reach the largest integer sums.
-    fn acts<Q: ActInt>(
-        rng: &mut Rng,
-        n: usize,
-        conv: impl Fn(i64) -> Q,
-        min: i64,
-        max: i64,
-    ) -> Vec<Q> {
-        let mode = rng.next() % 3;
-        (0..n)
-            .map(|_| {
-                let r = rng.next();
-                conv(match mode {
-                    0 => min + (r % (max - min + 1) as u64) as i64,
-                    1 => {
-                        if r % 2 == 0 {
-                            min
-                        } else {
-                            max
-                        }
-                    }
-                    _ => {
-                        if r % 5 == 0 {
-                            max
-                        } else {
-                            min
-                        }
-                    }
-                })
-            })
-            .collect()
     }
 
     /// The NEON dots give the scalar reference's bits for every quantized type, on random raw

@@ -9,9 +9,10 @@
 //! - Q16 (`matmul_q16`): the same with activations quantized to 16 bits per block (`Q16Acts`),
 //!   which keeps large activation outliers from crushing the rest of their block.
 //!
-//! Kernels: a portable scalar reference (`scalar`), AVX2+FMA+F16C on x86-64 (`x86`), NEON on
-//! aarch64 (`arm`). The best one the CPU supports is chosen once (`Simd::active`); setting
-//! `LLMCAD_CPU_SIMD=scalar` forces the scalar kernels.
+//! Kernels: a portable scalar reference (`scalar`), AVX2+FMA+F16C on x86-64 (`x86`), AVX-512
+//! VNNI with rows in lanes on x86-64 (`avx512`), NEON on aarch64 (`arm`). The best one the CPU
+//! supports is chosen once (`Simd::active`); `LLMCAD_CPU_SIMD=scalar` (or `avx2`) forces a lesser
+//! one.
 //!
 //! A dot's result depends only on its two rows, never on which other rows are computed with
 //! it (tile position, batch size, row range, thread count), so batched passes (tree
@@ -19,7 +20,11 @@
 
 #[cfg(target_arch = "aarch64")]
 mod arm;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod scalar;
+#[cfg(test)]
+mod testing;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -86,7 +91,7 @@ impl<Q: ActInt> QActs<Q> {
 
     /// As `quantize`, with the given kernels (all give bit-identical results).
     pub fn quantize_with(&mut self, simd: Simd, x: &[f32], cols: usize) {
-        assert!(cols % QK == 0 && x.len() % cols.max(1) == 0);
+        assert!(cols.is_multiple_of(QK) && x.len().is_multiple_of(cols.max(1)));
         self.cols = cols;
         let blocks = x.len() / QK;
         self.qs.resize(x.len(), Q::default());
@@ -94,8 +99,9 @@ impl<Q: ActInt> QActs<Q> {
         self.s.resize(blocks, 0.0);
         match simd.checked() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `checked` returned Avx2 only if the CPU has it; the buffers were sized above
-            Simd::Avx2 => unsafe {
+            // SAFETY: `checked` returned these only if the CPU has AVX2 (both have); the buffers
+            // were sized above
+            Simd::Avx2 | Simd::Avx512Vnni => unsafe {
                 let qs = self.qs.as_mut_ptr() as *mut u8;
                 if Q::WIDE {
                     x86::quantize::<true>(x, qs, &mut self.d, &mut self.s)
@@ -141,6 +147,9 @@ pub enum Simd {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
+    /// x86-64 with AVX-512 (F, BW) and VNNI, besides AVX2: the AVX2 kernels for the types and
+    /// paths it has no kernel for.
+    Avx512Vnni,
     /// aarch64 NEON.
     Neon,
 }
@@ -148,20 +157,39 @@ pub enum Simd {
 impl Simd {
     /// The fastest kernels this CPU runs.
     pub fn best() -> Simd {
-        [Simd::Avx2, Simd::Neon]
+        [Simd::Avx512Vnni, Simd::Avx2, Simd::Neon]
             .into_iter()
             .find(|s| s.available())
             .unwrap_or(Simd::Scalar)
     }
 
-    /// The kernels in use: `best()`, unless the environment says `LLMCAD_CPU_SIMD=scalar`.
-    /// Chosen once per process.
+    /// Every kernel set, best first.
+    pub const ALL: [Simd; 4] = [Simd::Avx512Vnni, Simd::Avx2, Simd::Neon, Simd::Scalar];
+
+    /// The kernels in use: `best()`, unless the environment names another available set
+    /// (`LLMCAD_CPU_SIMD=scalar`, `avx2`, ...). Chosen once per process.
     pub fn active() -> Simd {
         static ACTIVE: OnceLock<Simd> = OnceLock::new();
-        *ACTIVE.get_or_init(|| match std::env::var("LLMCAD_CPU_SIMD") {
-            Ok(v) if v.eq_ignore_ascii_case("scalar") => Simd::Scalar,
-            _ => Simd::best(),
+        *ACTIVE.get_or_init(|| {
+            let asked = std::env::var("LLMCAD_CPU_SIMD").ok();
+            let named = asked.as_deref().and_then(|v| {
+                Simd::ALL
+                    .into_iter()
+                    .find(|s| s.name().eq_ignore_ascii_case(v) && s.available())
+            });
+            if let (Some(v), None) = (&asked, named) {
+                log::warn!(
+                    "LLMCAD_CPU_SIMD={v} is not a kernel set this CPU runs; using {}",
+                    Simd::best().name()
+                );
+            }
+            named.unwrap_or_else(Simd::best)
         })
+    }
+
+    /// The kernel sets this CPU runs, best first.
+    pub fn all_available() -> Vec<Simd> {
+        Simd::ALL.into_iter().filter(|s| s.available()).collect()
     }
 
     /// Whether this CPU can run these kernels.
@@ -170,6 +198,8 @@ impl Simd {
             Simd::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => x86::available(),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512Vnni => avx512::available(),
             #[cfg(target_arch = "aarch64")]
             Simd::Neon => true,
             #[allow(unreachable_patterns)]
@@ -190,6 +220,7 @@ impl Simd {
         match self {
             Simd::Scalar => "scalar",
             Simd::Avx2 => "avx2",
+            Simd::Avx512Vnni => "avx512vnni",
             Simd::Neon => "neon",
         }
     }
@@ -254,8 +285,13 @@ pub fn matmul_q_with<Q: ActInt>(
     assert!(dtype.is_quantized() && acts.cols == cols);
     match simd.checked() {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 VNNI; the kernel checks the slice bounds it relies on
+        Simd::Avx512Vnni if avx512::supports(dtype) => unsafe {
+            avx512::matmul_q(dtype, w, rows, acts, out, out_stride)
+        },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA/F16C; the kernel checks the slice bounds it relies on
-        Simd::Avx2 => unsafe {
+        Simd::Avx2 | Simd::Avx512Vnni => unsafe {
             if Q::WIDE {
                 x86::matmul_q::<true, Q>(dtype, w, rows, acts, out, out_stride)
             } else {
@@ -326,7 +362,9 @@ pub fn matmul_f32_with(
     match simd.checked() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA/F16C; the kernel checks the slice bounds it relies on
-        Simd::Avx2 => unsafe { x86::matmul_f32(dtype, w, cols, rows, x, out, out_stride) },
+        Simd::Avx2 | Simd::Avx512Vnni => unsafe {
+            x86::matmul_f32(dtype, w, cols, rows, x, out, out_stride)
+        },
         #[cfg(target_arch = "aarch64")]
         Simd::Neon => arm::matmul_f32(dtype, w, cols, rows, x, out, out_stride),
         _ => matmul_by_dots(
@@ -370,12 +408,9 @@ mod tests {
         x
     }
 
+    /// Every kernel set this CPU runs.
     fn simds() -> Vec<Simd> {
-        let mut v = vec![Simd::Scalar];
-        if Simd::best() != Simd::Scalar {
-            v.push(Simd::best());
-        }
-        v
+        Simd::all_available()
     }
 
     #[derive(Clone, Copy, Debug, PartialEq)]
@@ -596,6 +631,77 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The AVX-512 kernels give the scalar reference's bits for the types they cover, on random
+    /// raw blocks and 8- and 16-bit activations that reach the integer extremes, for any number
+    /// of tokens (register chunks of 8, 4, 2, 1 and sweeps of 64) and any row range.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_matmuls_give_the_scalar_bits() {
+        use super::testing::{acts, random_blocks, Rng};
+        if !Simd::Avx512Vnni.available() {
+            eprintln!("no AVX-512 VNNI on this CPU: nothing to check");
+            return;
+        }
+        fn check<Q: ActInt>(
+            dtype: DType,
+            rng: &mut Rng,
+            conv: impl Fn(i64) -> Q,
+            min: i64,
+            max: i64,
+        ) {
+            let (rows, nblk) = (37usize, 3usize);
+            let cols = nblk * dtype.block_len();
+            let w = random_blocks(dtype, rng, rows * nblk);
+            for n_t in [1usize, 2, 3, 5, 8, 13, 19, 70] {
+                let nb = n_t * cols / QK;
+                let a = QActs {
+                    cols,
+                    qs: acts(rng, n_t * cols, &conv, min, max),
+                    d: (0..nb)
+                        .map(|_| (rng.next() % 1000) as f32 * 1e-4 - 0.05)
+                        .collect(),
+                    s: (0..nb)
+                        .map(|_| (rng.next() % 1000) as f32 * 1e-2 - 5.0)
+                        .collect(),
+                };
+                for range in [0..rows, 3..20, 16..33, 36..37] {
+                    let len = range.len();
+                    let mut out = vec![f32::NAN; n_t * len];
+                    matmul_q_with(
+                        Simd::Avx512Vnni,
+                        dtype,
+                        &w,
+                        cols,
+                        range.clone(),
+                        &a,
+                        &mut out,
+                        len,
+                    );
+                    let rb = dtype.row_bytes(cols);
+                    for t in 0..n_t {
+                        for (i, r) in range.clone().enumerate() {
+                            let want = scalar::dot_q(dtype, &w[r * rb..(r + 1) * rb], a.row(t));
+                            let got = out[t * len + i];
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{dtype} {} T={n_t} t={t} r={r}: {got} vs {want}",
+                                std::any::type_name::<Q>()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let mut rng = Rng(5);
+        for dtype in DType::ALL.into_iter().filter(|&d| avx512::supports(d)) {
+            for _ in 0..3 {
+                check(dtype, &mut rng, |v| v as i8, -128, 127);
+                check(dtype, &mut rng, |v| v as i16, -32768, 32767);
             }
         }
     }

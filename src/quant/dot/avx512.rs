@@ -1,0 +1,723 @@
+//! AVX-512 VNNI kernels (x86-64): sixteen weight rows at a time, one row per 32-bit lane.
+//!
+//! With rows in lanes, a block of 16 rows is decoded once into pairs of i16 weights
+//! (`Decoded`), and every token of the pass then takes one `vpdpwssd` per pair of weights for all
+//! 16 rows, its two activations broadcast from memory. The float work per sub-block of 32 is
+//! also done for 16 rows at once. So a pass over T tokens reads and decodes the weights once,
+//! and each extra token costs about one instruction per 32 weights and row.
+//!
+//! Each lane ends a sub-block with the exact integer sum of that row's 32 products, and the
+//! floats then follow `scalar::add_sub_block` step for step, so these kernels give the scalar
+//! reference's bits, at every T, row range and thread count.
+//!
+//! Decoding reads the 16 rows with gathers: a dword of 4 bytes from each row lands in its lane.
+//! The weights of a dword come out as pairs (k, k+2) and (k+1, k+3); the activations are
+//! reordered once per call to match (`permute`).
+//!
+//! Types without a kernel here (Q5_1, Q5_K, Q8_K, Q2_K, Q3_K) keep the AVX2 kernels, whose
+//! results are also the same at every T.
+
+use super::{x86, ActInt, QActs};
+use crate::quant::{DType, QK};
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::ops::Range;
+
+/// Weight rows per group: one per 32-bit lane.
+const G: usize = 16;
+/// Tokens whose accumulators a group keeps at once (more are done in further sweeps).
+const TMAX: usize = 64;
+
+pub fn available() -> bool {
+    x86::available()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Whether `dtype` has a kernel here.
+pub fn supports(dtype: DType) -> bool {
+    matches!(
+        dtype,
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q4_K | DType::Q6_K
+    )
+}
+
+/// One block of 16 rows, decoded: for sub-block j, `w[j][p]` holds pair p of every row's i16
+/// weights (pairs 0..8 are values 0..16, pairs 8..16 values 16..32, each pair in the order
+/// `permute` gives the activations), `d[j]` and `m[j]` the rows' sub-block scale and minimum,
+/// and for Q6_K `sc[j][h]` the rows' integer scales of values 16h..16h+16 (its weights are left
+/// as the raw codes 0..64: the scales and the offset of 32 are applied to the integer sums).
+struct Decoded {
+    w: [[__m512i; 16]; 8],
+    d: [__m512; 8],
+    m: [__m512; 8],
+    sc: [[__m512i; 2]; 8],
+}
+
+/// Bytes of one block of `dtype`.
+const fn block_bytes(dtype: DType) -> usize {
+    match dtype {
+        DType::Q8_0 => 34,
+        DType::Q4_0 => 18,
+        DType::Q4_1 => 20,
+        DType::Q5_0 => 22,
+        DType::Q4_K => 144,
+        _ => 210,
+    }
+}
+
+/// Sub-blocks of 32 per block.
+const fn per_block(dtype: DType) -> usize {
+    match dtype {
+        DType::Q4_K | DType::Q6_K => 8,
+        _ => 1,
+    }
+}
+
+/// The dword at byte `off` of each of the 16 rows (`rows[i]`: offset of row i from `base`).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather(base: *const u8, rows: __m512i, off: usize) -> __m512i {
+    _mm512_i32gather_epi32::<1>(rows, base.add(off) as *const i32)
+}
+
+/// Dwords `off/4 .. off/4 + 8` of each of the 16 rows at `p`, rows in lanes: vector g holds
+/// dword g of every row. Eight 32-byte loads per 8 rows and an 8×8 transpose in each half, far
+/// cheaper than gathers.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn lanes8(p: &[*const u8; G], off: usize) -> [__m512i; 8] {
+    let ld = |r: usize| _mm256_loadu_si256(p[r].add(off) as *const __m256i);
+    // z[i]: row i in the low half, row i + 8 in the high half
+    let z: [__m512i; 8] =
+        std::array::from_fn(|i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ld(i)), ld(i + 8)));
+    let t: [__m512i; 8] = std::array::from_fn(|i| {
+        let (a, b) = (z[i / 2 * 2], z[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    // u[q] (q < 4): dwords q and q + 4 of rows 0..4 in 128-bit lanes 0/2 and 1/3; u[q + 4]: rows 4..8
+    let u: [__m512i; 8] = std::array::from_fn(|i| {
+        let (q, hi4) = (i % 4, 4 * (i / 4));
+        let (a, b) = (t[hi4 + q / 2], t[hi4 + q / 2 + 2]);
+        if q % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    let lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+    let hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    std::array::from_fn(|g| {
+        let q = g % 4;
+        let idx = if g < 4 { lo } else { hi };
+        _mm512_permutex2var_epi64(u[q], idx, u[q + 4])
+    })
+}
+
+/// As `lanes8`, for dwords `off/4 .. off/4 + 4`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn lanes4(p: &[*const u8; G], off: usize) -> [__m512i; 4] {
+    let ld = |r: usize| _mm_loadu_si128(p[r].add(off) as *const __m128i);
+    // z[i]: rows i, i + 4, i + 8, i + 12 in its four 128-bit lanes
+    let z: [__m512i; 4] = std::array::from_fn(|i| {
+        let v = _mm512_castsi128_si512(ld(i));
+        let v = _mm512_inserti32x4::<1>(v, ld(i + 4));
+        let v = _mm512_inserti32x4::<2>(v, ld(i + 8));
+        _mm512_inserti32x4::<3>(v, ld(i + 12))
+    });
+    let t = [
+        _mm512_unpacklo_epi32(z[0], z[1]),
+        _mm512_unpackhi_epi32(z[0], z[1]),
+        _mm512_unpacklo_epi32(z[2], z[3]),
+        _mm512_unpackhi_epi32(z[2], z[3]),
+    ];
+    [
+        _mm512_unpacklo_epi64(t[0], t[2]),
+        _mm512_unpackhi_epi64(t[0], t[2]),
+        _mm512_unpacklo_epi64(t[1], t[3]),
+        _mm512_unpackhi_epi64(t[1], t[3]),
+    ]
+}
+
+/// The f16 in the low (`HIGH = false`) or high half of each lane, as f32.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn f16s<const HIGH: bool>(v: __m512i) -> __m512 {
+    let v = if HIGH { _mm512_srli_epi32::<16>(v) } else { v };
+    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
+}
+
+/// Byte `k` (0..4) of each lane, zero-extended.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn byte_u(v: __m512i, k: usize) -> __m512i {
+    _mm512_and_si512(
+        _mm512_srlv_epi32(v, _mm512_set1_epi32(8 * k as i32)),
+        _mm512_set1_epi32(0xff),
+    )
+}
+
+/// The two pairs of i16 weights in a lane whose four bytes hold values k..k+4 as low nibbles
+/// (`shift = 0`) or high nibbles (`shift = 4`): ((k, k+2), (k+1, k+3)).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn nibble_pairs(v: __m512i, shift: i32) -> [__m512i; 2] {
+    let mask = _mm512_set1_epi32(0x000f_000f);
+    [
+        _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(shift)), mask),
+        _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(shift + 8)), mask),
+    ]
+}
+
+/// 16 in each i16 of the pairs of `nibble_pairs` whose value has its bit set in `qh` (the
+/// fifth bits of Q5_0 values k.. as bits 0..4 of `x = qh >> k`).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn fifth_bits(x: __m512i) -> [__m512i; 2] {
+    let bit = |b: i32, to: u32| {
+        let v = _mm512_and_si512(x, _mm512_set1_epi32(1 << b));
+        _mm512_sllv_epi32(v, _mm512_set1_epi32(to as i32 - b))
+    };
+    [
+        _mm512_or_si512(bit(0, 4), bit(2, 20)),
+        _mm512_or_si512(bit(1, 4), bit(3, 20)),
+    ]
+}
+
+/// The sub-block scales and minimums of the Q4_K blocks at `base + rows[i]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,f16c")]
+unsafe fn q4_k_scales(base: *const u8, rows: __m512i) -> ([__m512; 8], [__m512; 8]) {
+    let mut out = ([_mm512_setzero_ps(); 8], [_mm512_setzero_ps(); 8]);
+    let head = gather(base, rows, 0);
+    let (d, dmin) = (f16s::<false>(head), f16s::<true>(head));
+    let (q0, q1, q2) = (
+        gather(base, rows, 4),
+        gather(base, rows, 8),
+        gather(base, rows, 12),
+    );
+    let (k1, k2, k3) = (
+        _mm512_set1_epi32(0x3f3f_3f3f),
+        _mm512_set1_epi32(0x0f0f_0f0f),
+        _mm512_set1_epi32(0x0303_0303),
+    );
+    let and = _mm512_and_si512;
+    let or = _mm512_or_si512;
+    // ggml's unpacking of the 6-bit scales and minimums, sub-blocks 0..4 and 4..8
+    let scales = [
+        and(q0, k1),
+        or(
+            and(q2, k2),
+            _mm512_slli_epi32::<4>(and(_mm512_srli_epi32::<6>(q0), k3)),
+        ),
+    ];
+    let mins = [
+        and(q1, k1),
+        or(
+            and(_mm512_srli_epi32::<4>(q2), k2),
+            _mm512_slli_epi32::<4>(and(_mm512_srli_epi32::<6>(q1), k3)),
+        ),
+    ];
+    let sign = _mm512_set1_epi32(i32::MIN);
+    for j in 0..8 {
+        let sc = _mm512_cvtepi32_ps(byte_u(scales[j / 4], j % 4));
+        let mn = _mm512_cvtepi32_ps(byte_u(mins[j / 4], j % 4));
+        out.0[j] = _mm512_mul_ps(d, sc);
+        // −(dmin·mn), with the sign of a negated zero
+        out.1[j] = _mm512_castsi512_ps(_mm512_xor_si512(
+            _mm512_castps_si512(_mm512_mul_ps(dmin, mn)),
+            sign,
+        ));
+    }
+    out
+}
+
+/// Decodes the blocks at `base + offs[i]` into `out` (type `K`), as `blocks::sub_block` does.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decoded) {
+    let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
+    let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
+    let dtype = dtype_of(K);
+    let sub16 = |v: __m512i, o: i16| _mm512_sub_epi16(v, _mm512_set1_epi16(o));
+    match dtype {
+        DType::Q8_0 => {
+            out.d[0] = f16s::<false>(gather(base, rows, 0));
+            for (g, v) in lanes8(&p, 2).into_iter().enumerate() {
+                out.w[0][2 * g] = _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v));
+                out.w[0][2 * g + 1] = _mm512_srai_epi16::<8>(v);
+            }
+        }
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 => {
+            let head = gather(base, rows, 0);
+            out.d[0] = f16s::<false>(head);
+            if dtype == DType::Q4_1 {
+                out.m[0] = f16s::<true>(head);
+            }
+            let (qs, off) = match dtype {
+                DType::Q4_0 => (2, 8),
+                DType::Q4_1 => (4, 0),
+                _ => (6, 16),
+            };
+            let qh = if dtype == DType::Q5_0 {
+                gather(base, rows, 2)
+            } else {
+                _mm512_setzero_si512()
+            };
+            for (g, v) in lanes4(&p, qs).into_iter().enumerate() {
+                // low nibbles: values 4g..4g+4; high nibbles: values 16+4g..
+                for (half, pairs) in [nibble_pairs(v, 0), nibble_pairs(v, 4)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let mut pairs = pairs;
+                    if dtype == DType::Q5_0 {
+                        let k = 16 * half + 4 * g;
+                        let hb = fifth_bits(_mm512_srlv_epi32(qh, _mm512_set1_epi32(k as i32)));
+                        pairs = [0, 1].map(|i| _mm512_or_si512(pairs[i], hb[i]));
+                    }
+                    for (i, p) in pairs.into_iter().enumerate() {
+                        out.w[0][8 * half + 2 * g + i] = if off == 0 { p } else { sub16(p, off) };
+                    }
+                }
+            }
+        }
+        DType::Q4_K => {
+            (out.d, out.m) = q4_k_scales(base, rows);
+            for n in 0..4 {
+                for (g, v) in lanes8(&p, 16 + 32 * n).into_iter().enumerate() {
+                    let [a, b] = nibble_pairs(v, 0);
+                    let [c, e] = nibble_pairs(v, 4);
+                    out.w[2 * n][2 * g] = a;
+                    out.w[2 * n][2 * g + 1] = b;
+                    out.w[2 * n + 1][2 * g] = c;
+                    out.w[2 * n + 1][2 * g + 1] = e;
+                }
+            }
+        }
+        _ => {
+            // Q6_K: the f16 d sits in bytes 208..210, the top half of the dword at 206
+            let d = f16s::<true>(gather(base, rows, 206));
+            let scales = [0, 1, 2, 3].map(|i| gather(base, rows, 192 + 4 * i));
+            for (s, sc) in out.sc.as_flattened_mut().iter_mut().enumerate() {
+                // byte s, sign-extended
+                *sc = _mm512_srai_epi32::<24>(_mm512_sllv_epi32(
+                    scales[s / 4],
+                    _mm512_set1_epi32(24 - 8 * (s % 4) as i32),
+                ));
+            }
+            out.d = [d; 8];
+            // bits 0..4 of a code from `ql`, bits 4..6 from `qh`; bits 6..8 are cleared with
+            // the pairs
+            let select = |lo: __m512i, hi: __m512i| {
+                _mm512_ternarylogic_epi32::<0xE4>(lo, hi, _mm512_set1_epi32(0x0f0f_0f0f))
+            };
+            let mask = _mm512_set1_epi32(0x003f_003f);
+            for n in 0..2 {
+                let (l0s, l1s) = (lanes8(&p, 64 * n), lanes8(&p, 64 * n + 32));
+                let hbs = lanes8(&p, 128 + 32 * n);
+                for g in 0..8 {
+                    let (l0, l1, hb) = (l0s[g], l1s[g], hbs[g]);
+                    let codes = [
+                        select(l0, _mm512_slli_epi32::<4>(hb)),
+                        select(l1, _mm512_slli_epi32::<2>(hb)),
+                        select(_mm512_srli_epi32::<4>(l0), hb),
+                        select(_mm512_srli_epi32::<4>(l1), _mm512_srli_epi32::<2>(hb)),
+                    ];
+                    for (k, q) in codes.into_iter().enumerate() {
+                        let w = &mut out.w[4 * n + k];
+                        w[2 * g] = _mm512_and_si512(q, mask);
+                        w[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi32::<8>(q), mask);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Type codes for the const-generic kernels.
+const Q8_0: u8 = 0;
+const Q4_0: u8 = 1;
+const Q4_1: u8 = 2;
+const Q5_0: u8 = 3;
+const Q4_K: u8 = 4;
+const Q6_K: u8 = 5;
+
+const fn dtype_of(k: u8) -> DType {
+    match k {
+        Q8_0 => DType::Q8_0,
+        Q4_0 => DType::Q4_0,
+        Q4_1 => DType::Q4_1,
+        Q5_0 => DType::Q5_0,
+        Q4_K => DType::Q4_K,
+        _ => DType::Q6_K,
+    }
+}
+
+/// The activations of one call, reordered to meet `Decoded`'s pairs: per block of 32, i16
+/// values (0, 2, 1, 3, 4, 6, 5, 7, ...), so that dword p holds the pair weight pair p meets.
+/// Also the sums of each 16 values (`sums`), which Q6_K's offset needs.
+struct Permuted {
+    pairs: Vec<i32>,
+    sums: Vec<i32>,
+}
+
+fn permute<Q: ActInt>(acts: &QActs<Q>, out: &mut Permuted) {
+    let n = acts.qs.len();
+    out.pairs.resize(n / 2, 0);
+    out.sums.resize(n / 16, 0);
+    // SAFETY: the caller checked `available()`; the buffers hold n values (i16 pairs in
+    // `pairs`) and a sum per 16
+    unsafe {
+        permute_k::<Q>(
+            acts.qs.as_ptr() as *const u8,
+            n,
+            out.pairs.as_mut_ptr(),
+            out.sums.as_mut_ptr(),
+        )
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn permute_k<Q: ActInt>(qs: *const u8, n: usize, out: *mut i32, sums: *mut i32) {
+    let order: [i16; 32] = std::array::from_fn(|i| {
+        let i = i as i16;
+        (i & !3) | [0, 2, 1, 3][i as usize & 3]
+    });
+    let idx = _mm512_loadu_si512(order.as_ptr() as *const _);
+    for b in 0..n / QK {
+        let v = if Q::WIDE {
+            _mm512_loadu_si512(qs.add(2 * QK * b) as *const _)
+        } else {
+            _mm512_cvtepi8_epi16(_mm256_loadu_si256(qs.add(QK * b) as *const __m256i))
+        };
+        _mm512_storeu_si512(
+            out.add(QK / 2 * b) as *mut _,
+            _mm512_permutexvar_epi16(idx, v),
+        );
+        let pair_sums = _mm512_madd_epi16(v, _mm512_set1_epi16(1));
+        *sums.add(2 * b) = _mm512_mask_reduce_add_epi32(0x00ff, pair_sums);
+        *sums.add(2 * b + 1) = _mm512_mask_reduce_add_epi32(0xff00, pair_sums);
+    }
+}
+
+thread_local! {
+    static PERMUTED: RefCell<Permuted> = const {
+        RefCell::new(Permuted {
+            pairs: Vec::new(),
+            sums: Vec::new(),
+        })
+    };
+}
+
+/// What one sub-block adds to N tokens' accumulators: the exact integer sums of 16 rows, then
+/// `scalar::add_sub_block`'s float steps for each row.
+///
+/// Per token: `a`, its permuted activations of the sub-block; `sums`, their sums per 16; `da`
+/// and `sa`, their scale and scaled sum.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn sub_block<const K: u8, const N: usize>(
+    dec: &Decoded,
+    j: usize,
+    a: [*const i32; N],
+    sums: [*const i32; N],
+    da: [f32; N],
+    sa: [f32; N],
+    acc: &mut [__m512],
+) {
+    let (w, d, m) = (&dec.w[j], dec.d[j], dec.m[j]);
+    let mut halves = [[_mm512_setzero_si512(); N]; 2];
+    for (h, hs) in halves.iter_mut().enumerate() {
+        for (p, &wp) in w.iter().enumerate().skip(8 * h).take(8) {
+            for t in 0..N {
+                hs[t] = dot_pairs(hs[t], wp, a[t].add(p));
+            }
+        }
+    }
+    let m_set = _mm512_cmpneq_ps_mask(m, _mm512_setzero_ps());
+    for t in 0..N {
+        let f = if K == Q6_K {
+            // codes are q + 32: Σq·a = Σcode·a − 32·Σa per 16, then times its scale (both fit
+            // i32); the two halves' sum may not: through i64 where it overflows (never with
+            // real activations, so kept out of the way)
+            let [x, y] = [0, 1].map(|h| {
+                let off = _mm512_slli_epi32::<5>(_mm512_set1_epi32(*sums[t].add(h)));
+                _mm512_mullo_epi32(dec.sc[j][h], _mm512_sub_epi32(halves[h][t], off))
+            });
+            let isum = _mm512_add_epi32(x, y);
+            let over = _mm512_cmplt_epi32_mask(
+                _mm512_and_si512(_mm512_xor_si512(x, isum), _mm512_xor_si512(y, isum)),
+                _mm512_setzero_si512(),
+            );
+            if over == 0 {
+                _mm512_cvtepi32_ps(isum)
+            } else {
+                exact_sum(x, y)
+            }
+        } else {
+            _mm512_cvtepi32_ps(_mm512_add_epi32(halves[0][t], halves[1][t]))
+        };
+        acc[t] = add_sub_block::<K>(acc[t], d, m, m_set, f, da[t], sa[t]);
+    }
+}
+
+/// `scalar::add_sub_block` for 16 rows: `acc + (d·da)·isum`, then `+ m·sa` in the rows whose
+/// minimum `m` is not 0 (`m_set`).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_sub_block<const K: u8>(
+    acc: __m512,
+    d: __m512,
+    m: __m512,
+    m_set: __mmask16,
+    isum: __m512,
+    da: f32,
+    sa: f32,
+) -> __m512 {
+    let s = _mm512_add_ps(
+        acc,
+        _mm512_mul_ps(_mm512_mul_ps(d, _mm512_set1_ps(da)), isum),
+    );
+    if K == Q4_1 || K == Q4_K {
+        _mm512_mask_add_ps(s, m_set, s, _mm512_mul_ps(m, _mm512_set1_ps(sa)))
+    } else {
+        s
+    }
+}
+
+/// Q4_K for N ≤ 8 tokens: the weights go from the nibbles straight into the dots of every
+/// token, never through memory. Same integer sums and float steps as `decode` + `sub_block`.
+///
+/// Per token: `a`, its permuted activations from this block's first sub-block; `da`, `sa`, its
+/// scales and scaled sums from there.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn q4_k_direct<const N: usize>(
+    base: *const u8,
+    offs: &[i32; G],
+    a: [*const i32; N],
+    da: [*const f32; N],
+    sa: [*const f32; N],
+    acc: &mut [__m512],
+) {
+    let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
+    let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
+    let (d, m) = q4_k_scales(base, rows);
+    for n in 0..4 {
+        let v = lanes8(&p, 16 + 32 * n);
+        // sums of sub-blocks 2n (low nibbles) and 2n + 1 (high nibbles)
+        let mut sums = [[_mm512_setzero_si512(); N]; 2];
+        for (g, &vg) in v.iter().enumerate() {
+            for (h, shift) in [0, 4].into_iter().enumerate() {
+                let pairs = nibble_pairs(vg, shift);
+                let at = (2 * n + h) * QK / 2 + 2 * g;
+                for t in 0..N {
+                    let x = dot_pairs(sums[h][t], pairs[0], a[t].add(at));
+                    sums[h][t] = dot_pairs(x, pairs[1], a[t].add(at + 1));
+                }
+            }
+        }
+        for (h, hs) in sums.iter().enumerate() {
+            let j = 2 * n + h;
+            let m_set = _mm512_cmpneq_ps_mask(m[j], _mm512_setzero_ps());
+            for t in 0..N {
+                let f = _mm512_cvtepi32_ps(hs[t]);
+                acc[t] = add_sub_block::<Q4_K>(
+                    acc[t],
+                    d[j],
+                    m[j],
+                    m_set,
+                    f,
+                    *da[t].add(j),
+                    *sa[t].add(j),
+                );
+            }
+        }
+    }
+}
+
+/// `acc` plus, per lane, the two i16 products of `w` with the pair at `a` (broadcast): one
+/// `vpdpwssd` with a memory operand, written out because the compiler splits the intrinsic into
+/// `vpmaddwd` + `vpaddd` for CPUs it does not know to have a fast one.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn dot_pairs(acc: __m512i, w: __m512i, a: *const i32) -> __m512i {
+    let mut acc = acc;
+    std::arch::asm!(
+        "vpdpwssd {acc}, {w}, dword ptr [{a}]{{1to16}}",
+        acc = inout(zmm_reg) acc,
+        w = in(zmm_reg) w,
+        a = in(reg) a,
+        options(pure, readonly, nostack, preserves_flags)
+    );
+    acc
+}
+
+/// `f32(x + y)` per lane with the sum taken in i64.
+#[cold]
+#[target_feature(enable = "avx512f")]
+unsafe fn exact_sum(x: __m512i, y: __m512i) -> __m512 {
+    let (mut a, mut b) = ([0i32; 16], [0i32; 16]);
+    _mm512_storeu_si512(a.as_mut_ptr() as *mut _, x);
+    _mm512_storeu_si512(b.as_mut_ptr() as *mut _, y);
+    let s: [f32; 16] = std::array::from_fn(|i| (a[i] as i64 + b[i] as i64) as f32);
+    _mm512_loadu_ps(s.as_ptr())
+}
+
+/// `out[t * out_stride + r - rows.start] = dot(W[r], A[t])`.
+///
+/// # Safety
+/// The CPU must support these kernels (`available()`); `supports(dtype)`; `w` holds every row
+/// in `rows`.
+pub unsafe fn matmul_q<Q: ActInt>(
+    dtype: DType,
+    w: &[u8],
+    rows: Range<usize>,
+    acts: &QActs<Q>,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let rb = dtype.row_bytes(acts.cols);
+    assert!(w.len() >= rows.end * rb);
+    assert!(acts.rows() == 0 || out.len() >= (acts.rows() - 1) * out_stride + rows.len());
+    assert!(G * rb < i32::MAX as usize);
+    PERMUTED.with_borrow_mut(|perm| {
+        permute(acts, perm);
+        let args = (w, rb, rows, acts, &*perm, out, out_stride);
+        match dtype {
+            DType::Q8_0 => matmul_k::<Q8_0, Q>(args),
+            DType::Q4_0 => matmul_k::<Q4_0, Q>(args),
+            DType::Q4_1 => matmul_k::<Q4_1, Q>(args),
+            DType::Q5_0 => matmul_k::<Q5_0, Q>(args),
+            DType::Q4_K => matmul_k::<Q4_K, Q>(args),
+            DType::Q6_K => matmul_k::<Q6_K, Q>(args),
+            _ => unreachable!("{dtype} has no AVX-512 kernel"),
+        }
+    })
+}
+
+type Args<'a, Q> = (
+    &'a [u8],
+    usize,
+    Range<usize>,
+    &'a QActs<Q>,
+    &'a Permuted,
+    &'a mut [f32],
+    usize,
+);
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn matmul_k<const K: u8, Q: ActInt>(
+    (w, rb, rows, acts, perm, out, out_stride): Args<'_, Q>,
+) {
+    let dtype = dtype_of(K);
+    let (bb, per) = (block_bytes(dtype), per_block(dtype));
+    let cols = acts.cols;
+    let (nb, n_t) = (cols / QK, acts.rows());
+    let wp = w.as_ptr();
+    let (dp, sp) = (acts.d.as_ptr(), acts.s.as_ptr());
+    let mut dec = Decoded {
+        w: [[_mm512_setzero_si512(); 16]; 8],
+        d: [_mm512_setzero_ps(); 8],
+        m: [_mm512_setzero_ps(); 8],
+        sc: [[_mm512_setzero_si512(); 2]; 8],
+    };
+    let mut acc = [_mm512_setzero_ps(); TMAX];
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let valid = G.min(rows.end - r0);
+        // rows past the range repeat its last row; their results are not stored
+        let offs: [i32; G] = std::array::from_fn(|i| (i.min(valid - 1) * rb) as i32);
+        let group = wp.add(r0 * rb);
+        for t0 in (0..n_t).step_by(TMAX) {
+            let nt = TMAX.min(n_t - t0);
+            acc[..nt].fill(_mm512_setzero_ps());
+            let blocks = nb / per;
+            for i in 0..blocks {
+                // the next group of rows (one contiguous run), spread over this group's blocks:
+                // sixteen interleaved short streams are more than the hardware prefetchers
+                // follow
+                let run = G * rb;
+                let (from, to) = (i * run / blocks, (i + 1) * run / blocks);
+                for l in (from..to).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(group.wrapping_add(run + l) as *const i8);
+                }
+                if K == Q4_K && nt <= 8 {
+                    let b = i * per;
+                    macro_rules! direct {
+                        ($n:literal) => {{
+                            let tt: [usize; $n] = std::array::from_fn(|k| t0 + k);
+                            q4_k_direct::<$n>(
+                                group.add(i * bb),
+                                &offs,
+                                tt.map(|t| perm.pairs.as_ptr().add(t * cols / 2 + b * QK / 2)),
+                                tt.map(|t| dp.add(t * nb + b)),
+                                tt.map(|t| sp.add(t * nb + b)),
+                                &mut acc,
+                            )
+                        }};
+                    }
+                    match nt {
+                        1 => direct!(1),
+                        2 => direct!(2),
+                        3 => direct!(3),
+                        4 => direct!(4),
+                        5 => direct!(5),
+                        6 => direct!(6),
+                        7 => direct!(7),
+                        _ => direct!(8),
+                    }
+                    continue;
+                }
+                decode::<K>(group.add(i * bb), &offs, &mut dec);
+                for j in 0..per {
+                    let b = i * per + j;
+                    let mut t = 0;
+                    while t < nt {
+                        let left = nt - t;
+                        let accs = &mut acc[t..];
+                        macro_rules! run {
+                            ($n:literal) => {{
+                                let (mut a, mut sums) =
+                                    ([std::ptr::null(); $n], [std::ptr::null(); $n]);
+                                let (mut da, mut sa) = ([0f32; $n], [0f32; $n]);
+                                for i in 0..$n {
+                                    let tt = t0 + t + i;
+                                    a[i] = perm.pairs.as_ptr().add(tt * cols / 2 + b * QK / 2);
+                                    sums[i] = perm.sums.as_ptr().add(tt * cols / 16 + 2 * b);
+                                    (da[i], sa[i]) = (*dp.add(tt * nb + b), *sp.add(tt * nb + b));
+                                }
+                                sub_block::<K, $n>(&dec, j, a, sums, da, sa, accs);
+                                $n
+                            }};
+                        }
+                        t += if left >= 8 {
+                            run!(8)
+                        } else if left >= 4 {
+                            run!(4)
+                        } else if left >= 2 {
+                            run!(2)
+                        } else {
+                            run!(1)
+                        };
+                    }
+                }
+            }
+            let mask: __mmask16 = if valid == G { !0 } else { (1 << valid) - 1 };
+            for (t, a) in acc[..nt].iter().enumerate() {
+                let o = out
+                    .as_mut_ptr()
+                    .add((t0 + t) * out_stride + r0 - rows.start);
+                _mm512_mask_storeu_ps(o, mask, *a);
+            }
+        }
+        r0 += G;
+    }
+}
