@@ -24,7 +24,7 @@
 //! models, caches and threads, so several engines can live in one process.
 
 use crate::backend::{Backend, Batch, Rows, Want};
-use crate::cpu::{default_threads, CpuBackend, CpuOptions, Precision};
+use crate::cpu::{clamp_threads, default_threads, CpuBackend, CpuOptions, Precision};
 use crate::error::{Error, Result};
 use crate::generate::{check_context, generate, GenerateOptions, Stats, StopReason};
 use crate::gpu::{self, DeviceOptions, GpuBackend, GpuOptions};
@@ -346,7 +346,7 @@ impl Engine {
     /// Loads the target (and, with `spec`, the drafter, checked against the target) and
     /// creates their backends. Fails with a message naming the problem: a missing or
     /// corrupt file, a drafter that cannot draft for the target, an unavailable device.
-    pub fn load(opts: EngineOptions) -> Result<Engine> {
+    pub fn load(mut opts: EngineOptions) -> Result<Engine> {
         if opts.spec.is_some() && opts.drafter.is_none() {
             return Err(Error::InvalidArgument(
                 "speculative decoding needs a drafter model".into(),
@@ -356,6 +356,14 @@ impl Engine {
             return Err(Error::InvalidArgument(
                 "context and thread counts must be at least 1".into(),
             ));
+        }
+        let mut warnings = Vec::new();
+        for threads in [&mut opts.threads, &mut opts.draft_threads] {
+            if let Some(n) = *threads {
+                let (n, notice) = clamp_threads(n);
+                *threads = Some(n);
+                warnings.extend(notice);
+            }
         }
         let load = |path: &PathBuf, quantize| {
             Model::load(
@@ -367,7 +375,6 @@ impl Engine {
             )
         };
         let model = load(&opts.target, opts.quantize)?;
-        let mut warnings = Vec::new();
         let drafter = match (&opts.spec, &opts.drafter) {
             (Some(spec), Some(path)) => {
                 let d = load(path, opts.draft_quantize)?;

@@ -124,18 +124,51 @@ fn cpu_backend(a: &BenchArgs, m: &Model, threads: usize) -> CpuBackend {
     )
 }
 
+/// The best of three reads of `buf` by `threads` threads (GB/s): the ceiling for a pass that
+/// streams the model's weights once, as a one-token decode does.
+fn read_bandwidth(buf: &mut [u8], threads: usize) -> f64 {
+    let per = buf.len().div_ceil(threads).next_multiple_of(64);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for part in buf.chunks(per) {
+                s.spawn(move || {
+                    // eight independent sums, so the loads and not the adds set the pace
+                    let mut acc = [0u64; 8];
+                    for c in part.chunks_exact(64) {
+                        for (a, w) in acc.iter_mut().zip(c.chunks_exact(8)) {
+                            *a = a.wrapping_add(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+                        }
+                    }
+                    std::hint::black_box(acc);
+                });
+            }
+        });
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    buf.len() as f64 / best / 1e9
+}
+
 /// Prefill and decode speed for each thread count (best of three prefills).
 fn cpu_table(a: &BenchArgs, m: &Model) -> anyhow::Result<serde_json::Value> {
     let mut prompt = m.tokenizer.encode(PROMPTS)?;
     prompt.truncate(a.n_prompt.max(1));
-    println!("\n{} on the CPU ({:?})", m.name, a.run.precision());
+    let kernels = llmcad::quant::Simd::active().name();
     println!(
-        "| threads | prompt tokens/s (pp{}) | decode tokens/s (tg{}) | {} |",
+        "\n{} on the CPU ({:?}, {kernels} kernels)",
+        m.name,
+        a.run.precision()
+    );
+    println!(
+        "| threads | read ceiling GB/s | prompt tokens/s (pp{}) | decode tokens/s (tg{}) | decode weights GB/s | {} |",
         prompt.len(),
         a.n_gen,
         TREE_SIZES.map(|n| format!("pass T={n} ms")).join(" | ")
     );
-    println!("|---|---|---|{}", "---|".repeat(TREE_SIZES.len()));
+    println!("|---|---|---|---|---|{}", "---|".repeat(TREE_SIZES.len()));
+    let weight_bytes = m.weights.byte_count();
+    let mut buffer = vec![1u8; weight_bytes];
     let mut rows = Vec::new();
     for &t in &a.thread_counts {
         let mut b = cpu_backend(a, m, t);
@@ -159,10 +192,17 @@ fn cpu_table(a: &BenchArgs, m: &Model) -> anyhow::Result<serde_json::Value> {
         b.kv_truncate(0);
         prefill(&mut b, &prompt, prompt.len(), Some(1))?;
         let curve = CostCurve::measure_up_to(&mut b, &TREE_SIZES, 3, f64::INFINITY)?;
-        println!("| {t} | {pp:.1} | {tg:.1} | {} |", tree_cells(&curve));
+        let ceiling = read_bandwidth(&mut buffer, t);
+        let decode_gbs = weight_bytes as f64 * tg / 1e9;
+        println!(
+            "| {t} | {ceiling:.1} | {pp:.1} | {tg:.1} | {decode_gbs:.1} ({:.0}%) | {} |",
+            100.0 * decode_gbs / ceiling,
+            tree_cells(&curve)
+        );
         rows.push(
-            json!({"threads": t, "prompt_tokens_per_s": pp, "decode_tokens_per_s": tg,
-            "tree_pass_ms": curve.points}),
+            json!({"threads": t, "kernels": kernels, "read_ceiling_gb_per_s": ceiling,
+            "prompt_tokens_per_s": pp, "decode_tokens_per_s": tg,
+            "decode_weights_gb_per_s": decode_gbs, "tree_pass_ms": curve.points}),
         );
     }
     Ok(json!(rows))

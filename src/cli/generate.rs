@@ -158,6 +158,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
                 "tokens_per_s": s.tokens_per_s(),
                 "prompt_tokens_per_s": s.prompt_tokens_per_s(),
                 "device": engine.device_name(),
+                "cpu_kernels": llmcad::quant::Simd::active().name(),
             }
         });
         let mut json = json;

@@ -52,6 +52,16 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
             "separate"
         }
     );
+    let simd = llmcad::quant::Simd::active();
+    let all: Vec<&str> = llmcad::quant::Simd::all_available()
+        .iter()
+        .map(|s| s.name())
+        .collect();
+    println!(
+        "cpu kernels:  {} (this CPU runs: {})",
+        simd.name(),
+        all.join(", ")
+    );
     let s = &c.special;
     println!(
         "tokenizer:    {} tokens, bos {:?}, eos {:?}, stop {:?}, add_bos {}",

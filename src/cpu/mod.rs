@@ -45,6 +45,19 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// `asked` threads, or the core count when `asked` is more than 4 per core (threads beyond the
+/// cores only take turns on them, and thousands would exhaust memory), with a notice saying so.
+pub fn clamp_threads(asked: usize) -> (usize, Option<String>) {
+    let cores = default_threads();
+    if asked > 4 * cores {
+        let notice =
+            format!("{asked} threads is far more than this machine's {cores} cores; using {cores}");
+        (cores, Some(notice))
+    } else {
+        (asked, None)
+    }
+}
+
 pub struct CpuBackend {
     cfg: ModelConfig,
     weights: Arc<ModelWeights>,

@@ -164,7 +164,7 @@ unsafe fn decode<const T: u8>(
             s.m = -(read_f16(&blk[2..]) * mn as f32);
             let base = if T == Q4_K { 16 } else { 48 } + 32 * (j / 2);
             let (g0, g1) = (ld(blk, base), ld(blk, base + 16));
-            let (mut lo, mut hi) = if j % 2 == 0 {
+            let (mut lo, mut hi) = if j.is_multiple_of(2) {
                 let m = vdupq_n_u8(0x0f);
                 (vandq_u8(g0, m), vandq_u8(g1, m))
             } else {
