@@ -105,6 +105,10 @@ typedef struct LlmcadOptions {
   // "auto", "64MiB", "1.5GB", "25%" (of the available memory), or NULL for "auto".
   // On a GPU target, weights beyond it stream from the model file for every pass.
   const char *memory_budget;
+  // Directory where the verifier's learned pass times are kept between processes, "" to
+  // keep them nowhere, or NULL for the default ($LLMCAD_CACHE_DIR, else the platform's cache
+  // directory).
+  const char *pass_times_dir;
 } LlmcadOptions;
 
 // Per-request parameters. Fill with llmcad_generate_params_init.

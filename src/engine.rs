@@ -31,6 +31,8 @@ use crate::gpu::{self, DeviceOptions, GpuBackend, GpuOptions};
 use crate::memory::MemoryBudget;
 use crate::model::{LoadOptions, Model};
 use crate::quant::DType;
+use crate::spec::cost::PassTimes;
+use crate::spec::pass_store::{self, PassStore};
 use crate::spec::{check_pair, generate_speculative, SpecOptions, SpecStats};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use std::path::PathBuf;
@@ -97,6 +99,8 @@ pub struct EngineOptions {
     pub io_bandwidth: Option<f64>,
     /// Progress bars on stderr while loading (only when it is a terminal).
     pub progress: bool,
+    /// Where the verifier's learned pass times are kept between processes.
+    pub pass_store: PassStore,
 }
 
 impl EngineOptions {
@@ -118,6 +122,7 @@ impl EngineOptions {
             memory_budget: MemoryBudget::Auto,
             io_bandwidth: None,
             progress: false,
+            pass_store: PassStore::Default,
         }
     }
 
@@ -255,6 +260,8 @@ struct Drafter {
     model: Model,
     backend: Box<dyn Backend>,
     spec: SpecOptions,
+    /// Where the verifier's pass times are kept between processes.
+    pass_file: Option<PathBuf>,
     /// History tokens known to be in the drafter's cache (a prefix of `history`).
     valid: usize,
 }
@@ -336,6 +343,23 @@ fn cpu_backend(model: &Model, opts: &EngineOptions, threads: Option<usize>) -> C
     )
 }
 
+/// What the target's pass times depend on: the model file, the device (with its threads), the
+/// CPU kernels and the weight budget.
+fn pass_key(opts: &EngineOptions, target: &dyn Backend) -> String {
+    let file = opts
+        .target
+        .file_name()
+        .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    let size = std::fs::metadata(&opts.target).map_or(0, |m| m.len());
+    format!(
+        "{file}-{size}-{}-{}-{:?}-{:?}",
+        target.device_name(),
+        crate::quant::Simd::active().name(),
+        opts.memory_budget,
+        opts.io_bandwidth
+    )
+}
+
 fn kv_bytes(model: &Model, context: Option<usize>) -> u64 {
     let c = &model.config;
     let slots = context.unwrap_or(c.max_context).min(c.max_context);
@@ -384,6 +408,7 @@ impl Engine {
                     model: d,
                     backend,
                     spec: spec.clone(),
+                    pass_file: None,
                     valid: 0,
                 })
             }
@@ -404,6 +429,13 @@ impl Engine {
                     .map_or(0, |d| kv_bytes(&d.model, opts.context)),
         };
         let target = open_target(&model, &opts, &memory, &mut warnings)?;
+        let mut drafter = drafter;
+        if let Some(d) = &mut drafter {
+            d.pass_file = opts.pass_store.file(&pass_key(&opts, &*target));
+            if let (Some(path), true) = (&d.pass_file, d.spec.pass_times.is_empty()) {
+                d.spec.pass_times = pass_store::load(path);
+            }
+        }
         Ok(Engine {
             model,
             target,
@@ -511,8 +543,8 @@ impl Engine {
             ));
             self.target_valid = 0;
             if let Some(d) = &mut self.drafter {
-                // the GPU's pass costs say nothing of the CPU's
-                d.spec.verify_cost = None;
+                // the GPU's pass times say nothing of the CPU's
+                d.spec.pass_times = PassTimes::default();
             }
         }
         if result.is_err() {
@@ -651,8 +683,13 @@ impl Engine {
                     &d.spec,
                     &mut each,
                 )?;
-                if d.spec.verify_cost.is_none() {
-                    d.spec.verify_cost = r.spec.cost_curve.clone();
+                if let Some(times) = &r.spec.pass_times {
+                    d.spec.pass_times = times.clone();
+                    if let Some(path) = &d.pass_file {
+                        if let Err(e) = pass_store::save(path, times) {
+                            log::debug!("could not keep pass times in {}: {e}", path.display());
+                        }
+                    }
                 }
                 (r.generation, Some(r.spec))
             }

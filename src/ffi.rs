@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::generate::{GenerateOptions, StopReason};
 use crate::memory::MemoryBudget;
 use crate::sampling::SamplingParams;
+use crate::spec::pass_store::PassStore;
 use crate::spec::{FallbackPolicy, SpecMode, SpecOptions};
 use crate::tokenizer::ChatMessage;
 use std::cell::RefCell;
@@ -120,6 +121,10 @@ pub struct LlmcadOptions {
     /// "auto", "64MiB", "1.5GB", "25%" (of the available memory), or NULL for "auto".
     /// On a GPU target, weights beyond it stream from the model file for every pass.
     pub memory_budget: *const c_char,
+    /// Directory where the verifier's learned pass times are kept between processes, "" to
+    /// keep them nowhere, or NULL for the default ($LLMCAD_CACHE_DIR, else the platform's cache
+    /// directory).
+    pub pass_times_dir: *const c_char,
 }
 
 /// Per-request parameters. Fill with llmcad_generate_params_init.
@@ -307,6 +312,7 @@ pub unsafe extern "C" fn llmcad_options_init(opts: *mut LlmcadOptions) -> Llmcad
             branch_threshold: spec.branch_threshold,
             fallback_threshold: -1.0,
             memory_budget: std::ptr::null(),
+            pass_times_dir: std::ptr::null(),
         };
         Ok(())
     })
@@ -380,6 +386,11 @@ unsafe fn engine_options(o: &LlmcadOptions) -> Result<EngineOptions, Fail> {
     if let Some(b) = opt_str(o.memory_budget, "options.memory_budget")? {
         e.memory_budget = b.parse::<MemoryBudget>()?;
     }
+    e.pass_store = match opt_str(o.pass_times_dir, "options.pass_times_dir")? {
+        None => PassStore::Default,
+        Some("") => PassStore::Off,
+        Some(d) => PassStore::Dir(d.into()),
+    };
     let mode = match o.spec {
         0 => None,
         1 => Some(SpecMode::Tree),

@@ -8,6 +8,7 @@ use common::*;
 use llmcad::engine::{Device, Engine, EngineOptions, GenerateRequest, Output, Prompt};
 use llmcad::generate::StopReason;
 use llmcad::quant::DType;
+use llmcad::spec::pass_store::PassStore;
 use llmcad::spec::SpecOptions;
 use llmcad::tokenizer::ChatMessage;
 use llmcad::{Error, MemoryBudget};
@@ -17,6 +18,8 @@ use std::sync::mpsc;
 fn opts(path: &Path) -> EngineOptions {
     let mut o = EngineOptions::new(path);
     o.threads = Some(1);
+    // each test learns pass times from scratch, and leaves the user's cache alone
+    o.pass_store = PassStore::Off;
     o
 }
 
@@ -122,17 +125,43 @@ fn speculation_gives_the_target_only_tokens() {
     }
 }
 
+/// Trees sized by cost learn the verifier's pass times from the passes they run (a first
+/// plain round times a one-node pass), carry them to the next generation, and keep them for
+/// the next process, which then speculates from its first round.
 #[test]
-fn trees_sized_by_cost_measure_the_verifier_once() {
+fn pass_times_are_learned_carried_and_kept() {
+    let dir = std::env::temp_dir().join(format!("llmcad-engine-pass-times-{}", std::process::id()));
     let mut o = spec_opts();
     o.spec.as_mut().unwrap().max_nodes = None;
-    let mut e = Engine::load(o).unwrap();
-    let curve = |out: &Output| out.spec.as_ref().unwrap().cost_curve.clone().unwrap();
-    let first = curve(&run(&mut e, &req(Prompt::Text("in the".into()), 6)));
-    let second = curve(&run(&mut e, &req(Prompt::Text(" and then".into()), 6)));
-    // timings measured twice never agree to the nanosecond
-    assert_eq!(first, second);
-    assert!(first.points.len() > 1);
+    o.pass_store = PassStore::Dir(dir.clone());
+    let times = |out: &Output| out.spec.as_ref().unwrap().pass_times.clone().unwrap();
+    let mut e = Engine::load(o.clone()).unwrap();
+    let first = run(&mut e, &req(Prompt::Text("in the".into()), 6));
+    assert!(
+        first.spec.as_ref().unwrap().plain_rounds >= 1,
+        "nothing known: a plain round first"
+    );
+    let learned = times(&first);
+    assert!(learned.points().iter().any(|&(n, _)| n == 1));
+    let second = run(&mut e, &req(Prompt::Text(" and then".into()), 6));
+    assert!(times(&second).points().len() >= learned.points().len());
+    // a new process (engine) with the same store starts from the kept times
+    let kept: Vec<_> = std::fs::read_dir(dir.join("pass-times")).unwrap().collect();
+    assert_eq!(kept.len(), 1);
+    let kept_sizes: Vec<usize> = times(&second).points().iter().map(|p| p.0).collect();
+    let mut again = Engine::load(o.clone()).unwrap();
+    let third = times(&run(&mut again, &req(Prompt::Text("in the".into()), 6)));
+    let sizes: Vec<usize> = third.points().iter().map(|p| p.0).collect();
+    assert!(
+        kept_sizes.iter().all(|n| sizes.contains(n)),
+        "{kept_sizes:?} kept, {sizes:?} after"
+    );
+    // and without a store, nothing is kept
+    std::fs::remove_dir_all(&dir).unwrap();
+    o.pass_store = PassStore::Off;
+    let mut off = Engine::load(o).unwrap();
+    run(&mut off, &req(Prompt::Text("in the".into()), 6));
+    assert!(!dir.exists());
 }
 
 #[test]

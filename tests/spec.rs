@@ -11,7 +11,7 @@ use llmcad::generate::{generate, GenerateOptions};
 use llmcad::model::{LoadOptions, Model};
 use llmcad::quant::DType;
 use llmcad::sampling::SamplingParams;
-use llmcad::spec::cost::CostCurve;
+use llmcad::spec::cost::PassTimes;
 use llmcad::spec::{
     check_pair, generate_speculative, FallbackPolicy, Overlap, SpecMode, SpecOptions,
 };
@@ -132,9 +132,7 @@ fn modes() -> Vec<SpecOptions> {
         // a verifier whose one-node pass looks free and whose bigger passes cost a fortune:
         // trees of one node, and mostly rounds without drafting
         SpecOptions {
-            verify_cost: Some(CostCurve {
-                points: vec![(1, 1e-9), (2, 1e9)],
-            }),
+            pass_times: PassTimes::from_points([(1, 1e-9), (2, 1e9)]),
             ..tree(None, 8, 0.1, FallbackPolicy::Adaptive)
         },
         tree(Some(1), 8, 0.3, FallbackPolicy::Adaptive),

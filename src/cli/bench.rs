@@ -293,9 +293,9 @@ fn spec_table(a: &BenchArgs, target: &Model, drafter: &Model) -> anyhow::Result<
                 Some(s) => {
                     let mut d = cpu_backend(a, drafter, threads);
                     let r = generate_speculative(&mut t, &mut d, p, &[], &opts, s, &mut |_| true)?;
-                    // like an engine, measure the verifier's cost once (in the first prompt)
-                    if s.verify_cost.is_none() {
-                        s.verify_cost = r.spec.cost_curve.clone();
+                    // like an engine, carry what was learned of the verifier's pass times
+                    if let Some(times) = &r.spec.pass_times {
+                        s.pass_times = times.clone();
                     }
                     emitted += r.spec.emitted_tokens;
                     nodes += r.spec.tree_nodes;

@@ -223,7 +223,7 @@ fn spec_json(stats: &mut serde_json::Value, sp: &SpecStats, passes: usize, decod
         "draft_ms": draft_ms,
         "verify_ms": verify_ms,
         "overhead_ms": (decode_ms - draft_ms - verify_ms).max(0.0),
-        "cost_curve_ms": sp.cost_curve.as_ref().map(|c| c.points.clone()),
+        "pass_ms_by_nodes": sp.pass_times.as_ref().map(|c| c.points()),
         "overlap_drafted": sp.overlap_drafted,
         "plain_rounds": sp.plain_rounds,
         "overlap_kept": sp.overlap_kept,

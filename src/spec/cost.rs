@@ -14,10 +14,19 @@
 //! alone without drafting, and now and then a round speculates again to see whether that
 //! changed (after [`PROBE_EVERY`] plain rounds, twice as long after each probe that lost). The
 //! choice compares measured times per emitted token, so it costs little more than the probes.
+//!
+//! The verifier's pass time is learned from the passes decoding runs anyway ([`PassTimes`]):
+//! no pass is spent on measuring. Until a size has been seen, a pass is assumed to cost a
+//! one-node pass plus a quarter of one per extra node, and what was learned can be kept
+//! between processes (the engine stores it per model, device, kernels and threads); the first
+//! pass of a size seen in this process replaces a kept value, so a stale one is gone after a
+//! round.
 
 use super::drafter::Growth;
 use crate::backend::{Backend, Batch, Want};
 use crate::error::Result;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 /// While plain rounds are faster, a round speculates anyway after this many of them; the wait
@@ -25,14 +34,7 @@ use std::time::Instant;
 pub const PROBE_EVERY: usize = 16;
 const MAX_PROBE_EVERY: usize = 256;
 
-/// A pass over a tree that costs this many one-node passes cannot pay for itself with any
-/// drafter we know (they reach 2–5 tokens per pass), so larger trees are not measured.
-const MAX_USEFUL_COST: f64 = 6.0;
-
-/// Node counts at which the verifier's pass time is measured.
-pub const CURVE_SIZES: [usize; 8] = [1, 2, 4, 8, 9, 16, 32, 64];
-
-/// Pass time (ms) of a backend vs the number of nodes in the batch.
+/// Measured pass time (ms) of a backend vs the number of nodes in the batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CostCurve {
     pub points: Vec<(usize, f64)>,
@@ -40,14 +42,9 @@ pub struct CostCurve {
 
 impl CostCurve {
     /// Times one pass per size over the backend's current prefix (best of `repeats`), leaving
-    /// the cache as it was. Sizes that do not fit the free context are skipped, and measuring
-    /// stops once a pass costs [`MAX_USEFUL_COST`] one-node passes (the curve extrapolates).
-    pub fn measure(backend: &mut dyn Backend, sizes: &[usize], repeats: usize) -> Result<Self> {
-        Self::measure_up_to(backend, sizes, repeats, MAX_USEFUL_COST)
-    }
-
-    /// As `measure`, stopping once a pass costs `max_cost` one-node passes (infinite: every
-    /// size that fits).
+    /// the cache as it was (for benchmarks; decoding learns from its own passes). Sizes that do
+    /// not fit the free context are skipped, and measuring stops once a pass costs `max_cost`
+    /// one-node passes (infinite: every size that fits).
     pub fn measure_up_to(
         backend: &mut dyn Backend,
         sizes: &[usize],
@@ -96,6 +93,94 @@ impl CostCurve {
     }
 }
 
+/// Until measured, each node past the first is taken to cost this share of a one-node pass:
+/// above what memory-bound verifiers cost (nearly nothing), below a compute-bound one's (a whole
+/// pass), so that trees start small but still grow enough to be measured.
+const PRIOR_NODE_SHARE: f64 = 0.25;
+
+/// The verifier's pass time (ms) against the nodes in the pass, learned from real passes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PassTimes {
+    /// Nodes → pass ms (a moving average of the passes seen).
+    points: BTreeMap<usize, f64>,
+    /// Sizes seen in this process; a size not in it holds a value from an earlier one.
+    #[serde(skip)]
+    fresh: BTreeSet<usize>,
+}
+
+impl PassTimes {
+    const WEIGHT: f64 = 0.3;
+
+    /// Times learned elsewhere (another process, or a measured curve).
+    pub fn from_points(points: impl IntoIterator<Item = (usize, f64)>) -> Self {
+        PassTimes {
+            points: points
+                .into_iter()
+                .filter(|&(n, ms)| n > 0 && ms.is_finite() && ms > 0.0)
+                .collect(),
+            fresh: BTreeSet::new(),
+        }
+    }
+
+    /// Whether a one-node pass time is known (speculation needs it to weigh a tree).
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// Folds in one pass of `n` nodes that took `ms`.
+    pub fn observe(&mut self, n: usize, ms: f64) {
+        if n == 0 || !ms.is_finite() || ms <= 0.0 {
+            return;
+        }
+        let v = self.points.entry(n).or_insert(ms);
+        if self.fresh.insert(n) {
+            *v = ms;
+        } else {
+            *v += Self::WEIGHT * (ms - *v);
+        }
+    }
+
+    /// The expected pass time for `n` nodes: interpolated between the sizes seen, and past the
+    /// largest one, [`PRIOR_NODE_SHARE`] of a one-node pass per extra node (0 when nothing has
+    /// been seen). Kept times count only where they are below what this process's own passes
+    /// suggest, so that a kept curve too steep cannot stop the trees that would show it wrong.
+    pub fn ms(&self, n: usize) -> f64 {
+        let all = estimate(&self.points, n);
+        if self.fresh.is_empty() || self.fresh.len() == self.points.len() {
+            return all;
+        }
+        let fresh: BTreeMap<usize, f64> =
+            self.fresh.iter().map(|&k| (k, self.points[&k])).collect();
+        all.min(estimate(&fresh, n))
+    }
+
+    /// The sizes seen and their times.
+    pub fn points(&self) -> Vec<(usize, f64)> {
+        self.points.iter().map(|(&n, &t)| (n, t)).collect()
+    }
+}
+
+/// `PassTimes::ms` over `points`.
+fn estimate(points: &BTreeMap<usize, f64>, n: usize) -> f64 {
+    let below = points.range(..=n).next_back();
+    let above = points.range(n..).next();
+    let one = match (points.get(&1), points.first_key_value()) {
+        (Some(&v), _) => v,
+        (None, Some((&k, &v))) => v / (1.0 + PRIOR_NODE_SHARE * (k - 1) as f64),
+        (None, None) => return 0.0,
+    };
+    let slope = PRIOR_NODE_SHARE * one;
+    match (below, above) {
+        (Some((&n0, &t0)), Some((&n1, &t1))) if n1 > n0 => {
+            t0 + (t1 - t0) * (n - n0) as f64 / (n1 - n0) as f64
+        }
+        (Some((_, &t)), Some(_)) => t,
+        (Some((&n0, &t0)), None) => t0 + slope * (n - n0) as f64,
+        (None, Some((&n1, &t1))) => (t1 - slope * (n1 - n) as f64).max(one.min(t1)),
+        (None, None) => unreachable!("points is not empty"),
+    }
+}
+
 /// An exponential moving average that starts at its first sample.
 #[derive(Clone, Copy, Debug)]
 struct Ema {
@@ -120,7 +205,7 @@ impl Ema {
 /// The running estimates the growth rule needs.
 #[derive(Clone, Debug)]
 pub struct CostModel {
-    verify: CostCurve,
+    verify: PassTimes,
     draft_ms_per_pass: Ema,
     calibration: Ema,
     /// ms per emitted token of speculative rounds and of plain (target-only) rounds.
@@ -131,7 +216,7 @@ pub struct CostModel {
 }
 
 impl CostModel {
-    pub fn new(verify: CostCurve) -> Self {
+    pub fn new(verify: PassTimes) -> Self {
         CostModel {
             verify,
             draft_ms_per_pass: Ema { value: None },
@@ -143,8 +228,14 @@ impl CostModel {
         }
     }
 
-    pub fn curve(&self) -> &CostCurve {
+    /// The pass times learned so far.
+    pub fn pass_times(&self) -> &PassTimes {
         &self.verify
+    }
+
+    /// Learns from one verification pass over `nodes` nodes.
+    pub fn record_pass(&mut self, nodes: usize, ms: f64) {
+        self.verify.observe(nodes, ms);
     }
 
     /// Should a tree of `nodes` nodes take one more step at confidence `conf`?
@@ -163,10 +254,14 @@ impl CostModel {
         gain > cost
     }
 
-    /// Should the next round draft at all? Yes while speculative rounds are at least as fast
-    /// per token as plain ones (a plain round costs a one-node pass until measured), and as a
-    /// probe now and then otherwise.
+    /// Should the next round draft at all? Not before a one-node pass has been timed (the first
+    /// round is a plain one, unless times were kept from before); then yes while speculative
+    /// rounds are at least as fast per token as plain ones (a plain round costs a one-node pass
+    /// until measured), and as a probe now and then otherwise.
     pub fn should_draft(&mut self) -> bool {
+        if self.verify.is_empty() {
+            return false;
+        }
         let plain = self.plain_ms_per_token.get_or(self.verify.ms(1));
         if self.ms_per_token.value.is_none_or(|spec| spec <= plain) {
             self.plain_rounds = 0;
@@ -218,35 +313,44 @@ pub struct RoundCost {
 mod tests {
     use super::*;
 
+    fn times(points: &[(usize, f64)]) -> PassTimes {
+        PassTimes::from_points(points.iter().copied())
+    }
+
     #[test]
-    fn curve_interpolates_and_extrapolates() {
-        let c = CostCurve {
-            points: vec![(1, 10.0), (8, 10.0), (16, 26.0)],
-        };
-        assert_eq!(c.ms(4), 10.0);
-        assert_eq!(c.ms(12), 18.0);
-        assert_eq!(c.ms(24), 42.0);
+    fn pass_times_interpolate_and_extrapolate_with_the_prior() {
+        let t = times(&[(1, 10.0), (8, 10.0), (16, 26.0)]);
+        assert_eq!(t.ms(4), 10.0);
+        assert_eq!(t.ms(12), 18.0);
+        // past the largest size seen: a quarter of a one-node pass per node
+        assert_eq!(t.ms(24), 26.0 + 8.0 * 2.5);
+        assert_eq!(PassTimes::default().ms(8), 0.0);
+    }
+
+    #[test]
+    fn a_fresh_pass_replaces_a_kept_time_then_averages() {
+        let mut t = times(&[(1, 10.0), (8, 1.0)]);
+        t.observe(8, 40.0);
+        assert_eq!(t.ms(8), 40.0, "a kept value goes at the first real pass");
+        t.observe(8, 50.0);
+        assert_eq!(t.ms(8), 43.0);
+        t.observe(8, f64::NAN);
+        assert_eq!(t.ms(8), 43.0);
     }
 
     #[test]
     fn flat_costs_grow_and_steep_costs_stop() {
-        let flat = CostModel::new(CostCurve {
-            points: vec![(1, 10.0), (64, 10.5)],
-        });
+        let flat = CostModel::new(times(&[(1, 10.0), (64, 10.5)]));
         assert!(flat.worth_growing(8, 0.05, Growth::Expand));
         // every node costs 3 ms, a token is worth 10 ms: grow while confidence > 0.3
-        let steep = CostModel::new(CostCurve {
-            points: vec![(1, 10.0), (64, 199.0)],
-        });
+        let steep = CostModel::new(times(&[(1, 10.0), (64, 199.0)]));
         assert!(steep.worth_growing(8, 0.4, Growth::Expand));
         assert!(!steep.worth_growing(8, 0.2, Growth::Leaf));
     }
 
     #[test]
     fn calibration_follows_outcomes() {
-        let mut m = CostModel::new(CostCurve {
-            points: vec![(1, 10.0), (64, 200.0)],
-        });
+        let mut m = CostModel::new(times(&[(1, 10.0), (64, 200.0)]));
         let at = |m: &CostModel| m.worth_growing(4, 0.4, Growth::Expand);
         assert!(at(&m));
         for _ in 0..30 {
@@ -275,9 +379,7 @@ mod tests {
 
     #[test]
     fn speculation_pauses_while_plain_rounds_are_faster() {
-        let mut m = CostModel::new(CostCurve {
-            points: vec![(1, 10.0), (64, 200.0)],
-        });
+        let mut m = CostModel::new(times(&[(1, 10.0), (64, 200.0)]));
         assert!(m.should_draft(), "speculation is tried first");
         m.record(&round(30.0, 2));
         // 15 ms per token against a 10 ms one-node pass: plain rounds, with probes that
@@ -290,5 +392,90 @@ mod tests {
             m.record(&round(20.0, 4));
         }
         assert!((0..4).all(|_| m.should_draft()));
+    }
+
+    #[test]
+    fn nothing_known_means_a_plain_round_first() {
+        let mut m = CostModel::new(PassTimes::default());
+        assert!(!m.should_draft());
+        m.record_pass(1, 50.0);
+        assert!(m.should_draft());
+    }
+
+    /// Decoding simulated round by round against a verifier whose real pass time is `truth`,
+    /// starting from the times `start`: a drafter whose nodes have confidence 0.9, 0.85, ...
+    /// and are accepted while it stays above 0.6, `draft_ms` per drafted node. Returns the ms
+    /// per emitted token of each round.
+    fn simulate(
+        start: PassTimes,
+        truth: impl Fn(usize) -> f64,
+        draft_ms: f64,
+        rounds: usize,
+    ) -> Vec<f64> {
+        let mut m = CostModel::new(start);
+        (0..rounds)
+            .map(|_| {
+                if !m.should_draft() {
+                    let ms = truth(1);
+                    m.record_pass(1, ms);
+                    m.record_plain(ms);
+                    return ms;
+                }
+                let mut nodes = 1;
+                let mut confs = Vec::new();
+                while nodes < 16 {
+                    let conf = 0.9 - 0.05 * confs.len() as f32;
+                    if !m.worth_growing(nodes, conf, Growth::Expand) {
+                        break;
+                    }
+                    confs.push(conf);
+                    nodes += 1;
+                }
+                let accepted = confs.iter().take_while(|&&c| c > 0.6).count();
+                let pass = truth(nodes);
+                let total = draft_ms * confs.len() as f64 + pass;
+                m.record_pass(nodes, pass);
+                m.record(&RoundCost {
+                    draft_ms: draft_ms * confs.len() as f64,
+                    draft_passes: confs.len(),
+                    drafted_conf: confs.iter().map(|&c| c as f64).sum(),
+                    accepted,
+                    total_ms: total,
+                    emitted: accepted + 1,
+                });
+                total / (accepted + 1) as f64
+            })
+            .collect()
+    }
+
+    /// A deliberately wrong curve costs a few rounds at most: told that extra nodes are free
+    /// when each costs a whole pass (a compute-bound verifier), decoding is back to the plain
+    /// rounds' speed within a few rounds; told that they cost a whole pass when they are nearly
+    /// free, it still finds the trees that pay.
+    #[test]
+    fn a_wrong_curve_is_unlearned_within_a_few_rounds() {
+        let steep = |n: usize| 100.0 * n as f64;
+        let flat = |n: usize| 100.0 + 2.0 * (n - 1) as f64;
+        // free nodes claimed, whole passes real: a slow speculative round or two, then plain
+        // rounds (and rare probes) at the plain speed
+        let per_token = simulate(times(&[(1, 100.0), (64, 101.0)]), steep, 20.0, 200);
+        let slow: Vec<usize> = (0..per_token.len())
+            .filter(|&i| per_token[i] > 100.0 * 1.01)
+            .collect();
+        let late_slow = slow.iter().filter(|&&i| i >= 4).count();
+        assert!(slow.len() <= 12 && late_slow <= 8, "slow rounds: {slow:?}");
+        let total: f64 = per_token.iter().sum();
+        assert!(
+            total <= 200.0 * 100.0 * 1.15,
+            "{total} ms against {} plain",
+            200.0 * 100.0
+        );
+        // whole passes claimed, nearly free nodes real: speculation wins after a few rounds
+        let per_token = simulate(times(&[(1, 100.0), (64, 6400.0)]), flat, 5.0, 60);
+        let late: f64 = per_token[10..].iter().sum::<f64>() / 50.0;
+        assert!(
+            late < 100.0 * 0.6,
+            "{late} ms per token, plain is 100: {per_token:?}"
+        );
     }
 }

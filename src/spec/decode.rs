@@ -1,7 +1,7 @@
 //! Speculative generation: the drafter grows a tree, the target verifies it in one pass, the
 //! accepted path (plus the target's own token) is emitted and committed to both caches.
 
-use super::cost::{CostCurve, CostModel, RoundCost, CURVE_SIZES};
+use super::cost::{CostModel, PassTimes, RoundCost};
 use super::drafter::{Draft, Drafter, Extension, Growth, TreeShape};
 use super::fallback::{Fallback, FallbackPolicy, Outcome, ThresholdTrace};
 use super::verify::{accept, Verdict};
@@ -32,9 +32,9 @@ pub struct SpecOptions {
     pub max_children: usize,
     /// Keep drafting on another thread while the target verifies (tree mode).
     pub overlap: Overlap,
-    /// The verifier's pass time vs nodes, to size trees by cost without measuring it again
-    /// (16 passes: seconds when weights stream). An engine keeps its first generation's.
-    pub verify_cost: Option<CostCurve>,
+    /// The verifier's pass times learned so far (by earlier generations, or kept from an
+    /// earlier process), to size trees by cost from the first round.
+    pub pass_times: PassTimes,
 }
 
 /// Whether the drafter keeps drafting while the target verifies.
@@ -62,7 +62,7 @@ impl Default for SpecOptions {
             branch_threshold: 0.02,
             max_children: 4,
             overlap: Overlap::Auto,
-            verify_cost: None,
+            pass_times: PassTimes::default(),
         }
     }
 }
@@ -100,8 +100,8 @@ pub struct SpecStats {
     /// Nodes drafted while the target verified, and how many of them were used.
     pub overlap_drafted: usize,
     pub overlap_kept: usize,
-    /// The verifier's measured pass time vs nodes, when trees were sized by cost.
-    pub cost_curve: Option<CostCurve>,
+    /// The verifier's pass times as learned by the end, when trees were sized by cost.
+    pub pass_times: Option<PassTimes>,
 }
 
 impl SpecStats {
@@ -178,10 +178,7 @@ pub fn generate_speculative(
     let t1 = Instant::now();
     let shape = spec.shape();
     let mut cost = match (&spec.mode, spec.max_nodes) {
-        (SpecMode::Tree, None) => Some(CostModel::new(match &spec.verify_cost {
-            Some(curve) => curve.clone(),
-            None => CostCurve::measure(target, &CURVE_SIZES, 2)?,
-        })),
+        (SpecMode::Tree, None) => Some(CostModel::new(spec.pass_times.clone())),
         _ => None,
     };
     let mut fallback = Fallback::new(match spec.mode {
@@ -239,6 +236,9 @@ pub fn generate_speculative(
         } else {
             (target.forward(&batch, want)?, None)
         };
+        if let Some(c) = cost.as_mut() {
+            c.record_pass(draft.tree.len(), t.elapsed().as_secs_f64() * 1e3);
+        }
         let verdict = accept(params, &draft.tree, &logits, &history, &mut rng);
         target.kv_compact(committed, &verdict.path)?;
         out.spec.overlap_drafted += extension.as_ref().map_or(0, |e| e.len());
@@ -288,7 +288,7 @@ pub fn generate_speculative(
     stats.generated_tokens = tokens.len();
     out.generation.stop = stop;
     out.spec.threshold = fallback.trace().clone();
-    out.spec.cost_curve = cost.map(|c| c.curve().clone());
+    out.spec.pass_times = cost.map(|c| c.pass_times().clone());
     Ok(out)
 }
 

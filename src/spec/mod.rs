@@ -7,6 +7,7 @@ mod decode;
 pub mod drafter;
 pub mod fallback;
 mod pair;
+pub mod pass_store;
 pub mod tree;
 pub mod verify;
 

@@ -1,0 +1,100 @@
+//! Keeps the verifier's learned pass times between processes, so that a new `llmcad generate`
+//! sizes its first trees from what earlier runs learned: one small JSON file per model,
+//! device, CPU kernels and thread count, in the user's cache directory.
+
+use super::cost::PassTimes;
+use std::path::{Path, PathBuf};
+
+/// Where pass times are kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PassStore {
+    /// `$LLMCAD_CACHE_DIR`, else the platform's cache directory (`~/.cache/llmcad` on Linux);
+    /// nowhere when neither exists.
+    #[default]
+    Default,
+    /// This directory.
+    Dir(PathBuf),
+    /// Nowhere: every process learns from scratch.
+    Off,
+}
+
+impl PassStore {
+    fn dir(&self) -> Option<PathBuf> {
+        match self {
+            PassStore::Default => std::env::var_os("LLMCAD_CACHE_DIR")
+                .map(PathBuf::from)
+                .or_else(|| dirs::cache_dir().map(|d| d.join("llmcad"))),
+            PassStore::Dir(d) => Some(d.clone()),
+            PassStore::Off => None,
+        }
+    }
+
+    /// The file for `key` (what the times depend on: model, device, kernels, threads).
+    pub fn file(&self, key: &str) -> Option<PathBuf> {
+        let name: String = key
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir()
+            .map(|d| d.join("pass-times").join(format!("{name}.json")))
+    }
+}
+
+/// The times kept at `path`; nothing when there are none or the file is unreadable (it is
+/// only a head start).
+pub fn load(path: &Path) -> PassTimes {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return PassTimes::default();
+    };
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        log::warn!("ignoring {}: {e}", path.display());
+        PassTimes::default()
+    })
+}
+
+/// Keeps `times` at `path` (written to a temporary file and renamed, so that a reader never
+/// sees half a file).
+pub fn save(path: &Path, times: &PassTimes) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("json.{}", std::process::id()));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(times).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_survive_a_round_trip_and_bad_files_are_ignored() {
+        let dir = std::env::temp_dir().join(format!("llmcad-pass-store-{}", std::process::id()));
+        let store = PassStore::Dir(dir.clone());
+        let path = store.file("model.gguf 123/cpu (2 threads)").unwrap();
+        assert!(path.starts_with(&dir));
+        assert!(!path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains(['/', ' ']));
+        assert_eq!(load(&path), PassTimes::default(), "no file yet");
+        let times = PassTimes::from_points([(1, 80.0), (8, 160.0)]);
+        save(&path, &times).unwrap();
+        assert_eq!(load(&path).points(), times.points());
+        std::fs::write(&path, "{not json").unwrap();
+        assert_eq!(load(&path), PassTimes::default());
+        assert_eq!(PassStore::Off.file("x"), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
