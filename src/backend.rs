@@ -318,6 +318,13 @@ pub trait Backend: Send {
     /// Runs `batch`; its K/V land in cache slots `kv_len()..kv_len() + batch.len()`.
     fn forward(&mut self, batch: &Batch, want: Want) -> Result<Logits>;
 
+    /// From now on, computes the logits of the tokens `ids` (sorted) only; the others come out
+    /// as −∞ (a drafter's head restricted to frequent tokens). Returns whether this backend
+    /// can; those that cannot keep the whole vocabulary.
+    fn restrict_vocab(&mut self, _ids: &[u32]) -> bool {
+        false
+    }
+
     /// Committed plus pending cache entries.
     fn kv_len(&self) -> usize;
 

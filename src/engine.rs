@@ -32,6 +32,7 @@ use crate::memory::MemoryBudget;
 use crate::model::{LoadOptions, Model};
 use crate::quant::DType;
 use crate::spec::cost::PassTimes;
+use crate::spec::frequent::frequent_tokens;
 use crate::spec::pass_store::{self, PassStore};
 use crate::spec::{check_pair, generate_speculative, SpecOptions, SpecStats};
 use crate::tokenizer::{ChatMessage, Tokenizer};
@@ -403,7 +404,11 @@ impl Engine {
             (Some(spec), Some(path)) => {
                 let d = load(path, opts.draft_quantize)?;
                 warnings.extend(check_pair(&model, &d)?);
-                let backend = Box::new(cpu_backend(&d, &opts, opts.draft_threads.or(opts.threads)));
+                let mut backend =
+                    Box::new(cpu_backend(&d, &opts, opts.draft_threads.or(opts.threads)));
+                if let Some(ids) = spec.draft_vocab.and_then(|n| frequent_tokens(&d.config, n)) {
+                    backend.restrict_vocab(&ids);
+                }
                 Some(Drafter {
                     model: d,
                     backend,

@@ -117,11 +117,17 @@ fn continuing_equals_one_prompt_speculative() {
 fn speculation_gives_the_target_only_tokens() {
     let mut plain = Engine::load(opts(&tiny_pair(DType::F32).0)).unwrap();
     let mut spec = Engine::load(spec_opts()).unwrap();
+    // a drafter restricted to a few frequent tokens: drafts it cannot make only shorten paths
+    let mut o = spec_opts();
+    o.spec.as_mut().unwrap().draft_vocab = Some(40);
+    let mut restricted = Engine::load(o).unwrap();
     for p in ["in the", " and then", " the end"] {
         let r = req(Prompt::Text(p.into()), 12);
         let (a, b) = (run(&mut plain, &r), run(&mut spec, &r));
         assert_eq!(a.tokens, b.tokens, "{p:?}");
         assert!(a.spec.is_none() && b.spec.is_some());
+        let c = run(&mut restricted, &r);
+        assert_eq!(a.tokens, c.tokens, "{p:?} with a restricted drafter vocabulary");
     }
 }
 

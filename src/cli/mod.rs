@@ -123,6 +123,10 @@ pub struct SpecArgs {
     /// CPU threads for the drafter (default: --threads).
     #[arg(long)]
     pub draft_threads: Option<usize>,
+    /// The drafter proposes only the N lowest token ids, taken as the most frequent (FR-Spec;
+    /// its output head shrinks to N rows); 0: its whole vocabulary. Exact either way.
+    #[arg(long, default_value_t = 0)]
+    pub draft_vocab: usize,
 }
 
 impl SpecArgs {
@@ -143,6 +147,7 @@ impl SpecArgs {
             max_nodes: self.tree_nodes,
             max_depth: self.tree_depth,
             branch_threshold: self.branch_threshold,
+            draft_vocab: (self.draft_vocab > 0).then_some(self.draft_vocab),
             ..SpecOptions::default()
         };
         Ok(Some((self.draft.clone().expect("checked above"), spec)))

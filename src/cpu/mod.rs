@@ -13,7 +13,8 @@ pub use pool::ThreadPool;
 
 use crate::backend::{Backend, Batch, BatchMask, CacheView, Logits, Rows, Want};
 use crate::error::{Error, Result};
-use crate::model::{ModelConfig, ModelWeights};
+use crate::format::Bytes;
+use crate::model::{Matrix, ModelConfig, ModelWeights};
 use crate::quant::Q8Acts;
 use attention::{AttentionShape, Prefix, Visibility};
 use kv::KvCache;
@@ -66,6 +67,8 @@ pub struct CpuBackend {
     inv_freqs: Vec<f32>,
     kv: KvCache,
     q8: Q8Acts,
+    /// The output head's rows for a restricted vocabulary, and their token ids.
+    head_subset: Option<(Matrix, Vec<u32>)>,
 }
 
 impl CpuBackend {
@@ -79,6 +82,7 @@ impl CpuBackend {
             weights,
             cfg,
             q8: Q8Acts::default(),
+            head_subset: None,
         }
     }
 
@@ -259,15 +263,41 @@ impl Backend for CpuBackend {
         let hidden = self.hidden_states(batch, want.rows)?;
         let vocab = self.cfg.vocab;
         let rows = hidden.len() / self.cfg.hidden;
-        let mut logits = vec![0f32; rows * vocab];
         let mut input = Input::new(&hidden, self.cfg.hidden, &mut self.q8);
-        linear_many(
-            &self.pool,
-            self.precision,
-            &mut input,
-            &[&self.weights.head],
-            &mut [&mut logits],
-        );
+        let logits = match &self.head_subset {
+            None => {
+                let mut logits = vec![0f32; rows * vocab];
+                let head = &self.weights.head;
+                linear_many(
+                    &self.pool,
+                    self.precision,
+                    &mut input,
+                    &[head],
+                    &mut [&mut logits],
+                );
+                logits
+            }
+            Some((head, ids)) => {
+                let mut some = vec![0f32; rows * ids.len()];
+                linear_many(
+                    &self.pool,
+                    self.precision,
+                    &mut input,
+                    &[head],
+                    &mut [&mut some],
+                );
+                let mut logits = vec![f32::NEG_INFINITY; rows * vocab];
+                for (row, part) in logits
+                    .chunks_exact_mut(vocab)
+                    .zip(some.chunks_exact(ids.len()))
+                {
+                    for (&id, &l) in ids.iter().zip(part) {
+                        row[id as usize] = l;
+                    }
+                }
+                logits
+            }
+        };
         let dense = Logits::Dense {
             vocab,
             data: logits,
@@ -276,6 +306,27 @@ impl Backend for CpuBackend {
             None => dense,
             Some(k) => dense.into_top_k(k),
         })
+    }
+
+    fn restrict_vocab(&mut self, ids: &[u32]) -> bool {
+        let head = &self.weights.head;
+        if !ids.is_sorted() || ids.last().is_some_and(|&id| id as usize >= head.rows) {
+            return false;
+        }
+        let rb = head.row_bytes();
+        let mut data = Vec::with_capacity(ids.len() * rb);
+        for &id in ids {
+            data.extend_from_slice(&head.data[id as usize * rb..(id as usize + 1) * rb]);
+        }
+        let sub = Matrix {
+            name: format!("{} (restricted to {} tokens)", head.name, ids.len()),
+            dtype: head.dtype,
+            rows: ids.len(),
+            cols: head.cols,
+            data: Bytes::Owned(data.into()),
+        };
+        self.head_subset = Some((sub, ids.to_vec()));
+        true
     }
 
     fn kv_len(&self) -> usize {

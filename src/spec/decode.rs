@@ -32,6 +32,9 @@ pub struct SpecOptions {
     pub max_children: usize,
     /// Keep drafting on another thread while the target verifies (tree mode).
     pub overlap: Overlap,
+    /// The drafter's output head keeps only this many of the most frequent tokens (FR-Spec;
+    /// `None`: the whole vocabulary). Exact either way: the target verifies every token.
+    pub draft_vocab: Option<usize>,
     /// The verifier's pass times learned so far (by earlier generations, or kept from an
     /// earlier process), to size trees by cost from the first round.
     pub pass_times: PassTimes,
@@ -62,6 +65,7 @@ impl Default for SpecOptions {
             branch_threshold: 0.02,
             max_children: 4,
             overlap: Overlap::Auto,
+            draft_vocab: None,
             pass_times: PassTimes::default(),
         }
     }

@@ -6,6 +6,7 @@ pub mod cost;
 mod decode;
 pub mod drafter;
 pub mod fallback;
+pub mod frequent;
 mod pair;
 pub mod pass_store;
 pub mod tree;

@@ -238,6 +238,92 @@ unsafe fn q4_k_scales(base: *const u8, rows: __m512i) -> ([__m512; 8], [__m512; 
     out
 }
 
+/// Decodes the blocks of 32 values (Q8_0, Q4_0, Q4_1, Q5_0) at `base + offs[i]`: hands each
+/// pair vector to `pair(p, w)` (see `Decoded`) and returns the rows' scales and minimums.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,f16c")]
+unsafe fn small_block<const K: u8>(
+    base: *const u8,
+    offs: &[i32; G],
+    pair: &mut impl FnMut(usize, __m512i),
+) -> (__m512, __m512) {
+    let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
+    let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
+    let head = gather(base, rows, 0);
+    let d = f16s::<false>(head);
+    if K == Q8_0 {
+        for (g, v) in lanes8(&p, 2).into_iter().enumerate() {
+            pair(2 * g, _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v)));
+            pair(2 * g + 1, _mm512_srai_epi16::<8>(v));
+        }
+        return (d, _mm512_setzero_ps());
+    }
+    let m = if K == Q4_1 {
+        f16s::<true>(head)
+    } else {
+        _mm512_setzero_ps()
+    };
+    let (qs, off) = match K {
+        Q4_0 => (2, 8),
+        Q4_1 => (4, 0),
+        _ => (6, 16),
+    };
+    let qh = if K == Q5_0 {
+        gather(base, rows, 2)
+    } else {
+        _mm512_setzero_si512()
+    };
+    for (g, v) in lanes4(&p, qs).into_iter().enumerate() {
+        // low nibbles: values 4g..4g+4; high nibbles: values 16+4g..
+        for (half, mut pairs) in [nibble_pairs(v, 0), nibble_pairs(v, 4)]
+            .into_iter()
+            .enumerate()
+        {
+            if K == Q5_0 {
+                let k = 16 * half + 4 * g;
+                let hb = fifth_bits(_mm512_srlv_epi32(qh, _mm512_set1_epi32(k as i32)));
+                pairs = [0, 1].map(|i| _mm512_or_si512(pairs[i], hb[i]));
+            }
+            for (i, w) in pairs.into_iter().enumerate() {
+                let w = if off == 0 {
+                    w
+                } else {
+                    _mm512_sub_epi16(w, _mm512_set1_epi16(off))
+                };
+                pair(8 * half + 2 * g + i, w);
+            }
+        }
+    }
+    (d, m)
+}
+
+/// The blocks of 32 values for N ≤ 8 tokens: each pair vector goes straight into the dots of
+/// every token, never through memory. Same integer sums and float steps as `decode` +
+/// `sub_block`. Per token: `a`, its permuted activations of this block; `da`, `sa`, its scale
+/// and scaled sum.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn small_direct<const K: u8, const N: usize>(
+    base: *const u8,
+    offs: &[i32; G],
+    a: [*const i32; N],
+    da: [f32; N],
+    sa: [f32; N],
+    acc: &mut [__m512],
+) {
+    let mut sums = [_mm512_setzero_si512(); N];
+    let (d, m) = small_block::<K>(base, offs, &mut |p, w| {
+        for t in 0..N {
+            sums[t] = dot_pairs(sums[t], w, a[t].add(p));
+        }
+    });
+    let m_set = _mm512_cmpneq_ps_mask(m, _mm512_setzero_ps());
+    for t in 0..N {
+        let f = _mm512_cvtepi32_ps(sums[t]);
+        acc[t] = add_sub_block::<K>(acc[t], d, m, m_set, f, da[t], sa[t]);
+    }
+}
+
 /// Decodes the blocks at `base + offs[i]` into `out` (type `K`), as `blocks::sub_block` does.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
@@ -245,48 +331,9 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decode
     let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
     let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
     let dtype = dtype_of(K);
-    let sub16 = |v: __m512i, o: i16| _mm512_sub_epi16(v, _mm512_set1_epi16(o));
     match dtype {
-        DType::Q8_0 => {
-            out.d[0] = f16s::<false>(gather(base, rows, 0));
-            for (g, v) in lanes8(&p, 2).into_iter().enumerate() {
-                out.w[0][2 * g] = _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v));
-                out.w[0][2 * g + 1] = _mm512_srai_epi16::<8>(v);
-            }
-        }
-        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 => {
-            let head = gather(base, rows, 0);
-            out.d[0] = f16s::<false>(head);
-            if dtype == DType::Q4_1 {
-                out.m[0] = f16s::<true>(head);
-            }
-            let (qs, off) = match dtype {
-                DType::Q4_0 => (2, 8),
-                DType::Q4_1 => (4, 0),
-                _ => (6, 16),
-            };
-            let qh = if dtype == DType::Q5_0 {
-                gather(base, rows, 2)
-            } else {
-                _mm512_setzero_si512()
-            };
-            for (g, v) in lanes4(&p, qs).into_iter().enumerate() {
-                // low nibbles: values 4g..4g+4; high nibbles: values 16+4g..
-                for (half, pairs) in [nibble_pairs(v, 0), nibble_pairs(v, 4)]
-                    .into_iter()
-                    .enumerate()
-                {
-                    let mut pairs = pairs;
-                    if dtype == DType::Q5_0 {
-                        let k = 16 * half + 4 * g;
-                        let hb = fifth_bits(_mm512_srlv_epi32(qh, _mm512_set1_epi32(k as i32)));
-                        pairs = [0, 1].map(|i| _mm512_or_si512(pairs[i], hb[i]));
-                    }
-                    for (i, p) in pairs.into_iter().enumerate() {
-                        out.w[0][8 * half + 2 * g + i] = if off == 0 { p } else { sub16(p, off) };
-                    }
-                }
-            }
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 => {
+            (out.d[0], out.m[0]) = small_block::<K>(base, offs, &mut |p, w| out.w[0][p] = w);
         }
         DType::Q4_K => {
             (out.d, out.m) = q4_k_scales(base, rows);
@@ -648,6 +695,32 @@ unsafe fn matmul_k<const K: u8, Q: ActInt>(
                 let (from, to) = (i * run / blocks, (i + 1) * run / blocks);
                 for l in (from..to).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(group.wrapping_add(run + l) as *const i8);
+                }
+                if per == 1 && K != Q6_K && nt <= 8 {
+                    macro_rules! direct {
+                        ($n:literal) => {{
+                            let tt: [usize; $n] = std::array::from_fn(|k| t0 + k);
+                            small_direct::<K, $n>(
+                                group.add(i * bb),
+                                &offs,
+                                tt.map(|t| perm.pairs.as_ptr().add(t * cols / 2 + i * QK / 2)),
+                                tt.map(|t| *dp.add(t * nb + i)),
+                                tt.map(|t| *sp.add(t * nb + i)),
+                                &mut acc,
+                            )
+                        }};
+                    }
+                    match nt {
+                        1 => direct!(1),
+                        2 => direct!(2),
+                        3 => direct!(3),
+                        4 => direct!(4),
+                        5 => direct!(5),
+                        6 => direct!(6),
+                        7 => direct!(7),
+                        _ => direct!(8),
+                    }
+                    continue;
                 }
                 if K == Q4_K && nt <= 8 {
                     let b = i * per;

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Speculative decoding with the real pair (Qwen2.5-Coder 1.5B target, 0.5B drafter, Q4_K_M) on
+# the CPU, as users run it: one fresh `llmcad generate` process per prompt and mode, the modes
+# interleaved prompt by prompt, next to llama.cpp's llama-speculative-simple on the same files.
+# The learned pass times start from an empty cache directory, so the first prompt is a first
+# run on a fresh cache.
+#
+#   bash benches/spec_pair.sh [LLAMA_BIN_DIR]
+#
+# PROMPTS (default 12), TOKENS (128) and THREADS (2) change the run. Prints decode tokens/s
+# per mode (all tokens over all decode time) and the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+llama=${1:-}
+prompts=${PROMPTS:-12}
+tokens=${TOKENS:-128}
+threads=${THREADS:-2}
+target=models/cache/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+drafter=models/cache/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+bin=target/release/llmcad
+[ -f "$target" ] && [ -f "$drafter" ] || bash models/fetch-qwen-pair.sh
+cargo build --release --quiet
+cache=$(mktemp -d)
+out=$(mktemp)
+trap 'rm -rf "$cache" "$out"' EXIT
+
+# llmcad MODE ARGS...: appends "MODE tokens seconds"
+llmcad() {
+    local mode=$1
+    shift
+    LLMCAD_CACHE_DIR=$cache "$bin" generate -m "$target" -p "$prompt" -n "$tokens" --ignore-eos \
+        -t "$threads" --json "$@" 2>/dev/null |
+        python3 -c "import json,sys; s=json.load(sys.stdin)['stats']; print('$mode', s['decode_ms']/1e3 * s['tokens_per_s'], s['decode_ms']/1e3)" >>"$out"
+}
+
+# llama K: appends "llama-spec-K tokens seconds"
+llama_spec() {
+    "$llama/llama-speculative-simple" -m "$target" -md "$drafter" --spec-type draft-simple \
+        --spec-draft-n-max "$1" -p "$prompt" -n "$tokens" --ignore-eos -t "$threads" --temp 0 \
+        -c 2048 2>&1 | sed -n 's/.*decoded *\([0-9]*\) tokens in *\([0-9.]*\) seconds.*/\1 \2/p' |
+        sed "s/^/llama-spec-k$1 /" >>"$out"
+}
+
+head -n "$prompts" benches/prompts.txt | while IFS= read -r prompt; do
+    llmcad "none" --spec none
+    llmcad "default" --draft "$drafter"
+    llmcad "chain-k4" --draft "$drafter" --spec chain --draft-max 4
+    if [ -n "$llama" ]; then
+        llama_spec 4
+        llama_spec 8
+    fi
+    echo "done: $prompt" >&2
+done
+
+python3 - "$out" <<'PY'
+import collections, sys
+tok, sec, runs = collections.Counter(), collections.Counter(), collections.Counter()
+for line in open(sys.argv[1]):
+    mode, n, s = line.split()
+    tok[mode] += float(n); sec[mode] += float(s); runs[mode] += 1
+rate = {m: tok[m] / sec[m] for m in tok}
+base = rate["none"]
+best_llama = max((r for m, r in rate.items() if m.startswith("llama")), default=None)
+print("| mode | runs | decode tokens/s | vs llmcad --spec none | vs best llama-speculative-simple |")
+print("|---|---|---|---|---|")
+for m in rate:
+    vs = f"{rate[m] / best_llama:.2f}x" if best_llama else "-"
+    print(f"| {m} | {runs[m]} | {rate[m]:.2f} | {rate[m] / base:.2f}x | {vs} |")
+PY
