@@ -127,7 +127,10 @@ fn speculation_gives_the_target_only_tokens() {
         assert_eq!(a.tokens, b.tokens, "{p:?}");
         assert!(a.spec.is_none() && b.spec.is_some());
         let c = run(&mut restricted, &r);
-        assert_eq!(a.tokens, c.tokens, "{p:?} with a restricted drafter vocabulary");
+        assert_eq!(
+            a.tokens, c.tokens,
+            "{p:?} with a restricted drafter vocabulary"
+        );
     }
 }
 
