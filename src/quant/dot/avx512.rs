@@ -300,15 +300,15 @@ unsafe fn small_block<const K: u8>(
 /// The blocks of 32 values for N ≤ 8 tokens: each pair vector goes straight into the dots of
 /// every token, never through memory. Same integer sums and float steps as `decode` +
 /// `sub_block`. Per token: `a`, its permuted activations of this block; `da`, `sa`, its scale
-/// and scaled sum.
+/// and scaled sum (pointers, as `q4_k_direct` takes them).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn small_direct<const K: u8, const N: usize>(
     base: *const u8,
     offs: &[i32; G],
     a: [*const i32; N],
-    da: [f32; N],
-    sa: [f32; N],
+    da: [*const f32; N],
+    sa: [*const f32; N],
     acc: &mut [__m512],
 ) {
     let mut sums = [_mm512_setzero_si512(); N];
@@ -320,7 +320,7 @@ unsafe fn small_direct<const K: u8, const N: usize>(
     let m_set = _mm512_cmpneq_ps_mask(m, _mm512_setzero_ps());
     for t in 0..N {
         let f = _mm512_cvtepi32_ps(sums[t]);
-        acc[t] = add_sub_block::<K>(acc[t], d, m, m_set, f, da[t], sa[t]);
+        acc[t] = add_sub_block::<K>(acc[t], d, m, m_set, f, *da[t], *sa[t]);
     }
 }
 
@@ -696,45 +696,23 @@ unsafe fn matmul_k<const K: u8, Q: ActInt>(
                 for l in (from..to).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(group.wrapping_add(run + l) as *const i8);
                 }
-                if per == 1 && K != Q6_K && nt <= 8 {
-                    macro_rules! direct {
-                        ($n:literal) => {{
-                            let tt: [usize; $n] = std::array::from_fn(|k| t0 + k);
-                            small_direct::<K, $n>(
-                                group.add(i * bb),
-                                &offs,
-                                tt.map(|t| perm.pairs.as_ptr().add(t * cols / 2 + i * QK / 2)),
-                                tt.map(|t| *dp.add(t * nb + i)),
-                                tt.map(|t| *sp.add(t * nb + i)),
-                                &mut acc,
-                            )
-                        }};
-                    }
-                    match nt {
-                        1 => direct!(1),
-                        2 => direct!(2),
-                        3 => direct!(3),
-                        4 => direct!(4),
-                        5 => direct!(5),
-                        6 => direct!(6),
-                        7 => direct!(7),
-                        _ => direct!(8),
-                    }
-                    continue;
-                }
-                if K == Q4_K && nt <= 8 {
+                if nt <= 8 && K != Q6_K {
+                    // the weights go straight into the dots (Q4_K and the blocks of 32)
                     let b = i * per;
                     macro_rules! direct {
                         ($n:literal) => {{
                             let tt: [usize; $n] = std::array::from_fn(|k| t0 + k);
-                            q4_k_direct::<$n>(
-                                group.add(i * bb),
-                                &offs,
-                                tt.map(|t| perm.pairs.as_ptr().add(t * cols / 2 + b * QK / 2)),
+                            let a = tt.map(|t| perm.pairs.as_ptr().add(t * cols / 2 + b * QK / 2));
+                            let (da, sa) = (
                                 tt.map(|t| dp.add(t * nb + b)),
                                 tt.map(|t| sp.add(t * nb + b)),
-                                &mut acc,
-                            )
+                            );
+                            let blk = group.add(i * bb);
+                            if K == Q4_K {
+                                q4_k_direct::<$n>(blk, &offs, a, da, sa, &mut acc)
+                            } else {
+                                small_direct::<K, $n>(blk, &offs, a, da, sa, &mut acc)
+                            }
                         }};
                     }
                     match nt {
