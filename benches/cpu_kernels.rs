@@ -1,10 +1,10 @@
 //! CPU matmul kernels on the weight types and shapes of the real pair (Qwen2.5-Coder 1.5B:
 //! 1536×1536 attention, 8960×1536 FFN up; Q4_K, Q6_K, Q8_0, Q5_0, and SmolLM2's Q4_1), one
 //! thread, every kernel set this CPU runs, 16-bit and 8-bit activations, T = 1, 2, 4, 8, 16
-//! tokens per call. Each row gives µs per call, weight GB/s and the cost against T = 1; the
+//! and 64 (prefill) tokens per call. Each row gives µs per call, weight GB/s and the cost against T = 1; the
 //! first line is the ceiling: one thread summing a buffer of the same size.
 //!
-//! `cargo bench --bench cpu_kernels [-- TYPE...]`
+//! `cargo bench --bench cpu_kernels [-- TYPE... KERNELS...]` (for example `-- q4_k amx`).
 
 use llmcad::quant::{matmul_q_with, quantize_row, DType, Q16Acts, Q8Acts, Simd};
 use std::hint::black_box;
@@ -63,23 +63,30 @@ fn main() {
         DType::Q5_0,
         DType::Q4_1,
     ];
+    let named = |name: &str| wanted.iter().any(|w| w.eq_ignore_ascii_case(name));
     let simds: Vec<Simd> = Simd::all_available()
         .into_iter()
         .filter(|&s| s != Simd::Scalar)
         .collect();
+    let simds: Vec<Simd> = if simds.iter().any(|s| named(s.name())) {
+        simds.into_iter().filter(|s| named(s.name())).collect()
+    } else {
+        simds
+    };
+    let types: Vec<DType> = if types.iter().any(|t| named(&t.to_string())) {
+        types
+            .into_iter()
+            .filter(|t| named(&t.to_string()))
+            .collect()
+    } else {
+        types.to_vec()
+    };
     println!(
         "{:<10} {:<6} {:<11} {:<4} {:>3} {:>9} {:>7} {:>7}",
         "shape", "type", "kernels", "acts", "T", "us/call", "GB/s", "vs T=1"
     );
     for (rows, cols) in [(1536usize, 1536usize), (8960, 1536)] {
-        for dtype in types {
-            if !wanted.is_empty()
-                && !wanted
-                    .iter()
-                    .any(|w| w.eq_ignore_ascii_case(&dtype.to_string()))
-            {
-                continue;
-            }
+        for &dtype in &types {
             let w = randoms(1, rows * cols);
             let mut bytes = Vec::with_capacity(dtype.row_bytes(cols) * rows);
             for r in w.chunks_exact(cols) {
@@ -102,7 +109,7 @@ fn main() {
             for &simd in &simds {
                 for acts in ["q16", "q8"] {
                     let mut one = 0.0;
-                    for n_t in [1usize, 2, 4, 8, 16] {
+                    for n_t in [1usize, 2, 4, 8, 16, 64] {
                         let x = randoms(2, n_t * cols);
                         let mut out = vec![0f32; n_t * rows];
                         // the activation quantization is part of the cost, as in a forward pass

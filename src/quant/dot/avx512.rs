@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 /// Weight rows per group: one per 32-bit lane.
-const G: usize = 16;
+pub(super) const G: usize = 16;
 /// Tokens whose accumulators a group keeps at once (more are done in further sweeps).
 const TMAX: usize = 64;
 
@@ -56,7 +56,7 @@ struct Decoded {
 }
 
 /// Bytes of one block of `dtype`.
-const fn block_bytes(dtype: DType) -> usize {
+pub(super) const fn block_bytes(dtype: DType) -> usize {
     match dtype {
         DType::Q8_0 => 34,
         DType::Q4_0 => 18,
@@ -68,7 +68,7 @@ const fn block_bytes(dtype: DType) -> usize {
 }
 
 /// Sub-blocks of 32 per block.
-const fn per_block(dtype: DType) -> usize {
+pub(super) const fn per_block(dtype: DType) -> usize {
     match dtype {
         DType::Q4_K | DType::Q6_K => 8,
         _ => 1,
@@ -78,7 +78,7 @@ const fn per_block(dtype: DType) -> usize {
 /// The dword at byte `off` of each of the 16 rows (`rows[i]`: offset of row i from `base`).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn gather(base: *const u8, rows: __m512i, off: usize) -> __m512i {
+pub(super) unsafe fn gather(base: *const u8, rows: __m512i, off: usize) -> __m512i {
     _mm512_i32gather_epi32::<1>(rows, base.add(off) as *const i32)
 }
 
@@ -87,7 +87,7 @@ unsafe fn gather(base: *const u8, rows: __m512i, off: usize) -> __m512i {
 /// cheaper than gathers.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn lanes8(p: &[*const u8; G], off: usize) -> [__m512i; 8] {
+pub(super) unsafe fn lanes8(p: &[*const u8; G], off: usize) -> [__m512i; 8] {
     let ld = |r: usize| _mm256_loadu_si256(p[r].add(off) as *const __m256i);
     // z[i]: row i in the low half, row i + 8 in the high half
     let z: [__m512i; 8] =
@@ -122,7 +122,7 @@ unsafe fn lanes8(p: &[*const u8; G], off: usize) -> [__m512i; 8] {
 /// As `lanes8`, for dwords `off/4 .. off/4 + 4`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn lanes4(p: &[*const u8; G], off: usize) -> [__m512i; 4] {
+pub(super) unsafe fn lanes4(p: &[*const u8; G], off: usize) -> [__m512i; 4] {
     let ld = |r: usize| _mm_loadu_si128(p[r].add(off) as *const __m128i);
     // z[i]: rows i, i + 4, i + 8, i + 12 in its four 128-bit lanes
     let z: [__m512i; 4] = std::array::from_fn(|i| {
@@ -148,7 +148,7 @@ unsafe fn lanes4(p: &[*const u8; G], off: usize) -> [__m512i; 4] {
 /// The f16 in the low (`HIGH = false`) or high half of each lane, as f32.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn f16s<const HIGH: bool>(v: __m512i) -> __m512 {
+pub(super) unsafe fn f16s<const HIGH: bool>(v: __m512i) -> __m512 {
     let v = if HIGH { _mm512_srli_epi32::<16>(v) } else { v };
     _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
 }
@@ -193,7 +193,7 @@ unsafe fn fifth_bits(x: __m512i) -> [__m512i; 2] {
 /// The sub-block scales and minimums of the Q4_K blocks at `base + rows[i]`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
-unsafe fn q4_k_scales(base: *const u8, rows: __m512i) -> ([__m512; 8], [__m512; 8]) {
+pub(super) unsafe fn q4_k_scales(base: *const u8, rows: __m512i) -> ([__m512; 8], [__m512; 8]) {
     let mut out = ([_mm512_setzero_ps(); 8], [_mm512_setzero_ps(); 8]);
     let head = gather(base, rows, 0);
     let (d, dmin) = (f16s::<false>(head), f16s::<true>(head));
@@ -349,34 +349,11 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decode
             }
         }
         _ => {
-            // Q6_K: the f16 d sits in bytes 208..210, the top half of the dword at 206
-            let d = f16s::<true>(gather(base, rows, 206));
-            let scales = [0, 1, 2, 3].map(|i| gather(base, rows, 192 + 4 * i));
-            for (s, sc) in out.sc.as_flattened_mut().iter_mut().enumerate() {
-                // byte s, sign-extended
-                *sc = _mm512_srai_epi32::<24>(_mm512_sllv_epi32(
-                    scales[s / 4],
-                    _mm512_set1_epi32(24 - 8 * (s % 4) as i32),
-                ));
-            }
-            out.d = [d; 8];
-            // bits 0..4 of a code from `ql`, bits 4..6 from `qh`; bits 6..8 are cleared with
-            // the pairs
-            let select = |lo: __m512i, hi: __m512i| {
-                _mm512_ternarylogic_epi32::<0xE4>(lo, hi, _mm512_set1_epi32(0x0f0f_0f0f))
-            };
+            let (d, sc) = q6_k_scales(base, rows);
+            (out.d, out.sc) = ([d; 8], sc);
             let mask = _mm512_set1_epi32(0x003f_003f);
             for n in 0..2 {
-                let (l0s, l1s) = (lanes8(&p, 64 * n), lanes8(&p, 64 * n + 32));
-                let hbs = lanes8(&p, 128 + 32 * n);
-                for g in 0..8 {
-                    let (l0, l1, hb) = (l0s[g], l1s[g], hbs[g]);
-                    let codes = [
-                        select(l0, _mm512_slli_epi32::<4>(hb)),
-                        select(l1, _mm512_slli_epi32::<2>(hb)),
-                        select(_mm512_srli_epi32::<4>(l0), hb),
-                        select(_mm512_srli_epi32::<4>(l1), _mm512_srli_epi32::<2>(hb)),
-                    ];
+                for (g, codes) in q6_k_codes(&p, n).into_iter().enumerate() {
                     for (k, q) in codes.into_iter().enumerate() {
                         let w = &mut out.w[4 * n + k];
                         w[2 * g] = _mm512_and_si512(q, mask);
@@ -388,15 +365,57 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decode
     }
 }
 
-// Type codes for the const-generic kernels.
-const Q8_0: u8 = 0;
-const Q4_0: u8 = 1;
-const Q4_1: u8 = 2;
-const Q5_0: u8 = 3;
-const Q4_K: u8 = 4;
-const Q6_K: u8 = 5;
+/// The Q6_K blocks at `base + rows[i]`: the scale `d`, and the integer scales of values
+/// 16s..16s+16 as `sc[s / 2][s % 2]`, sign-extended.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,f16c")]
+pub(super) unsafe fn q6_k_scales(base: *const u8, rows: __m512i) -> (__m512, [[__m512i; 2]; 8]) {
+    // the f16 d sits in bytes 208..210, the top half of the dword at 206
+    let d = f16s::<true>(gather(base, rows, 206));
+    let scales = [0, 1, 2, 3].map(|i| gather(base, rows, 192 + 4 * i));
+    let mut sc = [[_mm512_setzero_si512(); 2]; 8];
+    for (s, v) in sc.as_flattened_mut().iter_mut().enumerate() {
+        // byte s, sign-extended
+        *v = _mm512_srai_epi32::<24>(_mm512_sllv_epi32(
+            scales[s / 4],
+            _mm512_set1_epi32(24 - 8 * (s % 4) as i32),
+        ));
+    }
+    (d, sc)
+}
 
-const fn dtype_of(k: u8) -> DType {
+/// The 6-bit codes of half `n` (sub-blocks 4n..4n+4) of the Q6_K blocks at `p`, rows in lanes:
+/// `[g][k]` holds values 4g..4g+4 of sub-block 4n + k, one per byte, in bits 0..6 (bits 6..8
+/// are left for the caller to clear).
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn q6_k_codes(p: &[*const u8; G], n: usize) -> [[__m512i; 4]; 8] {
+    // bits 0..4 of a code from `ql`, bits 4..6 from `qh`
+    let select = |lo: __m512i, hi: __m512i| {
+        _mm512_ternarylogic_epi32::<0xE4>(lo, hi, _mm512_set1_epi32(0x0f0f_0f0f))
+    };
+    let (l0s, l1s) = (lanes8(p, 64 * n), lanes8(p, 64 * n + 32));
+    let hbs = lanes8(p, 128 + 32 * n);
+    std::array::from_fn(|g| {
+        let (l0, l1, hb) = (l0s[g], l1s[g], hbs[g]);
+        [
+            select(l0, _mm512_slli_epi32::<4>(hb)),
+            select(l1, _mm512_slli_epi32::<2>(hb)),
+            select(_mm512_srli_epi32::<4>(l0), hb),
+            select(_mm512_srli_epi32::<4>(l1), _mm512_srli_epi32::<2>(hb)),
+        ]
+    })
+}
+
+// Type codes for the const-generic kernels.
+pub(super) const Q8_0: u8 = 0;
+pub(super) const Q4_0: u8 = 1;
+pub(super) const Q4_1: u8 = 2;
+pub(super) const Q5_0: u8 = 3;
+pub(super) const Q4_K: u8 = 4;
+pub(super) const Q6_K: u8 = 5;
+
+pub(super) const fn dtype_of(k: u8) -> DType {
     match k {
         Q8_0 => DType::Q8_0,
         Q4_0 => DType::Q4_0,
@@ -491,23 +510,11 @@ unsafe fn sub_block<const K: u8, const N: usize>(
     let m_set = _mm512_cmpneq_ps_mask(m, _mm512_setzero_ps());
     for t in 0..N {
         let f = if K == Q6_K {
-            // codes are q + 32: Σq·a = Σcode·a − 32·Σa per 16, then times its scale (both fit
-            // i32); the two halves' sum may not: through i64 where it overflows (never with
-            // real activations, so kept out of the way)
-            let [x, y] = [0, 1].map(|h| {
-                let off = _mm512_slli_epi32::<5>(_mm512_set1_epi32(*sums[t].add(h)));
-                _mm512_mullo_epi32(dec.sc[j][h], _mm512_sub_epi32(halves[h][t], off))
-            });
-            let isum = _mm512_add_epi32(x, y);
-            let over = _mm512_cmplt_epi32_mask(
-                _mm512_and_si512(_mm512_xor_si512(x, isum), _mm512_xor_si512(y, isum)),
-                _mm512_setzero_si512(),
-            );
-            if over == 0 {
-                _mm512_cvtepi32_ps(isum)
-            } else {
-                exact_sum(x, y)
-            }
+            q6_k_isum(
+                dec.sc[j],
+                [halves[0][t], halves[1][t]],
+                [*sums[t], *sums[t].add(1)],
+            )
         } else {
             _mm512_cvtepi32_ps(_mm512_add_epi32(halves[0][t], halves[1][t]))
         };
@@ -515,11 +522,35 @@ unsafe fn sub_block<const K: u8, const N: usize>(
     }
 }
 
+/// A Q6_K sub-block's integer sum for 16 rows, as f32: `halves` are the sums of the raw codes
+/// times the activations per 16 values, `sums` the activations' sums. The codes are q + 32, so
+/// Σq·a = Σcode·a − 32·Σa per 16, then times its scale `sc` (both fit i32); the two halves' sum
+/// may not: through i64 where it overflows (never with real activations, so kept out of the
+/// way).
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn q6_k_isum(sc: [__m512i; 2], halves: [__m512i; 2], sums: [i32; 2]) -> __m512 {
+    let [x, y] = [0, 1].map(|h| {
+        let off = _mm512_slli_epi32::<5>(_mm512_set1_epi32(sums[h]));
+        _mm512_mullo_epi32(sc[h], _mm512_sub_epi32(halves[h], off))
+    });
+    let isum = _mm512_add_epi32(x, y);
+    let over = _mm512_cmplt_epi32_mask(
+        _mm512_and_si512(_mm512_xor_si512(x, isum), _mm512_xor_si512(y, isum)),
+        _mm512_setzero_si512(),
+    );
+    if over == 0 {
+        _mm512_cvtepi32_ps(isum)
+    } else {
+        exact_sum(x, y)
+    }
+}
+
 /// `scalar::add_sub_block` for 16 rows: `acc + (d·da)·isum`, then `+ m·sa` in the rows whose
 /// minimum `m` is not 0 (`m_set`).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn add_sub_block<const K: u8>(
+pub(super) unsafe fn add_sub_block<const K: u8>(
     acc: __m512,
     d: __m512,
     m: __m512,

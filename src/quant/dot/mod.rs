@@ -10,7 +10,8 @@
 //!   which keeps large activation outliers from crushing the rest of their block.
 //!
 //! Kernels: a portable scalar reference (`scalar`), AVX2+FMA+F16C on x86-64 (`x86`), AVX-512
-//! VNNI with rows in lanes on x86-64 (`avx512`), NEON on aarch64 (`arm`). The best one the CPU
+//! VNNI with rows in lanes on x86-64 (`avx512`), AMX tiles for passes over many tokens on
+//! x86-64 (`amx`), NEON on aarch64 (`arm`). The best one the CPU
 //! supports is chosen once (`Simd::active`); `LLMCAD_CPU_SIMD=scalar` (or `avx2`) forces a lesser
 //! one.
 //!
@@ -18,6 +19,8 @@
 //! it (tile position, batch size, row range, thread count), so batched passes (tree
 //! verification, prefill) give bit-identical results to one-token passes.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "aarch64")]
 mod arm;
 #[cfg(target_arch = "x86_64")]
@@ -101,7 +104,7 @@ impl<Q: ActInt> QActs<Q> {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `checked` returned these only if the CPU has AVX2 (both have); the buffers
             // were sized above
-            Simd::Avx2 | Simd::Avx512Vnni => unsafe {
+            Simd::Avx2 | Simd::Avx512Vnni | Simd::Amx => unsafe {
                 let qs = self.qs.as_mut_ptr() as *mut u8;
                 if Q::WIDE {
                     x86::quantize::<true>(x, qs, &mut self.d, &mut self.s)
@@ -150,6 +153,9 @@ pub enum Simd {
     /// x86-64 with AVX-512 (F, BW) and VNNI, besides AVX2: the AVX2 kernels for the types and
     /// paths it has no kernel for.
     Avx512Vnni,
+    /// x86-64 with AMX tiles (8-bit), besides AVX-512 VNNI: tile multiplies for passes over
+    /// many tokens, the AVX-512 kernels for few tokens and the types it has no kernel for.
+    Amx,
     /// aarch64 NEON.
     Neon,
 }
@@ -157,14 +163,20 @@ pub enum Simd {
 impl Simd {
     /// The fastest kernels this CPU runs.
     pub fn best() -> Simd {
-        [Simd::Avx512Vnni, Simd::Avx2, Simd::Neon]
+        [Simd::Amx, Simd::Avx512Vnni, Simd::Avx2, Simd::Neon]
             .into_iter()
             .find(|s| s.available())
             .unwrap_or(Simd::Scalar)
     }
 
     /// Every kernel set, best first.
-    pub const ALL: [Simd; 4] = [Simd::Avx512Vnni, Simd::Avx2, Simd::Neon, Simd::Scalar];
+    pub const ALL: [Simd; 5] = [
+        Simd::Amx,
+        Simd::Avx512Vnni,
+        Simd::Avx2,
+        Simd::Neon,
+        Simd::Scalar,
+    ];
 
     /// The kernels in use: `best()`, unless the environment names another available set
     /// (`LLMCAD_CPU_SIMD=scalar`, `avx2`, ...). Chosen once per process.
@@ -200,6 +212,8 @@ impl Simd {
             Simd::Avx2 => x86::available(),
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512Vnni => avx512::available(),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Amx => amx::available(),
             #[cfg(target_arch = "aarch64")]
             Simd::Neon => true,
             #[allow(unreachable_patterns)]
@@ -221,6 +235,7 @@ impl Simd {
             Simd::Scalar => "scalar",
             Simd::Avx2 => "avx2",
             Simd::Avx512Vnni => "avx512vnni",
+            Simd::Amx => "amx",
             Simd::Neon => "neon",
         }
     }
@@ -285,13 +300,18 @@ pub fn matmul_q_with<Q: ActInt>(
     assert!(dtype.is_quantized() && acts.cols == cols);
     match simd.checked() {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AMX and AVX-512 VNNI; the kernel checks the slice bounds it relies on
+        Simd::Amx if amx::supports(dtype) => unsafe {
+            amx::matmul_q(dtype, w, rows, acts, out, out_stride)
+        },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 VNNI; the kernel checks the slice bounds it relies on
-        Simd::Avx512Vnni if avx512::supports(dtype) => unsafe {
+        Simd::Avx512Vnni | Simd::Amx if avx512::supports(dtype) => unsafe {
             avx512::matmul_q(dtype, w, rows, acts, out, out_stride)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA/F16C; the kernel checks the slice bounds it relies on
-        Simd::Avx2 | Simd::Avx512Vnni => unsafe {
+        Simd::Avx2 | Simd::Avx512Vnni | Simd::Amx => unsafe {
             if Q::WIDE {
                 x86::matmul_q::<true, Q>(dtype, w, rows, acts, out, out_stride)
             } else {
@@ -362,7 +382,7 @@ pub fn matmul_f32_with(
     match simd.checked() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA/F16C; the kernel checks the slice bounds it relies on
-        Simd::Avx2 | Simd::Avx512Vnni => unsafe {
+        Simd::Avx2 | Simd::Avx512Vnni | Simd::Amx => unsafe {
             x86::matmul_f32(dtype, w, cols, rows, x, out, out_stride)
         },
         #[cfg(target_arch = "aarch64")]
@@ -635,18 +655,24 @@ mod tests {
         }
     }
 
-    /// The AVX-512 kernels give the scalar reference's bits for the types they cover, on random
-    /// raw blocks and 8- and 16-bit activations that reach the integer extremes, for any number
-    /// of tokens (register chunks of 8, 4, 2, 1 and sweeps of 64) and any row range.
+    /// The AVX-512 and AMX kernels give the scalar reference's bits for the types they cover, on
+    /// random raw blocks and 8- and 16-bit activations that reach the integer extremes, for any
+    /// number of tokens (register chunks of 8, 4, 2, 1, sweeps of 64, tiles of 16) and any row
+    /// range.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_matmuls_give_the_scalar_bits() {
         use super::testing::{acts, random_blocks, Rng};
-        if !Simd::Avx512Vnni.available() {
+        let sets: Vec<Simd> = [Simd::Avx512Vnni, Simd::Amx]
+            .into_iter()
+            .filter(|s| s.available())
+            .collect();
+        if sets.is_empty() {
             eprintln!("no AVX-512 VNNI on this CPU: nothing to check");
             return;
         }
         fn check<Q: ActInt>(
+            simd: Simd,
             dtype: DType,
             rng: &mut Rng,
             conv: impl Fn(i64) -> Q,
@@ -656,7 +682,7 @@ mod tests {
             let (rows, nblk) = (37usize, 3usize);
             let cols = nblk * dtype.block_len();
             let w = random_blocks(dtype, rng, rows * nblk);
-            for n_t in [1usize, 2, 3, 5, 8, 13, 19, 70] {
+            for n_t in [1usize, 2, 3, 5, 8, 13, 16, 19, 33, 70] {
                 let nb = n_t * cols / QK;
                 let a = QActs {
                     cols,
@@ -671,16 +697,7 @@ mod tests {
                 for range in [0..rows, 3..20, 16..33, 36..37] {
                     let len = range.len();
                     let mut out = vec![f32::NAN; n_t * len];
-                    matmul_q_with(
-                        Simd::Avx512Vnni,
-                        dtype,
-                        &w,
-                        cols,
-                        range.clone(),
-                        &a,
-                        &mut out,
-                        len,
-                    );
+                    matmul_q_with(simd, dtype, &w, cols, range.clone(), &a, &mut out, len);
                     let rb = dtype.row_bytes(cols);
                     for t in 0..n_t {
                         for (i, r) in range.clone().enumerate() {
@@ -689,7 +706,7 @@ mod tests {
                             assert_eq!(
                                 got.to_bits(),
                                 want.to_bits(),
-                                "{dtype} {} T={n_t} t={t} r={r}: {got} vs {want}",
+                                "{simd:?} {dtype} {} T={n_t} t={t} r={r}: {got} vs {want}",
                                 std::any::type_name::<Q>()
                             );
                         }
@@ -698,10 +715,12 @@ mod tests {
             }
         }
         let mut rng = Rng(5);
-        for dtype in DType::ALL.into_iter().filter(|&d| avx512::supports(d)) {
-            for _ in 0..3 {
-                check(dtype, &mut rng, |v| v as i8, -128, 127);
-                check(dtype, &mut rng, |v| v as i16, -32768, 32767);
+        for simd in sets {
+            for dtype in DType::ALL.into_iter().filter(|&d| avx512::supports(d)) {
+                for _ in 0..3 {
+                    check(simd, dtype, &mut rng, |v| v as i8, -128, 127);
+                    check(simd, dtype, &mut rng, |v| v as i16, -32768, 32767);
+                }
             }
         }
     }
