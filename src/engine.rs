@@ -87,9 +87,10 @@ pub struct EngineOptions {
     pub context: Option<usize>,
     /// CPU matmul precision.
     pub precision: Precision,
-    /// Quantize the target's float matrices while loading (Hugging Face models).
+    /// Quantize the target's matrices that have more bits per weight while loading.
     pub quantize: Option<DType>,
-    /// Quantize the drafter's float matrices while loading.
+    /// Quantize the drafter's matrices that have more bits per weight while loading (a leaner
+    /// drafter drafts faster; the target verifies every token anyway).
     pub draft_quantize: Option<DType>,
     /// Speculative decoding with the drafter, or `None` for target-only decoding.
     pub spec: Option<SpecOptions>,

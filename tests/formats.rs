@@ -100,6 +100,42 @@ fn quantize_on_load_matches_a_quantized_gguf() {
     .unwrap();
     let err = rel_err(&logits(&q4, &TOKENS), &logits(&load(&q4m.gguf), &TOKENS));
     assert!(err < 1e-6, "q4_0 on load vs a Q4_0 GGUF: {err}");
+
+    // a quantized file is requantized to a smaller type (a leaner drafter), never to a larger
+    let with = |path: &Path, to| {
+        let opts = LoadOptions {
+            quantize: Some(to),
+            progress: false,
+        };
+        Model::load(path, &opts).unwrap()
+    };
+    let leaner = with(&f32m.gguf, DType::Q4_0);
+    assert_eq!(leaner.weights.layers[0].wq.dtype, DType::Q4_0);
+    // each weight moves by at most Q4_0's step (amax/8 of its block of 32)
+    let (w8, w4) = (&q_gguf.weights.layers[0].wq, &leaner.weights.layers[0].wq);
+    let deq = |m: &llmcad::model::Matrix| {
+        let mut v = vec![0f32; m.rows * m.cols];
+        for (r, out) in v.chunks_exact_mut(m.cols).enumerate() {
+            let rb = m.row_bytes();
+            llmcad::quant::dequantize_row(m.dtype, &m.data[r * rb..(r + 1) * rb], out);
+        }
+        v
+    };
+    let (v8, v4) = (deq(w8), deq(w4));
+    let mut moved = 0;
+    for (b8, b4) in v8.chunks_exact(32).zip(v4.chunks_exact(32)) {
+        let amax = b8.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (x, y) in b8.iter().zip(b4) {
+            assert!(
+                (x - y).abs() <= amax / 8.0 * 1.001,
+                "{x} requantized to {y}"
+            );
+            moved += usize::from(x != y);
+        }
+    }
+    assert!(moved > 0);
+    let kept = with(&q4m.gguf, DType::Q8_0);
+    assert_eq!(kept.weights.layers[0].wq.dtype, DType::Q4_0);
 }
 
 fn expect_err(path: &Path, needles: &[&str]) -> Error {

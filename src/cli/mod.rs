@@ -46,7 +46,8 @@ pub struct ModelArgs {
     /// Model: a GGUF file or a Hugging Face directory (config.json, *.safetensors, tokenizer.json).
     #[arg(short = 'm', long = "model")]
     pub model: PathBuf,
-    /// Quantize float weights while loading (q8_0 or q4_0; Hugging Face models).
+    /// Quantize weights stored with more bits per weight (float, or a larger quantized type)
+    /// while loading: q8_0, q4_0 or q4_1.
     #[arg(long, value_parser = parse_quant)]
     pub quantize: Option<DType>,
 }
@@ -99,7 +100,8 @@ pub struct SpecArgs {
     /// Drafter model (same vocabulary as the target; GGUF or Hugging Face directory).
     #[arg(long)]
     pub draft: Option<PathBuf>,
-    /// Quantize the drafter's float weights while loading (q8_0 or q4_0).
+    /// Quantize the drafter's weights that have more bits per weight while loading (q8_0, q4_0
+    /// or q4_1): faster drafting, still lossless (the target checks every token).
     #[arg(long, value_parser = parse_quant)]
     pub draft_quantize: Option<DType>,
     /// tree (token trees, default with --draft), chain (vanilla speculative decoding) or none.

@@ -19,7 +19,8 @@ use weights::{Naming, WeightLoader};
 
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
-    /// Quantize float matrices to this block type while loading (`--quantize`).
+    /// Quantize matrices stored with more bits per weight (float or quantized) to this block
+    /// type while loading (`--quantize`).
     pub quantize: Option<DType>,
     /// Show a progress bar on stderr (only when it is a terminal).
     pub progress: bool,

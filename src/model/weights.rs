@@ -227,7 +227,8 @@ pub struct WeightLoader<'a> {
     tensors: HashMap<String, RawTensor>,
     naming: Naming,
     cfg: &'a ModelConfig,
-    /// Float matrices are quantized to this type while loading (`--quantize`).
+    /// Matrices stored with more bits per weight than this type (float or quantized) are
+    /// quantized to it while loading (`--quantize`).
     pub quantize_to: Option<DType>,
 }
 
@@ -326,9 +327,9 @@ impl<'a> WeightLoader<'a> {
             data: t.data.clone(),
         };
         match self.quantize_to {
-            Some(to) if !m.dtype.is_quantized() && cols.is_multiple_of(to.block_len()) => {
-                Ok(quantize_matrix(&m, to))
-            }
+            // smaller types are kept: requantizing only loses accuracy
+            Some(to) if to.bits_per_weight() >= m.dtype.bits_per_weight() => Ok(m),
+            Some(to) if cols.is_multiple_of(to.block_len()) => Ok(quantize_matrix(&m, to)),
             Some(to) => {
                 log::warn!(
                     "{}: kept as {} (cannot quantize {cols} columns to {to})",
