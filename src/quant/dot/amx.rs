@@ -2,8 +2,7 @@
 //! trees.
 //!
 //! The AVX-512 kernels pay one `vpdpwssd` per token for every 32 weights and 16 rows; here one
-//! tile multiply takes up to 16 tokens at once. Per sub-block of 32 values (16 for Q6_K, whose
-//! scales cover 16):
+//! tile multiply takes up to 16 tokens at once. Per sub-block of 32 values:
 //! - A: the tokens' activations as bytes, one token per tile row, read in place with a stride.
 //!   16-bit activations are split into a signed high byte and an unsigned low byte,
 //!   `a = 256·hi + lo`, and multiplied separately.
@@ -14,11 +13,15 @@
 //!   vector, rows in lanes, so the float steps are `avx512`'s own, and the results are the
 //!   scalar reference's bits.
 //!
-//! Few tokens leave most of a tile empty, so below `MIN_TOKENS` the AVX-512 kernels run.
+//! The sums go through memory (two tile stores per sub-block with 16-bit activations), which
+//! caps the gain: measured against the AVX-512 kernels (one thread, 16-bit activations,
+//! 8960×1536), Q4_K at 16 tokens takes 0.64× the time and at 64 tokens 0.65×, Q8_0 0.74× and
+//! 0.78×. Q6_K, whose scales cover 16 values and so need twice the tile work, was slower
+//! everywhere and keeps the AVX-512 kernel. Below `MIN_TOKENS` the AVX-512 kernels run too.
 //! Linux hands the tile registers to a process only when asked (`arch_prctl`), once.
 
 use super::avx512::{self, add_sub_block, f16s, gather, lanes4, lanes8, q4_k_scales, G};
-use super::avx512::{q6_k_codes, q6_k_isum, q6_k_scales, Q4_0, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0};
+use super::avx512::{Q4_0, Q4_1, Q4_K, Q5_0, Q8_0};
 use super::{ActInt, QActs};
 use crate::quant::{DType, QK};
 use std::arch::asm;
@@ -30,8 +33,8 @@ use std::sync::OnceLock;
 /// Tokens per tile (rows of A and C).
 const TILE_T: usize = 16;
 /// Fewer tokens than this run on the AVX-512 kernels (measured: `cargo bench --bench
-/// cpu_kernels`).
-const MIN_TOKENS: usize = 6;
+/// cpu_kernels -- amx avx512vnni`; at 8 tokens the tiles win by 5–15%).
+const MIN_TOKENS: usize = 8;
 
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
@@ -72,7 +75,10 @@ fn request_tiles() -> bool {
 
 /// Whether `dtype` has a kernel here.
 pub fn supports(dtype: DType) -> bool {
-    avx512::supports(dtype)
+    matches!(
+        dtype,
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q4_K
+    )
 }
 
 /// The tile configuration `ldtilecfg` loads (palette 1).
@@ -85,10 +91,10 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
-/// Tiles: 0 and 1 the activations' high and low bytes (A), 2 the weights (B), 4 and 5 the sums
-/// with the high and low bytes (C); 3, 6 and 7 the same for a second sub-block.
+/// Tiles: 0 and 1 the activations' high and low bytes of a sub-block (A), 2 its weights (B), 4
+/// and 5 the sums with the high and low bytes (C).
 impl TileConfig {
-    fn new(tokens: usize, k_bytes: usize) -> TileConfig {
+    fn new(tokens: usize) -> TileConfig {
         let mut c = TileConfig {
             palette: 1,
             start_row: 0,
@@ -97,14 +103,11 @@ impl TileConfig {
             rows: [0; 16],
         };
         for (tile, rows, colsb) in [
-            (0, tokens, k_bytes),
-            (1, tokens, k_bytes),
-            (2, k_bytes / 4, 4 * G),
-            (3, k_bytes / 4, 4 * G),
+            (0, tokens, QK),
+            (1, tokens, QK),
+            (2, QK / 4, 4 * G),
             (4, tokens, 4 * G),
             (5, tokens, 4 * G),
-            (6, tokens, 4 * G),
-            (7, tokens, 4 * G),
         ] {
             c.rows[tile] = rows as u8;
             c.colsb[tile] = colsb as u16;
@@ -115,16 +118,14 @@ impl TileConfig {
 
 /// The activations of one call as the tiles read them: per token, the high bytes (`hi`, or
 /// the 8-bit values themselves) and the low bytes (`lo`, 16-bit activations only) in the
-/// values' order, and the sums of each 16 values (`sums`), which Q6_K's offset needs.
+/// values' order.
 #[derive(Default)]
 struct Split {
     hi: Vec<i8>,
     lo: Vec<u8>,
-    sums: Vec<i32>,
 }
 
 fn split<Q: ActInt>(acts: &QActs<Q>, out: &mut Split) {
-    let n = acts.qs.len();
     out.hi.clear();
     out.lo.clear();
     if Q::WIDE {
@@ -134,13 +135,6 @@ fn split<Q: ActInt>(acts: &QActs<Q>, out: &mut Split) {
     } else {
         out.hi.extend(acts.qs.iter().map(|&v| v.into() as i8));
     }
-    out.sums.clear();
-    out.sums.extend(
-        acts.qs
-            .chunks_exact(16)
-            .map(|c| c.iter().map(|&v| v.into()).sum::<i32>()),
-    );
-    debug_assert_eq!(out.sums.len(), n / 16);
 }
 
 thread_local! {
@@ -190,7 +184,6 @@ pub unsafe fn matmul_q<Q: ActInt>(
             DType::Q4_1 => by_width!(Q4_1),
             DType::Q5_0 => by_width!(Q5_0),
             DType::Q4_K => by_width!(Q4_K),
-            DType::Q6_K => by_width!(Q6_K),
             _ => unreachable!("{dtype} has no AMX kernel"),
         }
     })
@@ -211,13 +204,11 @@ type Args<'a, Q> = (
 struct Sums([[i32; G]; TILE_T]);
 
 /// A batch of eight sub-blocks of 16 rows, decoded: the weights (`w`), and per sub-block the
-/// scales and minimums as `avx512`'s float steps take them (`d`, `m`), for Q6_K also the
-/// integer scales of each 16 values (`sc`).
+/// scales and minimums as `avx512`'s float steps take them (`d`, `m`).
 struct Batch {
     w: Weights,
     d: [__m512; 8],
     m: [__m512; 8],
-    sc: [[__m512i; 2]; 8],
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
@@ -228,8 +219,6 @@ unsafe fn matmul_k<const K: u8, const WIDE: bool, Q: ActInt>(
     let (bb, per) = (avx512::block_bytes(dtype), avx512::per_block(dtype));
     let cols = acts.cols;
     let (nb, n_t) = (cols / QK, acts.rows());
-    // Q6_K's scales cover 16 values: its tiles take half a sub-block
-    let halves = if K == Q6_K { 2 } else { 1 };
     // blocks per batch of eight sub-blocks
     let per_batch = 8 / per;
     let wp = w.as_ptr();
@@ -238,11 +227,10 @@ unsafe fn matmul_k<const K: u8, const WIDE: bool, Q: ActInt>(
         w: Weights([[0; 8 * 4 * G]; 8]),
         d: [_mm512_setzero_ps(); 8],
         m: [_mm512_setzero_ps(); 8],
-        sc: [[_mm512_setzero_si512(); 2]; 8],
     };
-    // the sums of every sub-block (half, for Q6_K) of a batch
-    let mut c_hi: [Sums; 16] = std::array::from_fn(|_| Sums([[0; G]; TILE_T]));
-    let mut c_lo: [Sums; 16] = std::array::from_fn(|_| Sums([[0; G]; TILE_T]));
+    // the sums of every sub-block of a batch
+    let mut c_hi: [Sums; 8] = std::array::from_fn(|_| Sums([[0; G]; TILE_T]));
+    let mut c_lo: [Sums; 8] = std::array::from_fn(|_| Sums([[0; G]; TILE_T]));
     let mut acc = [_mm512_setzero_ps(); TILE_T];
     let mut configured = 0;
     let mut r0 = rows.start;
@@ -254,7 +242,7 @@ unsafe fn matmul_k<const K: u8, const WIDE: bool, Q: ActInt>(
         for t0 in (0..n_t).step_by(TILE_T) {
             let nt = TILE_T.min(n_t - t0);
             if nt != configured {
-                let cfg = TileConfig::new(nt, QK / halves);
+                let cfg = TileConfig::new(nt);
                 asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly));
                 configured = nt;
             }
@@ -275,18 +263,15 @@ unsafe fn matmul_k<const K: u8, const WIDE: bool, Q: ActInt>(
                 // read back long after they were stored
                 let subs = batch_blocks * per;
                 for j in 0..subs {
-                    let b = i0 * per + j;
-                    for h in 0..halves {
-                        let at = t0 * cols + b * QK + h * QK / 2;
-                        multiply::<K, WIDE>(
-                            split.hi.as_ptr().add(at),
-                            split.lo.as_ptr().wrapping_add(at),
-                            cols,
-                            batch.w.0[j].as_ptr().add(h * 4 * 4 * G),
-                            &mut c_hi[halves * j + h],
-                            &mut c_lo[halves * j + h],
-                        );
-                    }
+                    let at = t0 * cols + (i0 * per + j) * QK;
+                    multiply::<K, WIDE>(
+                        split.hi.as_ptr().add(at),
+                        split.lo.as_ptr().wrapping_add(at),
+                        cols,
+                        batch.w.0[j].as_ptr(),
+                        &mut c_hi[j],
+                        &mut c_lo[j],
+                    );
                 }
                 for j in 0..subs {
                     let b = i0 * per + j;
@@ -294,21 +279,14 @@ unsafe fn matmul_k<const K: u8, const WIDE: bool, Q: ActInt>(
                     let m_set = _mm512_cmpneq_ps_mask(m, _mm512_setzero_ps());
                     for (t, acc) in acc[..nt].iter_mut().enumerate() {
                         let tt = t0 + t;
-                        let sum = |u: usize| {
-                            let hi = _mm512_load_si512(c_hi[u].0[t].as_ptr() as *const _);
-                            if WIDE {
-                                let lo = _mm512_load_si512(c_lo[u].0[t].as_ptr() as *const _);
-                                _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), lo)
-                            } else {
-                                hi
-                            }
-                        };
-                        let f = if K == Q6_K {
-                            let s = split.sums.as_ptr().add(tt * cols / 16 + 2 * b);
-                            q6_k_isum(batch.sc[j], [sum(2 * j), sum(2 * j + 1)], [*s, *s.add(1)])
+                        let hi = _mm512_load_si512(c_hi[j].0[t].as_ptr() as *const _);
+                        let sum = if WIDE {
+                            let lo = _mm512_load_si512(c_lo[j].0[t].as_ptr() as *const _);
+                            _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), lo)
                         } else {
-                            _mm512_cvtepi32_ps(sum(j))
+                            hi
                         };
+                        let f = _mm512_cvtepi32_ps(sum);
                         let (da, sa) = (*dp.add(tt * nb + b), *sp.add(tt * nb + b));
                         *acc = add_sub_block::<K>(*acc, d, m, m_set, f, da, sa);
                     }
@@ -347,18 +325,6 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], slot: usize, out
                     put(&mut out.w.0[2 * n], g, _mm512_and_si512(v, nibble));
                     let high = _mm512_and_si512(_mm512_srli_epi32::<4>(v), nibble);
                     put(&mut out.w.0[2 * n + 1], g, high);
-                }
-            }
-        }
-        Q6_K => {
-            let (d, sc) = q6_k_scales(base, rows);
-            (out.d, out.sc) = ([d; 8], sc);
-            let code = _mm512_set1_epi8(0x3f);
-            for n in 0..2 {
-                for (g, codes) in q6_k_codes(&p, n).into_iter().enumerate() {
-                    for (k, q) in codes.into_iter().enumerate() {
-                        put(&mut out.w.0[4 * n + k], g, _mm512_and_si512(q, code));
-                    }
                 }
             }
         }

@@ -369,7 +369,7 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decode
 /// 16s..16s+16 as `sc[s / 2][s % 2]`, sign-extended.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
-pub(super) unsafe fn q6_k_scales(base: *const u8, rows: __m512i) -> (__m512, [[__m512i; 2]; 8]) {
+unsafe fn q6_k_scales(base: *const u8, rows: __m512i) -> (__m512, [[__m512i; 2]; 8]) {
     // the f16 d sits in bytes 208..210, the top half of the dword at 206
     let d = f16s::<true>(gather(base, rows, 206));
     let scales = [0, 1, 2, 3].map(|i| gather(base, rows, 192 + 4 * i));
@@ -389,7 +389,7 @@ pub(super) unsafe fn q6_k_scales(base: *const u8, rows: __m512i) -> (__m512, [[_
 /// are left for the caller to clear).
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn q6_k_codes(p: &[*const u8; G], n: usize) -> [[__m512i; 4]; 8] {
+unsafe fn q6_k_codes(p: &[*const u8; G], n: usize) -> [[__m512i; 4]; 8] {
     // bits 0..4 of a code from `ql`, bits 4..6 from `qh`
     let select = |lo: __m512i, hi: __m512i| {
         _mm512_ternarylogic_epi32::<0xE4>(lo, hi, _mm512_set1_epi32(0x0f0f_0f0f))
@@ -413,7 +413,7 @@ pub(super) const Q4_0: u8 = 1;
 pub(super) const Q4_1: u8 = 2;
 pub(super) const Q5_0: u8 = 3;
 pub(super) const Q4_K: u8 = 4;
-pub(super) const Q6_K: u8 = 5;
+const Q6_K: u8 = 5;
 
 pub(super) const fn dtype_of(k: u8) -> DType {
     match k {
@@ -529,7 +529,7 @@ unsafe fn sub_block<const K: u8, const N: usize>(
 /// way).
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn q6_k_isum(sc: [__m512i; 2], halves: [__m512i; 2], sums: [i32; 2]) -> __m512 {
+unsafe fn q6_k_isum(sc: [__m512i; 2], halves: [__m512i; 2], sums: [i32; 2]) -> __m512 {
     let [x, y] = [0, 1].map(|h| {
         let off = _mm512_slli_epi32::<5>(_mm512_set1_epi32(sums[h]));
         _mm512_mullo_epi32(sc[h], _mm512_sub_epi32(halves[h], off))
