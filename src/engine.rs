@@ -312,7 +312,7 @@ fn open_target(
         )?))
     };
     match opts.device {
-        Device::Cpu => Ok(Box::new(cpu_backend(model, opts, opts.threads))),
+        Device::Cpu => Ok(Box::new(cpu_backend(model, opts, opts.threads)?)),
         Device::Gpu => gpu(gpu::open(&opts.gpu)?),
         Device::Auto => {
             let tried = gpu::open(&opts.gpu).and_then(|ctx| {
@@ -326,13 +326,13 @@ fn open_target(
             });
             tried.or_else(|e| {
                 warnings.push(format!("no usable GPU, running the target on the CPU: {e}"));
-                Ok(Box::new(cpu_backend(model, opts, opts.threads)))
+                Ok(Box::new(cpu_backend(model, opts, opts.threads)?))
             })
         }
     }
 }
 
-fn cpu_backend(model: &Model, opts: &EngineOptions, threads: Option<usize>) -> CpuBackend {
+fn cpu_backend(model: &Model, opts: &EngineOptions, threads: Option<usize>) -> Result<CpuBackend> {
     CpuBackend::new(
         model.config.clone(),
         model.weights.clone(),
@@ -405,7 +405,7 @@ impl Engine {
                 let d = load(path, opts.draft_quantize)?;
                 warnings.extend(check_pair(&model, &d)?);
                 let mut backend =
-                    Box::new(cpu_backend(&d, &opts, opts.draft_threads.or(opts.threads)));
+                    Box::new(cpu_backend(&d, &opts, opts.draft_threads.or(opts.threads))?);
                 if let Some(ids) = spec.draft_vocab.and_then(|n| frequent_tokens(&d.config, n)) {
                     backend.restrict_vocab(&ids);
                 }
@@ -538,18 +538,18 @@ impl Engine {
         let result = self.generate_inner(req, on_token);
         if let Err(Error::Gpu(e)) = &result {
             // the tokens streamed so far stand; this call fails, later ones run on the CPU
-            let notice = format!("the GPU failed ({e}); the target runs on the CPU from now on");
-            log::warn!("{notice}");
-            self.warnings.push(notice);
-            self.target = Box::new(cpu_backend(
-                &self.model,
-                &self.options,
-                self.options.threads,
-            ));
-            self.target_valid = 0;
-            if let Some(d) = &mut self.drafter {
-                // the GPU's pass times say nothing of the CPU's
-                d.spec.pass_times = PassTimes::default();
+            // (the caller has the error; the switch is a notice for whoever keeps the engine)
+            if let Ok(cpu) = cpu_backend(&self.model, &self.options, self.options.threads) {
+                let notice =
+                    format!("the GPU failed ({e}); the target runs on the CPU from now on");
+                log::info!("{notice}");
+                self.warnings.push(notice);
+                self.target = Box::new(cpu);
+                self.target_valid = 0;
+                if let Some(d) = &mut self.drafter {
+                    // the GPU's pass times say nothing of the CPU's
+                    d.spec.pass_times = PassTimes::default();
+                }
             }
         }
         if result.is_err() {

@@ -275,3 +275,23 @@ fn gpu_target_streams_under_a_budget_and_survives_faults() {
         );
     }
 }
+
+#[test]
+fn absurd_thread_counts_are_clamped_with_a_notice() {
+    let m = tiny_f32();
+    let o = llmcad(&[
+        "generate",
+        "-m",
+        path(&m.gguf),
+        "-p",
+        "the cat",
+        "-n",
+        "2",
+        "--device",
+        "cpu",
+        "-t",
+        "100000",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("100000 threads"), "{}", stderr(&o));
+}

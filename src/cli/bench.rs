@@ -112,7 +112,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cpu_backend(a: &BenchArgs, m: &Model, threads: usize) -> CpuBackend {
+fn cpu_backend(a: &BenchArgs, m: &Model, threads: usize) -> llmcad::Result<CpuBackend> {
     CpuBackend::new(
         m.config.clone(),
         m.weights.clone(),
@@ -171,7 +171,7 @@ fn cpu_table(a: &BenchArgs, m: &Model) -> anyhow::Result<serde_json::Value> {
     let mut buffer = vec![1u8; weight_bytes];
     let mut rows = Vec::new();
     for &t in &a.thread_counts {
-        let mut b = cpu_backend(a, m, t);
+        let mut b = cpu_backend(a, m, t)?;
         let mut best = f64::INFINITY;
         for _ in 0..3 {
             b.kv_truncate(0);
@@ -287,11 +287,11 @@ fn spec_table(a: &BenchArgs, target: &Model, drafter: &Model) -> anyhow::Result<
         let (mut tokens, mut secs, mut passes, mut emitted, mut nodes) = (0, 0.0, 0, 0, 0);
         let mut outputs = Vec::new();
         for p in &prompts {
-            let mut t = cpu_backend(a, target, threads);
+            let mut t = cpu_backend(a, target, threads)?;
             let g = match &mut spec {
                 None => generate(&mut t, p, &[], &opts, &mut |_| true)?,
                 Some(s) => {
-                    let mut d = cpu_backend(a, drafter, threads);
+                    let mut d = cpu_backend(a, drafter, threads)?;
                     let r = generate_speculative(&mut t, &mut d, p, &[], &opts, s, &mut |_| true)?;
                     // like an engine, carry what was learned of the verifier's pass times
                     if let Some(times) = &r.spec.pass_times {
@@ -640,7 +640,7 @@ mod gpu_bench {
                             ..SpecOptions::default()
                         }
                     };
-                    let mut d = cpu_backend(a, drafter, threads);
+                    let mut d = cpu_backend(a, drafter, threads)?;
                     let s =
                         generate_speculative(&mut g, &mut d, p, &[], &opts, &spec, &mut |_| true)?;
                     r.emitted += s.spec.emitted_tokens;
