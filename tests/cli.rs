@@ -276,6 +276,26 @@ fn gpu_target_streams_under_a_budget_and_survives_faults() {
     }
 }
 
+/// Runs the binary with `stdin`/`stdout` set up by `setup`, failing the test if it runs for
+/// more than a minute (a hang) instead of hanging with it.
+fn llmcad_bounded(args: &[&str], setup: impl FnOnce(&mut Command)) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llmcad"));
+    c.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    setup(&mut c);
+    let mut child = c.spawn().expect("run llmcad");
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    panic!("{args:?} still runs after a minute");
+}
+
 #[test]
 fn absurd_thread_counts_are_clamped_with_a_notice() {
     let m = tiny_f32();
@@ -294,4 +314,49 @@ fn absurd_thread_counts_are_clamped_with_a_notice() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("100000 threads"), "{}", stderr(&o));
+}
+
+/// A full disk or a reader that went away ends the command with an error (or quietly for a
+/// closed pipe), never with a panic.
+#[test]
+fn stdout_write_errors_are_errors_not_panics() {
+    let m = tiny_f32();
+    let gen = [
+        "generate",
+        "-m",
+        path(&m.gguf),
+        "-p",
+        "the cat",
+        "-n",
+        "3",
+        "--device",
+        "cpu",
+    ];
+    let info = ["info", "-m", path(&m.gguf)];
+    for args in [&info[..], &gen[..]] {
+        let o = llmcad_bounded(args, |c| {
+            c.stdout(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            );
+        });
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("writing to stdout"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        // a pipe closed by its reader before the first write
+        let mut c = Command::new(env!("CARGO_BIN_EXE_llmcad"));
+        c.args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("error"), "{args:?}: {}", stderr(&o));
+    }
 }

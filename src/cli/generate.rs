@@ -141,7 +141,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     })?;
     if let Some(e) = write_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e.into());
+            return Err(anyhow::Error::from(e).context("writing to stdout"));
         }
     }
     let s = &out.stats;
@@ -168,10 +168,11 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         if let Some(sp) = &out.spec {
             spec_json(&mut json["stats"], sp, s.target_passes, s.decode_ms());
         }
-        writeln!(stdout, "{json}")?;
+        writeln!(stdout, "{json}").context("writing to stdout")?;
     } else {
-        writeln!(stdout)?;
-        stdout.flush()?;
+        writeln!(stdout)
+            .and_then(|_| stdout.flush())
+            .context("writing to stdout")?;
         eprintln!(
             "prompt: {} tokens in {:.1} ms ({:.1} tokens/s); generated {} tokens in {:.1} ms ({:.1} tokens/s); stop: {}",
             s.prompt_tokens,
