@@ -316,6 +316,79 @@ fn absurd_thread_counts_are_clamped_with_a_notice() {
     assert!(stderr(&o).contains("100000 threads"), "{}", stderr(&o));
 }
 
+/// Prompt files are read only as far as the context could use: an endless one fails at once.
+#[test]
+fn prompt_inputs_are_read_up_to_what_the_context_holds() {
+    let m = tiny_f32();
+    fails_with(
+        &[
+            "generate",
+            "-m",
+            path(&m.gguf),
+            "-f",
+            "/dev/zero",
+            "-n",
+            "2",
+        ],
+        &["/dev/zero", "more than", "bytes", "context"],
+    );
+    // standard input as "-"
+    let o = llmcad_bounded(
+        &[
+            "generate",
+            "-m",
+            path(&m.gguf),
+            "-f",
+            "-",
+            "-n",
+            "2",
+            "--json",
+        ],
+        |c| {
+            c.stdin(std::fs::File::open(path(&m.gguf)).unwrap());
+        },
+    );
+    // a GGUF is no UTF-8 text: read in full (it is short) and refused as such
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("standard input"), "{}", stderr(&o));
+    let prompt = scratch_dir().join("cli-prompt.txt");
+    std::fs::write(&prompt, "the cat").unwrap();
+    let o = llmcad_bounded(
+        &[
+            "generate",
+            "-m",
+            path(&m.gguf),
+            "-f",
+            "-",
+            "-n",
+            "2",
+            "--json",
+        ],
+        |c| {
+            c.stdin(std::fs::File::open(&prompt).unwrap());
+        },
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A FIFO or a device as the model is refused by its type, before it is opened (opening a
+/// FIFO would wait for a writer forever).
+#[test]
+fn non_regular_model_files_are_refused_without_hanging() {
+    let fifo = scratch_dir().join("cli-model.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for model in [path(&fifo), "/dev/zero"] {
+        let o = llmcad_bounded(&["info", "-m", model], |_| {});
+        assert_eq!(o.status.code(), Some(1), "{model}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("not a regular file"),
+            "{model}: {}",
+            stderr(&o)
+        );
+    }
+}
+
 /// A full disk or a reader that went away ends the command with an error (or quietly for a
 /// closed pipe), never with a panic.
 #[test]
@@ -359,4 +432,15 @@ fn stdout_write_errors_are_errors_not_panics() {
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         assert!(!stderr(&o).contains("error"), "{args:?}: {}", stderr(&o));
     }
+}
+
+#[test]
+fn file_errors_give_the_os_message_once() {
+    let o = llmcad(&["info", "-m", "/nonexistent/model.gguf"]);
+    assert_eq!(
+        stderr(&o).matches("No such file").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
 }

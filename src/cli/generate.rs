@@ -8,7 +8,7 @@ use llmcad::generate::GenerateOptions;
 use llmcad::sampling::SamplingParams;
 use llmcad::spec::SpecStats;
 use llmcad::tokenizer::ChatMessage;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -20,7 +20,7 @@ pub struct GenerateArgs {
     /// Prompt text (special tokens such as <|im_start|> are recognised).
     #[arg(short = 'p', long, conflicts_with = "file")]
     prompt: Option<String>,
-    /// Read the prompt from a file.
+    /// Read the prompt from a file ("-": standard input).
     #[arg(short = 'f', long)]
     file: Option<PathBuf>,
     /// Wrap the prompt as a user message in the model's chat template.
@@ -65,15 +65,58 @@ pub struct GenerateArgs {
     json: bool,
 }
 
+/// Where the prompt comes from; a file is opened before the model loads so that a wrong path
+/// fails at once.
+enum PromptSource {
+    Text(String),
+    Read { name: String, from: Box<dyn Read> },
+}
+
+impl PromptSource {
+    fn open(a: &GenerateArgs) -> anyhow::Result<Self> {
+        Ok(match (&a.prompt, &a.file) {
+            (Some(p), None) => PromptSource::Text(p.clone()),
+            (None, Some(f)) if f.as_os_str() == "-" => PromptSource::Read {
+                name: "standard input".into(),
+                from: Box::new(std::io::stdin()),
+            },
+            (None, Some(f)) => PromptSource::Read {
+                name: f.display().to_string(),
+                from: Box::new(
+                    std::fs::File::open(f).with_context(|| format!("reading {}", f.display()))?,
+                ),
+            },
+            _ => bail!("give a prompt with -p TEXT or -f FILE"),
+        })
+    }
+
+    /// The prompt, reading at most what `engine`'s context can hold: no token stands for more
+    /// than the vocabulary's longest text, so more bytes cannot fit, and an endless input
+    /// (`/dev/zero`) must not fill the memory.
+    fn read(self, engine: &Engine) -> anyhow::Result<String> {
+        let (name, from) = match self {
+            PromptSource::Text(t) => return Ok(t),
+            PromptSource::Read { name, from } => (name, from),
+        };
+        let context = engine.context_size();
+        let limit = context.saturating_mul(engine.tokenizer().max_token_bytes()) as u64;
+        let mut bytes = Vec::new();
+        from.take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {name}"))?;
+        if bytes.len() as u64 > limit {
+            bail!(
+                "{name} holds more than {limit} bytes, more than a context of {context} tokens can \
+                 hold; shorten the prompt (or raise --ctx-size)"
+            );
+        }
+        String::from_utf8(bytes).with_context(|| format!("{name} is not UTF-8 text"))
+    }
+}
+
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let device: Device = a.device.parse()?;
-    let prompt_text = match (&a.prompt, &a.file) {
-        (Some(p), None) => p.clone(),
-        (None, Some(f)) => {
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
-        }
-        _ => bail!("give a prompt with -p TEXT or -f FILE"),
-    };
+    let prompt_source = PromptSource::open(&a)?;
     let mut opts = EngineOptions::new(&a.model.model);
     opts.quantize = a.model.quantize;
     opts.device = device;
@@ -92,6 +135,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     for w in engine.warnings() {
         eprintln!("warning: {w}");
     }
+    let prompt_text = prompt_source.read(&engine)?;
     let prompt = if a.chat {
         if engine.model().chat_template.is_none() {
             bail!(

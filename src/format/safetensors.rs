@@ -2,7 +2,7 @@
 //! which validates the header (its size, JSON, and every tensor's byte range).
 
 use super::{map_file, Bytes, RawTensor};
-use crate::error::{format_err, unsupported, Error, Result};
+use crate::error::{format_err, unsupported, Result};
 use crate::quant::DType;
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
@@ -48,9 +48,9 @@ pub fn read_dir(dir: &Path) -> Result<Vec<RawTensor>> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let bytes = super::read_required(&index)?;
         let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format_err!("{}: {e}", index.display()))?;
+            serde_json::from_slice(&bytes).map_err(|e| format_err!("{}: {e}", index.display()))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())

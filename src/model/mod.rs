@@ -74,11 +74,8 @@ impl Model {
             return Self::load_hf(path, opts);
         }
         let mut magic = [0u8; 4];
-        let n = std::io::Read::read(
-            &mut std::fs::File::open(path).map_err(|e| Error::io(path, e))?,
-            &mut magic,
-        )
-        .map_err(|e| Error::io(path, e))?;
+        let n = std::io::Read::read(&mut crate::format::open_regular(path)?, &mut magic)
+            .map_err(|e| Error::io(path, e))?;
         if n == 4 && &magic == crate::format::gguf::MAGIC {
             Self::load_gguf(path, opts)
         } else if path.extension().is_some_and(|e| e == "safetensors") {
