@@ -318,7 +318,7 @@ fn open_target(
             let tried = gpu::open(&opts.gpu).and_then(|ctx| {
                 if ctx.is_software() {
                     return Err(Error::Gpu(format!(
-                        "{} is a software adapter (--device gpu uses it anyway)",
+                        "{} is a software adapter (the gpu device uses it anyway)",
                         ctx.summary()
                     )));
                 }

@@ -389,6 +389,17 @@ fn non_regular_model_files_are_refused_without_hanging() {
     }
 }
 
+#[test]
+fn a_token_count_that_would_wrap_around_is_refused() {
+    let m = tiny_f32();
+    for n in ["18446744073709551615", "18446744073709551000"] {
+        fails_with(
+            &["generate", "-m", path(&m.gguf), "-p", "the cat", "-n", n],
+            &["context overflow", n, "-n"],
+        );
+    }
+}
+
 /// A full disk or a reader that went away ends the command with an error (or quietly for a
 /// closed pipe), never with a panic.
 #[test]

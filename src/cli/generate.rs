@@ -168,7 +168,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
 
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
-    let out = engine.generate(&request, &mut |ev| {
+    let mut streamed = Vec::new();
+    let result = engine.generate(&request, &mut |ev| {
+        streamed.extend(ev.id);
         if a.json || ev.text.is_empty() {
             return true;
         }
@@ -182,7 +184,27 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
                 false
             }
         }
-    })?;
+    });
+    let out = match result {
+        Ok(out) => out,
+        Err(e) => {
+            if a.json && !streamed.is_empty() {
+                // what was generated before the failure is still an answer: keep it
+                let text = engine.tokenizer().decode(&streamed)?;
+                let json = serde_json::json!({
+                    "tokens": streamed,
+                    "text": text,
+                    "stop": match e {
+                        llmcad::Error::ContextOverflow { .. } => "length",
+                        _ => "error",
+                    },
+                    "error": e.to_string(),
+                });
+                writeln!(stdout, "{json}").context("writing to stdout")?;
+            }
+            return Err(flag_hint(e));
+        }
+    };
     if let Some(e) = write_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(anyhow::Error::from(e).context("writing to stdout"));
@@ -241,6 +263,16 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A context overflow named in the library's terms, with the options that change it.
+fn flag_hint(e: llmcad::Error) -> anyhow::Error {
+    match e {
+        llmcad::Error::ContextOverflow { .. } => {
+            anyhow::anyhow!("{e} (-n sets the new tokens, --ctx-size the context)")
+        }
+        e => e.into(),
+    }
 }
 
 /// The generated tokens without the stop token that ended them (not part of the text).

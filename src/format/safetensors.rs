@@ -22,7 +22,7 @@ pub fn read_file(path: &Path) -> Result<Vec<RawTensor>> {
             other => {
                 return Err(unsupported!(
                     "{}: tensor {name} has dtype {other:?}; llmcad reads F32, F16 and BF16 \
-                     safetensors (use --quantize to make Q8_0/Q4_0 on load)",
+                     safetensors (quantizing on load makes Q8_0/Q4_0 from them)",
                     path.display()
                 ))
             }

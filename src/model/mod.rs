@@ -211,7 +211,7 @@ fn load_weights(mut loader: WeightLoader<'_>, opts: &LoadOptions) -> Result<Mode
     if let Some(q) = opts.quantize {
         if !q.is_quantized() {
             return Err(Error::InvalidArgument(format!(
-                "--quantize takes a block type (q8_0, q4_0, q4_1), not {q}"
+                "quantizing on load takes a block type (q8_0, q4_0, q4_1), not {q}"
             )));
         }
         bar.set_message(format!("quantizing to {q}"));
