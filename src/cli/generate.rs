@@ -312,5 +312,7 @@ fn spec_json(stats: &mut serde_json::Value, sp: &SpecStats, passes: usize, decod
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
-    llmcad::gpu::parse_rate(s).map_err(|e| e.to_string())
+    let rate = llmcad::gpu::parse_rate(s).map_err(|e| e.to_string())?;
+    llmcad::gpu::check_io_bandwidth(rate).map_err(|e| e.to_string())?;
+    Ok(rate)
 }
