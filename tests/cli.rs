@@ -455,3 +455,37 @@ fn file_errors_give_the_os_message_once() {
         stderr(&o)
     );
 }
+
+/// A device lost mid-generation: one short error, exit 1, and with --json the tokens made
+/// before it are still printed.
+#[test]
+fn a_lost_gpu_gives_one_short_error_and_keeps_the_output() {
+    let m = tiny_f32();
+    let args = [
+        "generate",
+        "-m",
+        path(&m.gguf),
+        "-p",
+        "the cat",
+        "-n",
+        "8",
+        "--ignore-eos",
+        "--json",
+        "--device",
+        "gpu",
+    ];
+    let o = llmcad_with_env(&args, Some(("LLMCAD_GPU_FAULT", "lost:3")));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    // (Lavapipe's loader adds lines of its own about XDG_RUNTIME_DIR)
+    let ours: Vec<&str> = err.lines().filter(|l| !l.contains("XDG_RUNTIME")).collect();
+    assert_eq!(ours.len(), 1, "{err}");
+    assert!(
+        ours[0].starts_with("error: GPU: ") && ours[0].len() < 300,
+        "{err}"
+    );
+    assert!(!err.contains("from now on"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stop"], "error", "{v}");
+    assert!(!v["tokens"].as_array().unwrap().is_empty(), "{v}");
+}
