@@ -382,6 +382,9 @@ impl Engine {
                 "context and thread counts must be at least 1".into(),
             ));
         }
+        if let Some(spec) = &opts.spec {
+            spec.validate()?;
+        }
         let mut warnings = Vec::new();
         for threads in [&mut opts.threads, &mut opts.draft_threads] {
             if let Some(n) = *threads {
@@ -606,6 +609,7 @@ impl Engine {
         on_token: &mut dyn FnMut(TokenEvent) -> bool,
     ) -> Result<Output> {
         let opts = &req.options;
+        opts.sampling.validate()?;
         let new = self.new_tokens(&req.prompt)?;
         // a chat turn may have shortened the history: drop what the caches hold past it
         // before the new tokens take those places

@@ -446,6 +446,34 @@ fn stdout_write_errors_are_errors_not_panics() {
 }
 
 #[test]
+fn out_of_range_parameters_are_refused_with_their_range() {
+    let m = tiny_f32();
+    let (t, d) = tiny_pair(DType::F32);
+    let base = ["generate", "-m", path(&m.gguf), "-p", "the cat", "-n", "2"];
+    let with = |extra: &[&'static str]| -> Vec<&str> { [&base[..], extra].concat() };
+    fails_with(&with(&["--temp", "NaN"]), &["temperature", "from 0"]);
+    fails_with(&with(&["--temp=-1"]), &["temperature", "from 0"]);
+    fails_with(&with(&["--top-p", "1.5"]), &["top_p", "from 0 to 1"]);
+    fails_with(&with(&["--min-p=-0.5"]), &["min_p", "from 0 to 1"]);
+    fails_with(&with(&["--repeat-penalty", "0"]), &["repeat_penalty"]);
+    fails_with(&with(&["--io-bandwidth", "1B/s"]), &["1MB/s to 1TB/s"]);
+    fails_with(
+        &[
+            "generate",
+            "-m",
+            path(&t),
+            "--draft",
+            path(&d),
+            "-p",
+            "x",
+            "--branch-threshold",
+            "NaN",
+        ],
+        &["branch_threshold", "from 0 to 1"],
+    );
+}
+
+#[test]
 fn file_errors_give_the_os_message_once() {
     let o = llmcad(&["info", "-m", "/nonexistent/model.gguf"]);
     assert_eq!(
