@@ -582,12 +582,7 @@ impl Engine {
             Prompt::Text(s) if self.history.is_empty() => self.model.encode_prompt(s)?,
             Prompt::Text(s) => self.model.tokenizer.encode(s)?,
             Prompt::Chat(new) => {
-                let Some(t) = &self.model.chat_template else {
-                    return Err(Error::InvalidArgument(format!(
-                        "{} has no chat template; give the formatted prompt as text",
-                        self.model.name
-                    )));
-                };
+                let t = self.model.require_chat_template()?;
                 let mut all = self.messages.clone();
                 all.extend(new.iter().cloned());
                 let full = self.model.encode_prompt(&t.render(&all, true)?)?;

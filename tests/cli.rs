@@ -473,6 +473,27 @@ fn out_of_range_parameters_are_refused_with_their_range() {
     );
 }
 
+/// A chat template that does not compile leaves `info` and raw prompts working; only `--chat`
+/// fails, saying why.
+#[test]
+fn a_broken_chat_template_blocks_only_chat() {
+    let mut bytes = std::fs::read(&tiny_f32().gguf).unwrap();
+    let tag = b"endfor";
+    let at = bytes.windows(tag.len()).position(|w| w == tag).unwrap();
+    bytes[at..at + tag.len()].copy_from_slice(b"endfxr");
+    let p = scratch_dir().join("cli-broken-template.gguf");
+    std::fs::write(&p, &bytes).unwrap();
+    let o = llmcad(&["info", "-m", path(&p)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("does not compile"));
+    let o = llmcad(&["generate", "-m", path(&p), "-p", "the cat", "-n", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    fails_with(
+        &["generate", "-m", path(&p), "-p", "the cat", "--chat"],
+        &["--chat", "chat template", "does not compile"],
+    );
+}
+
 #[test]
 fn file_errors_give_the_os_message_once() {
     let o = llmcad(&["info", "-m", "/nonexistent/model.gguf"]);

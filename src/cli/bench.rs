@@ -256,9 +256,8 @@ fn spec_modes() -> Vec<(String, Option<SpecOptions>)> {
 
 fn spec_table(a: &BenchArgs, target: &Model, drafter: &Model) -> anyhow::Result<serde_json::Value> {
     let template = target
-        .chat_template
-        .as_ref()
-        .context("the speculation table renders chat prompts: the target needs a chat template")?;
+        .require_chat_template()
+        .context("the speculation table renders chat prompts")?;
     let prompts: Vec<Vec<u32>> = PROMPTS
         .lines()
         .take(a.prompts)
@@ -582,9 +581,8 @@ mod gpu_bench {
 
     fn prompts(a: &BenchArgs, m: &Model) -> anyhow::Result<Vec<Vec<u32>>> {
         let template = m
-            .chat_template
-            .as_ref()
-            .context("the LLMCad table renders chat prompts: the target needs a chat template")?;
+            .require_chat_template()
+            .context("the LLMCad table renders chat prompts")?;
         Ok(PROMPTS
             .lines()
             .take(a.prompts.max(1))

@@ -137,12 +137,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     }
     let prompt_text = prompt_source.read(&engine)?;
     let prompt = if a.chat {
-        if engine.model().chat_template.is_none() {
-            bail!(
-                "--chat: {} has no chat template; pass the formatted prompt with -p",
-                engine.model().name
-            );
-        }
+        engine.model().require_chat_template().context("--chat")?;
         Prompt::Chat(vec![ChatMessage::new("user", prompt_text)])
     } else {
         Prompt::Text(prompt_text)

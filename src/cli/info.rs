@@ -74,9 +74,10 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         s.stop,
         s.add_bos
     )?;
-    match &m.chat_template {
-        Some(t) => outln!("chat template: {}", t.summary())?,
-        None => outln!("chat template: none")?,
+    match (&m.chat_template, &m.chat_template_error) {
+        (Some(t), _) => outln!("chat template: {}", t.summary())?,
+        (None, Some(e)) => outln!("chat template: does not compile ({e})")?,
+        (None, None) => outln!("chat template: none")?,
     }
     Ok(())
 }
