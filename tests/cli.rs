@@ -538,3 +538,43 @@ fn a_lost_gpu_gives_one_short_error_and_keeps_the_output() {
     assert_eq!(v["stop"], "error", "{v}");
     assert!(!v["tokens"].as_array().unwrap().is_empty(), "{v}");
 }
+
+/// A drafter whose vocabulary has the target's size but other token strings is refused (its
+/// drafts would mean other text), naming a token that differs.
+#[test]
+fn a_drafter_with_other_token_strings_is_refused() {
+    let spec = TinySpec::default();
+    let mut vocab = llmcad::synthetic::tiny_vocabulary();
+    let (_, tokens) = vocab
+        .gguf_metadata
+        .iter_mut()
+        .find(|(k, _)| k == "tokenizer.ggml.tokens")
+        .unwrap();
+    let llmcad::format::gguf::Value::Array(list) = tokens else {
+        panic!("tokens are an array")
+    };
+    let n = list.len();
+    list.swap(n - 1, n - 2);
+    let p = scratch_dir().join("cli-swapped-vocab.gguf");
+    llmcad::export::write_gguf(
+        &p,
+        &spec.config(),
+        "swapped",
+        &spec.tensors(),
+        DType::F32,
+        &vocab,
+    )
+    .unwrap();
+    fails_with(
+        &[
+            "generate",
+            "-m",
+            path(&tiny_f32().gguf),
+            "-p",
+            "x",
+            "--draft",
+            path(&p),
+        ],
+        &["cannot draft", "in the target", "in the drafter"],
+    );
+}
