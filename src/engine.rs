@@ -313,13 +313,13 @@ fn open_target(
         )?))
     };
     match opts.device {
-        Device::Cpu => Ok(Box::new(cpu_backend(model, opts, opts.threads))),
+        Device::Cpu => Ok(Box::new(cpu_backend(model, opts, opts.threads)?)),
         Device::Gpu => gpu(gpu::open(&opts.gpu)?),
         Device::Auto => {
             let tried = gpu::open(&opts.gpu).and_then(|ctx| {
                 if ctx.is_software() {
                     return Err(Error::Gpu(format!(
-                        "{} is a software adapter (--device gpu uses it anyway)",
+                        "{} is a software adapter (the gpu device uses it anyway)",
                         ctx.summary()
                     )));
                 }
@@ -327,13 +327,13 @@ fn open_target(
             });
             tried.or_else(|e| {
                 warnings.push(format!("no usable GPU, running the target on the CPU: {e}"));
-                Ok(Box::new(cpu_backend(model, opts, opts.threads)))
+                Ok(Box::new(cpu_backend(model, opts, opts.threads)?))
             })
         }
     }
 }
 
-fn cpu_backend(model: &Model, opts: &EngineOptions, threads: Option<usize>) -> CpuBackend {
+fn cpu_backend(model: &Model, opts: &EngineOptions, threads: Option<usize>) -> Result<CpuBackend> {
     CpuBackend::new(
         model.config.clone(),
         model.weights.clone(),
@@ -383,6 +383,9 @@ impl Engine {
                 "context and thread counts must be at least 1".into(),
             ));
         }
+        if let Some(spec) = &opts.spec {
+            spec.validate()?;
+        }
         let mut warnings = Vec::new();
         for threads in [&mut opts.threads, &mut opts.draft_threads] {
             if let Some(n) = *threads {
@@ -406,7 +409,7 @@ impl Engine {
                 let d = load(path, opts.draft_quantize)?;
                 warnings.extend(check_pair(&model, &d)?);
                 let mut backend =
-                    Box::new(cpu_backend(&d, &opts, opts.draft_threads.or(opts.threads)));
+                    Box::new(cpu_backend(&d, &opts, opts.draft_threads.or(opts.threads))?);
                 if let Some(ids) = spec.draft_vocab.and_then(|n| frequent_tokens(&d.config, n)) {
                     backend.restrict_vocab(&ids);
                 }
@@ -539,18 +542,18 @@ impl Engine {
         let result = self.generate_inner(req, on_token);
         if let Err(Error::Gpu(e)) = &result {
             // the tokens streamed so far stand; this call fails, later ones run on the CPU
-            let notice = format!("the GPU failed ({e}); the target runs on the CPU from now on");
-            log::warn!("{notice}");
-            self.warnings.push(notice);
-            self.target = Box::new(cpu_backend(
-                &self.model,
-                &self.options,
-                self.options.threads,
-            ));
-            self.target_valid = 0;
-            if let Some(d) = &mut self.drafter {
-                // the GPU's pass times say nothing of the CPU's
-                d.spec.pass_times = PassTimes::default();
+            // (the caller has the error; the switch is a notice for whoever keeps the engine)
+            if let Ok(cpu) = cpu_backend(&self.model, &self.options, self.options.threads) {
+                let notice =
+                    format!("the GPU failed ({e}); the target runs on the CPU from now on");
+                log::info!("{notice}");
+                self.warnings.push(notice);
+                self.target = Box::new(cpu);
+                self.target_valid = 0;
+                if let Some(d) = &mut self.drafter {
+                    // the GPU's pass times say nothing of the CPU's
+                    d.spec.pass_times = PassTimes::default();
+                }
             }
         }
         if result.is_err() {
@@ -580,12 +583,7 @@ impl Engine {
             Prompt::Text(s) if self.history.is_empty() => self.model.encode_prompt(s)?,
             Prompt::Text(s) => self.model.tokenizer.encode(s)?,
             Prompt::Chat(new) => {
-                let Some(t) = &self.model.chat_template else {
-                    return Err(Error::InvalidArgument(format!(
-                        "{} has no chat template; give the formatted prompt as text",
-                        self.model.name
-                    )));
-                };
+                let t = self.model.require_chat_template()?;
                 let mut all = self.messages.clone();
                 all.extend(new.iter().cloned());
                 let full = self.model.encode_prompt(&t.render(&all, true)?)?;
@@ -607,6 +605,7 @@ impl Engine {
         on_token: &mut dyn FnMut(TokenEvent) -> bool,
     ) -> Result<Output> {
         let opts = &req.options;
+        opts.sampling.validate()?;
         let new = self.new_tokens(&req.prompt)?;
         // a chat turn may have shortened the history: drop what the caches hold past it
         // before the new tokens take those places

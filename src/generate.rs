@@ -122,10 +122,14 @@ impl Output<'_> {
     }
 }
 
-/// Checks that `prompt_len + max_tokens` fits the backend's context before any work.
+/// Checks that `prompt_len + max_tokens` fits the backend's context before any work (sums
+/// saturate: a huge `max_tokens` must be refused, not wrap around to a small need).
 pub fn check_context(prompt_len: usize, max_tokens: usize, backend: &dyn Backend) -> Result<()> {
     let limit = backend.kv_capacity();
-    let needed = backend.kv_len() + prompt_len + max_tokens;
+    let needed = backend
+        .kv_len()
+        .saturating_add(prompt_len)
+        .saturating_add(max_tokens);
     if prompt_len == 0 {
         return Err(Error::InvalidArgument("the prompt is empty".into()));
     }
@@ -134,8 +138,8 @@ pub fn check_context(prompt_len: usize, max_tokens: usize, backend: &dyn Backend
             format!(": the prompt alone has {prompt_len} tokens; shorten it")
         } else {
             format!(
-                ": the prompt has {prompt_len} tokens and -n asks for {max_tokens} more; lower -n \
-                 or raise --ctx-size (the model allows {})",
+                ": the prompt has {prompt_len} tokens and {max_tokens} more were asked for; ask \
+                 for fewer or for a larger context (the model allows {})",
                 backend.config().max_context
             )
         };

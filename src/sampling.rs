@@ -7,6 +7,7 @@
 //! distribution plain sampling draws from.
 
 use crate::backend::{top_k, Logits};
+use crate::error::{Error, Result};
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -41,7 +42,38 @@ impl Default for SamplingParams {
     }
 }
 
+/// Fails unless `value` lies in `lo..=hi` (NaN never does), naming the parameter and range.
+pub(crate) fn check_range(name: &str, value: f32, lo: f32, hi: f32) -> Result<()> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        let range = if hi == f32::MAX {
+            format!("a finite number from {lo}")
+        } else {
+            format!("a number from {lo} to {hi}")
+        };
+        Err(Error::InvalidArgument(format!(
+            "{name} is {value}; it takes {range}"
+        )))
+    }
+}
+
 impl SamplingParams {
+    /// Fails on a parameter outside its meaningful range (NaN, a negative temperature, a
+    /// probability above 1), naming it and the range.
+    pub fn validate(&self) -> Result<()> {
+        check_range("temperature", self.temperature, 0.0, f32::MAX)?;
+        check_range("top_p", self.top_p, 0.0, 1.0)?;
+        check_range("min_p", self.min_p, 0.0, 1.0)?;
+        // a penalty of 0 would divide by zero; below 1 it favours repeats, which is allowed
+        check_range(
+            "repeat_penalty",
+            self.repeat_penalty,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+        )
+    }
+
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
     }
@@ -280,5 +312,40 @@ mod tests {
         let mut a = SamplerRng::new(42);
         let mut b = SamplerRng::new(42);
         assert!((0..100).all(|_| a.uniform() == b.uniform()));
+    }
+
+    #[test]
+    fn out_of_range_parameters_are_refused_with_their_range() {
+        assert!(SamplingParams::default().validate().is_ok());
+        let bad = [
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 1.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: -0.1,
+                ..Default::default()
+            },
+            SamplingParams {
+                repeat_penalty: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                repeat_penalty: f32::INFINITY,
+                ..Default::default()
+            },
+        ];
+        for p in bad {
+            let e = p.validate().unwrap_err().to_string();
+            assert!(e.contains("it takes a"), "{p:?}: {e}");
+        }
     }
 }

@@ -275,3 +275,306 @@ fn gpu_target_streams_under_a_budget_and_survives_faults() {
         );
     }
 }
+
+/// Runs the binary with `stdin`/`stdout` set up by `setup`, failing the test if it runs for
+/// more than a minute (a hang) instead of hanging with it.
+fn llmcad_bounded(args: &[&str], setup: impl FnOnce(&mut Command)) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llmcad"));
+    c.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    setup(&mut c);
+    let mut child = c.spawn().expect("run llmcad");
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    panic!("{args:?} still runs after a minute");
+}
+
+#[test]
+fn absurd_thread_counts_are_clamped_with_a_notice() {
+    let m = tiny_f32();
+    let o = llmcad(&[
+        "generate",
+        "-m",
+        path(&m.gguf),
+        "-p",
+        "the cat",
+        "-n",
+        "2",
+        "--device",
+        "cpu",
+        "-t",
+        "100000",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("100000 threads"), "{}", stderr(&o));
+}
+
+/// Prompt files are read only as far as the context could use: an endless one fails at once.
+#[test]
+fn prompt_inputs_are_read_up_to_what_the_context_holds() {
+    let m = tiny_f32();
+    fails_with(
+        &[
+            "generate",
+            "-m",
+            path(&m.gguf),
+            "-f",
+            "/dev/zero",
+            "-n",
+            "2",
+        ],
+        &["/dev/zero", "more than", "bytes", "context"],
+    );
+    // standard input as "-"
+    let o = llmcad_bounded(
+        &[
+            "generate",
+            "-m",
+            path(&m.gguf),
+            "-f",
+            "-",
+            "-n",
+            "2",
+            "--json",
+        ],
+        |c| {
+            c.stdin(std::fs::File::open(path(&m.gguf)).unwrap());
+        },
+    );
+    // a GGUF is no UTF-8 text: read in full (it is short) and refused as such
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("standard input"), "{}", stderr(&o));
+    let prompt = scratch_dir().join("cli-prompt.txt");
+    std::fs::write(&prompt, "the cat").unwrap();
+    let o = llmcad_bounded(
+        &[
+            "generate",
+            "-m",
+            path(&m.gguf),
+            "-f",
+            "-",
+            "-n",
+            "2",
+            "--json",
+        ],
+        |c| {
+            c.stdin(std::fs::File::open(&prompt).unwrap());
+        },
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A FIFO or a device as the model is refused by its type, before it is opened (opening a
+/// FIFO would wait for a writer forever).
+#[test]
+fn non_regular_model_files_are_refused_without_hanging() {
+    let fifo = scratch_dir().join("cli-model.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for model in [path(&fifo), "/dev/zero"] {
+        let o = llmcad_bounded(&["info", "-m", model], |_| {});
+        assert_eq!(o.status.code(), Some(1), "{model}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("not a regular file"),
+            "{model}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn a_token_count_that_would_wrap_around_is_refused() {
+    let m = tiny_f32();
+    for n in ["18446744073709551615", "18446744073709551000"] {
+        fails_with(
+            &["generate", "-m", path(&m.gguf), "-p", "the cat", "-n", n],
+            &["context overflow", n, "-n"],
+        );
+    }
+}
+
+/// A full disk or a reader that went away ends the command with an error (or quietly for a
+/// closed pipe), never with a panic.
+#[test]
+fn stdout_write_errors_are_errors_not_panics() {
+    let m = tiny_f32();
+    let gen = [
+        "generate",
+        "-m",
+        path(&m.gguf),
+        "-p",
+        "the cat",
+        "-n",
+        "3",
+        "--device",
+        "cpu",
+    ];
+    let info = ["info", "-m", path(&m.gguf)];
+    for args in [&info[..], &gen[..]] {
+        let o = llmcad_bounded(args, |c| {
+            c.stdout(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            );
+        });
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("writing to stdout"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        // a pipe closed by its reader before the first write
+        let mut c = Command::new(env!("CARGO_BIN_EXE_llmcad"));
+        c.args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("error"), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn out_of_range_parameters_are_refused_with_their_range() {
+    let m = tiny_f32();
+    let (t, d) = tiny_pair(DType::F32);
+    let base = ["generate", "-m", path(&m.gguf), "-p", "the cat", "-n", "2"];
+    let with = |extra: &[&'static str]| -> Vec<&str> { [&base[..], extra].concat() };
+    fails_with(&with(&["--temp", "NaN"]), &["temperature", "from 0"]);
+    fails_with(&with(&["--temp=-1"]), &["temperature", "from 0"]);
+    fails_with(&with(&["--top-p", "1.5"]), &["top_p", "from 0 to 1"]);
+    fails_with(&with(&["--min-p=-0.5"]), &["min_p", "from 0 to 1"]);
+    fails_with(&with(&["--repeat-penalty", "0"]), &["repeat_penalty"]);
+    fails_with(&with(&["--io-bandwidth", "1B/s"]), &["1MB/s to 1TB/s"]);
+    fails_with(
+        &[
+            "generate",
+            "-m",
+            path(&t),
+            "--draft",
+            path(&d),
+            "-p",
+            "x",
+            "--branch-threshold",
+            "NaN",
+        ],
+        &["branch_threshold", "from 0 to 1"],
+    );
+}
+
+/// A chat template that does not compile leaves `info` and raw prompts working; only `--chat`
+/// fails, saying why.
+#[test]
+fn a_broken_chat_template_blocks_only_chat() {
+    let mut bytes = std::fs::read(&tiny_f32().gguf).unwrap();
+    let tag = b"endfor";
+    let at = bytes.windows(tag.len()).position(|w| w == tag).unwrap();
+    bytes[at..at + tag.len()].copy_from_slice(b"endfxr");
+    let p = scratch_dir().join("cli-broken-template.gguf");
+    std::fs::write(&p, &bytes).unwrap();
+    let o = llmcad(&["info", "-m", path(&p)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("does not compile"));
+    let o = llmcad(&["generate", "-m", path(&p), "-p", "the cat", "-n", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    fails_with(
+        &["generate", "-m", path(&p), "-p", "the cat", "--chat"],
+        &["--chat", "chat template", "does not compile"],
+    );
+}
+
+#[test]
+fn file_errors_give_the_os_message_once() {
+    let o = llmcad(&["info", "-m", "/nonexistent/model.gguf"]);
+    assert_eq!(
+        stderr(&o).matches("No such file").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A device lost mid-generation: one short error, exit 1, and with --json the tokens made
+/// before it are still printed.
+#[test]
+fn a_lost_gpu_gives_one_short_error_and_keeps_the_output() {
+    let m = tiny_f32();
+    let args = [
+        "generate",
+        "-m",
+        path(&m.gguf),
+        "-p",
+        "the cat",
+        "-n",
+        "8",
+        "--ignore-eos",
+        "--json",
+        "--device",
+        "gpu",
+    ];
+    let o = llmcad_with_env(&args, Some(("LLMCAD_GPU_FAULT", "lost:3")));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    // (Lavapipe's loader adds lines of its own about XDG_RUNTIME_DIR)
+    let ours: Vec<&str> = err.lines().filter(|l| !l.contains("XDG_RUNTIME")).collect();
+    assert_eq!(ours.len(), 1, "{err}");
+    assert!(
+        ours[0].starts_with("error: GPU: ") && ours[0].len() < 300,
+        "{err}"
+    );
+    assert!(!err.contains("from now on"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stop"], "error", "{v}");
+    assert!(!v["tokens"].as_array().unwrap().is_empty(), "{v}");
+}
+
+/// A drafter whose vocabulary has the target's size but other token strings is refused (its
+/// drafts would mean other text), naming a token that differs.
+#[test]
+fn a_drafter_with_other_token_strings_is_refused() {
+    let spec = TinySpec::default();
+    let mut vocab = llmcad::synthetic::tiny_vocabulary();
+    let (_, tokens) = vocab
+        .gguf_metadata
+        .iter_mut()
+        .find(|(k, _)| k == "tokenizer.ggml.tokens")
+        .unwrap();
+    let llmcad::format::gguf::Value::Array(list) = tokens else {
+        panic!("tokens are an array")
+    };
+    let n = list.len();
+    list.swap(n - 1, n - 2);
+    let p = scratch_dir().join("cli-swapped-vocab.gguf");
+    llmcad::export::write_gguf(
+        &p,
+        &spec.config(),
+        "swapped",
+        &spec.tensors(),
+        DType::F32,
+        &vocab,
+    )
+    .unwrap();
+    fails_with(
+        &[
+            "generate",
+            "-m",
+            path(&tiny_f32().gguf),
+            "-p",
+            "x",
+            "--draft",
+            path(&p),
+        ],
+        &["cannot draft", "in the target", "in the drafter"],
+    );
+}

@@ -339,6 +339,12 @@ fn null_and_invalid_arguments_give_error_codes() {
         let mut p = params(100_000);
         assert_eq!(g(e, prompt.as_ptr(), &p), LlmcadStatus::ErrContextOverflow);
         assert!(last_error().contains("context"), "{}", last_error());
+        // the C ABI has no command line: its messages name no flags
+        assert!(
+            !last_error().contains("-n ") && !last_error().contains("--"),
+            "{}",
+            last_error()
+        );
         p.max_tokens = 3;
         let mut stats = LlmcadStats::default();
         assert_eq!(

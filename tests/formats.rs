@@ -7,7 +7,7 @@ use llmcad::backend::{Backend, Batch, Want};
 use llmcad::cpu::Precision;
 use llmcad::model::{LoadOptions, Model};
 use llmcad::quant::DType;
-use llmcad::synthetic::{write_tiny, TinySpec};
+use llmcad::synthetic::{write_model, write_tiny, TinySpec};
 use llmcad::Error;
 use std::path::{Path, PathBuf};
 
@@ -197,6 +197,77 @@ fn tensor_offset_past_the_end_is_refused() {
     let p = scratch_dir().join("offset.gguf");
     std::fs::write(&p, &bytes).unwrap();
     expect_err(&p, &["blk.1.ffn_up.weight", "past the end"]);
+}
+
+/// Two tensors pointing at the same bytes (a forged offset) are refused, naming both.
+#[test]
+fn overlapping_tensor_data_is_refused() {
+    let mut bytes = tiny_gguf_bytes();
+    // blk.0.attn_norm.weight's data starts where blk.0.attn_k.weight's does (offset 0 is taken
+    // by whichever tensor comes first in the data): point one at the other's offset
+    let offset_of = |b: &[u8], name| {
+        let at = tensor_type_offset(b, name) + 4;
+        (at, u64::from_le_bytes(b[at..at + 8].try_into().unwrap()))
+    };
+    let (_, k_offset) = offset_of(&bytes, "blk.0.attn_k.weight");
+    let (norm_at, _) = offset_of(&bytes, "blk.0.attn_norm.weight");
+    bytes[norm_at..norm_at + 8].copy_from_slice(&k_offset.to_le_bytes());
+    let p = scratch_dir().join("overlap.gguf");
+    std::fs::write(&p, &bytes).unwrap();
+    expect_err(
+        &p,
+        &["blk.0.attn_norm.weight", "blk.0.attn_k.weight", "share"],
+    );
+}
+
+/// A NaN or an infinity in a norm or in a block's scale is refused at load, naming the tensor
+/// (it would turn every score into NaN and the output into an empty "eos").
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    let spec = TinySpec::default();
+    // (the tensor as written, as the GGUF names it, the bad value, the file's type)
+    let cases = [
+        (
+            "model.norm.weight",
+            "output_norm.weight",
+            f32::NAN,
+            DType::F32,
+        ),
+        (
+            "model.layers.1.input_layernorm.weight",
+            "blk.1.attn_norm.weight",
+            f32::INFINITY,
+            DType::F32,
+        ),
+        // quantizing a row with an infinity gives its block an infinite scale
+        (
+            "model.layers.2.mlp.down_proj.weight",
+            "blk.2.ffn_down.weight",
+            f32::INFINITY,
+            DType::Q8_0,
+        ),
+        (
+            "model.layers.0.self_attn.q_proj.weight",
+            "blk.0.attn_q.weight",
+            f32::NEG_INFINITY,
+            DType::Q4_1,
+        ),
+    ];
+    for (i, (written, name, bad, dtype)) in cases.into_iter().enumerate() {
+        let mut tensors = spec.tensors();
+        let t = tensors.iter_mut().find(|t| t.name == written).unwrap();
+        t.data[5] = bad;
+        let m = write_model(
+            scratch_dir(),
+            &format!("nonfinite-{i}"),
+            &spec.config(),
+            &tensors,
+            dtype,
+            DType::F32,
+        )
+        .unwrap();
+        expect_err(&m.gguf, &[name, "NaN or an infinity"]);
+    }
 }
 
 #[test]

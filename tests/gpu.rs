@@ -55,6 +55,7 @@ fn cpu(m: &Model, precision: Precision, threads: usize) -> CpuBackend {
             context: m.config.max_context,
         },
     )
+    .unwrap()
 }
 
 const CONTEXT: usize = 192;

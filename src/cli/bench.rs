@@ -112,7 +112,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cpu_backend(a: &BenchArgs, m: &Model, threads: usize) -> CpuBackend {
+fn cpu_backend(a: &BenchArgs, m: &Model, threads: usize) -> llmcad::Result<CpuBackend> {
     CpuBackend::new(
         m.config.clone(),
         m.weights.clone(),
@@ -155,23 +155,23 @@ fn cpu_table(a: &BenchArgs, m: &Model) -> anyhow::Result<serde_json::Value> {
     let mut prompt = m.tokenizer.encode(PROMPTS)?;
     prompt.truncate(a.n_prompt.max(1));
     let kernels = llmcad::quant::Simd::active().name();
-    println!(
+    outln!(
         "\n{} on the CPU ({:?}, {kernels} kernels)",
         m.name,
         a.run.precision()
-    );
-    println!(
+    )?;
+    outln!(
         "| threads | read ceiling GB/s | prompt tokens/s (pp{}) | decode tokens/s (tg{}) | decode weights GB/s | {} |",
         prompt.len(),
         a.n_gen,
         TREE_SIZES.map(|n| format!("pass T={n} ms")).join(" | ")
-    );
-    println!("|---|---|---|---|---|{}", "---|".repeat(TREE_SIZES.len()));
+    )?;
+    outln!("|---|---|---|---|---|{}", "---|".repeat(TREE_SIZES.len()))?;
     let weight_bytes = m.weights.byte_count();
     let mut buffer = vec![1u8; weight_bytes];
     let mut rows = Vec::new();
     for &t in &a.thread_counts {
-        let mut b = cpu_backend(a, m, t);
+        let mut b = cpu_backend(a, m, t)?;
         let mut best = f64::INFINITY;
         for _ in 0..3 {
             b.kv_truncate(0);
@@ -194,11 +194,11 @@ fn cpu_table(a: &BenchArgs, m: &Model) -> anyhow::Result<serde_json::Value> {
         let curve = CostCurve::measure_up_to(&mut b, &TREE_SIZES, 3, f64::INFINITY)?;
         let ceiling = read_bandwidth(&mut buffer, t);
         let decode_gbs = weight_bytes as f64 * tg / 1e9;
-        println!(
+        outln!(
             "| {t} | {ceiling:.1} | {pp:.1} | {tg:.1} | {decode_gbs:.1} ({:.0}%) | {} |",
             100.0 * decode_gbs / ceiling,
             tree_cells(&curve)
-        );
+        )?;
         rows.push(
             json!({"threads": t, "kernels": kernels, "read_ceiling_gb_per_s": ceiling,
             "prompt_tokens_per_s": pp, "decode_tokens_per_s": tg,
@@ -256,9 +256,8 @@ fn spec_modes() -> Vec<(String, Option<SpecOptions>)> {
 
 fn spec_table(a: &BenchArgs, target: &Model, drafter: &Model) -> anyhow::Result<serde_json::Value> {
     let template = target
-        .chat_template
-        .as_ref()
-        .context("the speculation table renders chat prompts: the target needs a chat template")?;
+        .require_chat_template()
+        .context("the speculation table renders chat prompts")?;
     let prompts: Vec<Vec<u32>> = PROMPTS
         .lines()
         .take(a.prompts)
@@ -273,25 +272,25 @@ fn spec_table(a: &BenchArgs, target: &Model, drafter: &Model) -> anyhow::Result<
         ignore_eos: true,
         ..Default::default()
     };
-    println!(
+    outln!(
         "\nspeculative decoding, {} prompts × {} tokens, target on the CPU ({threads} threads), drafter {}",
         prompts.len(),
         a.n_gen,
         drafter.name
-    );
-    println!("| mode | tokens/s | speed-up | tokens per target pass | tree nodes per pass | identical to none |");
-    println!("|---|---|---|---|---|---|");
+    )?;
+    outln!("| mode | tokens/s | speed-up | tokens per target pass | tree nodes per pass | identical to none |")?;
+    outln!("|---|---|---|---|---|---|")?;
     let mut rows = Vec::new();
     let mut baseline: Option<(f64, Vec<Vec<u32>>)> = None;
     for (name, mut spec) in spec_modes() {
         let (mut tokens, mut secs, mut passes, mut emitted, mut nodes) = (0, 0.0, 0, 0, 0);
         let mut outputs = Vec::new();
         for p in &prompts {
-            let mut t = cpu_backend(a, target, threads);
+            let mut t = cpu_backend(a, target, threads)?;
             let g = match &mut spec {
                 None => generate(&mut t, p, &[], &opts, &mut |_| true)?,
                 Some(s) => {
-                    let mut d = cpu_backend(a, drafter, threads);
+                    let mut d = cpu_backend(a, drafter, threads)?;
                     let r = generate_speculative(&mut t, &mut d, p, &[], &opts, s, &mut |_| true)?;
                     // like an engine, carry what was learned of the verifier's pass times
                     if let Some(times) = &r.spec.pass_times {
@@ -315,11 +314,11 @@ fn spec_table(a: &BenchArgs, target: &Model, drafter: &Model) -> anyhow::Result<
         };
         let base = baseline.get_or_insert_with(|| (tps, outputs.clone()));
         let same = base.1 == outputs;
-        println!(
+        outln!(
             "| {name} | {tps:.1} | {:.2}x | {per_pass:.2} | {per_tree:.1} | {} |",
             tps / base.0,
             if same { "yes" } else { "NO" }
-        );
+        )?;
         rows.push(json!({
             "mode": name, "tokens_per_s": tps, "speedup": tps / base.0,
             "tokens_per_pass": per_pass, "tree_nodes_per_pass": per_tree, "identical": same,
@@ -419,14 +418,14 @@ mod gpu_bench {
                 .transpose()?,
             io: a.io_bandwidth.as_deref().map(parse_rate).transpose()?,
         };
-        println!("\n{} on {}", m.name, full.device_name());
+        outln!("\n{} on {}", m.name, full.device_name())?;
         let copy_bw = roofline::copy_bandwidth(full.gpu(), 64 << 20, 3)?;
         let fma = roofline::fma_rate(full.gpu(), 256, 3)?;
-        println!(
+        outln!(
             "ceilings: buffer copy {:.2} GB/s, FMA {:.1} GFLOP/s (measured here)",
             copy_bw / 1e9,
             fma / 1e9
-        );
+        )?;
         drop(full);
         let mut out = json!({
             "device": "gpu",
@@ -458,7 +457,7 @@ mod gpu_bench {
     ) -> anyhow::Result<Value> {
         let mut g = backend(a, m, s.budget, s.io)?;
         let plan = g.weight_plan().clone();
-        println!(
+        outln!(
             "weights {:.1} MiB on the GPU layout; budget {}; allocated {:.1} MiB; {} of {} layers \
              resident, head {}; {:.1} MiB streamed per pass{}",
             s.full_bytes as f64 / 1048576.0,
@@ -479,7 +478,7 @@ mod gpu_bench {
                 ", emulated IO {:.0} MB/s",
                 r / 1e6
             )),
-        );
+        )?;
         let prompt: Vec<u32> = m.tokenizer.encode(PROMPTS)?.into_iter().take(16).collect();
         let opts = GenerateOptions {
             max_tokens: a.n_gen,
@@ -490,13 +489,13 @@ mod gpu_bench {
         let gen = generate(&mut g, &prompt, &[], &opts, &mut |_| true)?;
         let decode = gen.generation_tps();
         let st = g.stream_stats();
-        println!(
+        outln!(
             "decode: {decode:.2} tokens/s (tg{}), {}",
             a.n_gen,
             st.to_json()
-        );
-        println!("| N | pass ms | weight GB/s | GFLOP/s | roofline ms | of roofline | IO ms | compute ms | overlap |");
-        println!("|---|---|---|---|---|---|---|---|---|");
+        )?;
+        outln!("| N | pass ms | weight GB/s | GFLOP/s | roofline ms | of roofline | IO ms | compute ms | overlap |")?;
+        outln!("|---|---|---|---|---|---|---|---|---|")?;
         g.kv_truncate(0);
         let prefix = 32;
         let mut rows = Vec::new();
@@ -514,7 +513,7 @@ mod gpu_bench {
                 roof = roof.max(g.weight_plan().streamed_bytes_per_pass as f64 / io);
             }
             let ms = |d: Duration| st.per_pass(d).as_secs_f64() * 1e3;
-            println!(
+            outln!(
                 "| {n} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0}% | {:.1} | {:.1} | {:.2} |",
                 secs * 1e3,
                 s.full_bytes as f64 / secs / 1e9,
@@ -524,7 +523,7 @@ mod gpu_bench {
                 ms(st.io_time),
                 ms(st.compute_time),
                 st.overlap_ratio()
-            );
+            )?;
             rows.push(json!({
                 "nodes": n, "pass_ms": secs * 1e3,
                 "weight_bytes_per_s": s.full_bytes as f64 / secs,
@@ -582,9 +581,8 @@ mod gpu_bench {
 
     fn prompts(a: &BenchArgs, m: &Model) -> anyhow::Result<Vec<Vec<u32>>> {
         let template = m
-            .chat_template
-            .as_ref()
-            .context("the LLMCad table renders chat prompts: the target needs a chat template")?;
+            .require_chat_template()
+            .context("the LLMCad table renders chat prompts")?;
         Ok(PROMPTS
             .lines()
             .take(a.prompts.max(1))
@@ -640,7 +638,7 @@ mod gpu_bench {
                             ..SpecOptions::default()
                         }
                     };
-                    let mut d = cpu_backend(a, drafter, threads);
+                    let mut d = cpu_backend(a, drafter, threads)?;
                     let s =
                         generate_speculative(&mut g, &mut d, p, &[], &opts, &spec, &mut |_| true)?;
                     r.emitted += s.spec.emitted_tokens;
@@ -664,7 +662,7 @@ mod gpu_bench {
     /// Issue 5: target-only, chain speculation and LLMCad side by side under the budget.
     fn llmcad_table(a: &BenchArgs, t: &Model, d: &Model, s: &Setup) -> anyhow::Result<Value> {
         let prompts = prompts(a, t)?;
-        println!(
+        outln!(
             "\nLLMCad on the GPU: {} prompts × {} tokens, budget {}, IO {}, drafter {} on the CPU",
             prompts.len(),
             a.n_gen,
@@ -677,9 +675,9 @@ mod gpu_bench {
                 r / 1e6
             )),
             d.name
-        );
-        println!("| mode | tokens/s | speed-up | tokens per pass | IO ms/pass | compute ms/pass | drafting ms/pass | overlap | identical |");
-        println!("|---|---|---|---|---|---|---|---|---|");
+        )?;
+        outln!("| mode | tokens/s | speed-up | tokens per pass | IO ms/pass | compute ms/pass | drafting ms/pass | overlap | identical |")?;
+        outln!("|---|---|---|---|---|---|---|---|---|")?;
         let mut rows = Vec::new();
         let mut base: Option<(f64, Vec<Vec<u32>>)> = None;
         for mode in Mode::ALL {
@@ -690,7 +688,7 @@ mod gpu_bench {
             let st = &r.stream;
             let ms = |d: Duration| st.per_pass(d).as_secs_f64() * 1e3;
             let draft_ms = r.draft.as_secs_f64() * 1e3 / r.passes.max(1) as f64;
-            println!(
+            outln!(
                 "| {} | {:.2} | {:.2}x | {per_pass:.2} | {:.1} | {:.1} | {draft_ms:.1} | {:.2} | {} |",
                 mode.name(),
                 r.tps,
@@ -699,7 +697,7 @@ mod gpu_bench {
                 ms(st.compute_time),
                 st.overlap_ratio(),
                 if same { "yes" } else { "NO" }
-            );
+            )?;
             rows.push(json!({
                 "mode": mode.name(), "tokens_per_s": r.tps, "speedup": r.tps / b.0,
                 "tokens_per_pass": per_pass, "target_passes": r.passes,
@@ -715,12 +713,12 @@ mod gpu_bench {
         let prompts = prompts(a, t)?;
         let mut series: Vec<Vec<(f64, f64)>> = vec![Vec::new(); 3];
         let mut rows = Vec::new();
-        println!(
+        outln!(
             "\ntokens/s against the weight budget (% of {:.1} MiB)",
             s.full_bytes as f64 / 1048576.0
-        );
-        println!("| budget | target only | chain | llmcad |");
-        println!("|---|---|---|---|");
+        )?;
+        outln!("| budget | target only | chain | llmcad |")?;
+        outln!("|---|---|---|---|")?;
         for &pct in &a.budget_sweep {
             let budget = (pct < 100.0).then(|| (s.full_bytes as f64 * pct / 100.0) as u64);
             let mut tps = Vec::new();
@@ -729,13 +727,13 @@ mod gpu_bench {
                 series[i].push((pct, r.tps));
                 tps.push(r.tps);
             }
-            println!("| {pct}% | {:.2} | {:.2} | {:.2} |", tps[0], tps[1], tps[2]);
+            outln!("| {pct}% | {:.2} | {:.2} | {:.2} |", tps[0], tps[1], tps[2])?;
             rows.push(json!({"budget_percent": pct, "budget_bytes": budget,
                 "target_only": tps[0], "chain": tps[1], "llmcad": tps[2]}));
         }
         let svg = a.json_out.with_extension("svg");
         plot(&svg, &series, s.io)?;
-        println!("plot written to {}", svg.display());
+        outln!("plot written to {}", svg.display())?;
         Ok(json!({"points": rows, "plot": svg.display().to_string()}))
     }
 

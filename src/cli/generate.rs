@@ -8,7 +8,7 @@ use llmcad::generate::GenerateOptions;
 use llmcad::sampling::SamplingParams;
 use llmcad::spec::SpecStats;
 use llmcad::tokenizer::ChatMessage;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -20,7 +20,7 @@ pub struct GenerateArgs {
     /// Prompt text (special tokens such as <|im_start|> are recognised).
     #[arg(short = 'p', long, conflicts_with = "file")]
     prompt: Option<String>,
-    /// Read the prompt from a file.
+    /// Read the prompt from a file ("-": standard input).
     #[arg(short = 'f', long)]
     file: Option<PathBuf>,
     /// Wrap the prompt as a user message in the model's chat template.
@@ -65,15 +65,58 @@ pub struct GenerateArgs {
     json: bool,
 }
 
+/// Where the prompt comes from; a file is opened before the model loads so that a wrong path
+/// fails at once.
+enum PromptSource {
+    Text(String),
+    Read { name: String, from: Box<dyn Read> },
+}
+
+impl PromptSource {
+    fn open(a: &GenerateArgs) -> anyhow::Result<Self> {
+        Ok(match (&a.prompt, &a.file) {
+            (Some(p), None) => PromptSource::Text(p.clone()),
+            (None, Some(f)) if f.as_os_str() == "-" => PromptSource::Read {
+                name: "standard input".into(),
+                from: Box::new(std::io::stdin()),
+            },
+            (None, Some(f)) => PromptSource::Read {
+                name: f.display().to_string(),
+                from: Box::new(
+                    std::fs::File::open(f).with_context(|| format!("reading {}", f.display()))?,
+                ),
+            },
+            _ => bail!("give a prompt with -p TEXT or -f FILE"),
+        })
+    }
+
+    /// The prompt, reading at most what `engine`'s context can hold: no token stands for more
+    /// than the vocabulary's longest text, so more bytes cannot fit, and an endless input
+    /// (`/dev/zero`) must not fill the memory.
+    fn read(self, engine: &Engine) -> anyhow::Result<String> {
+        let (name, from) = match self {
+            PromptSource::Text(t) => return Ok(t),
+            PromptSource::Read { name, from } => (name, from),
+        };
+        let context = engine.context_size();
+        let limit = context.saturating_mul(engine.tokenizer().max_token_bytes()) as u64;
+        let mut bytes = Vec::new();
+        from.take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {name}"))?;
+        if bytes.len() as u64 > limit {
+            bail!(
+                "{name} holds more than {limit} bytes, more than a context of {context} tokens can \
+                 hold; shorten the prompt (or raise --ctx-size)"
+            );
+        }
+        String::from_utf8(bytes).with_context(|| format!("{name} is not UTF-8 text"))
+    }
+}
+
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let device: Device = a.device.parse()?;
-    let prompt_text = match (&a.prompt, &a.file) {
-        (Some(p), None) => p.clone(),
-        (None, Some(f)) => {
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
-        }
-        _ => bail!("give a prompt with -p TEXT or -f FILE"),
-    };
+    let prompt_source = PromptSource::open(&a)?;
     let mut opts = EngineOptions::new(&a.model.model);
     opts.quantize = a.model.quantize;
     opts.device = device;
@@ -92,13 +135,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     for w in engine.warnings() {
         eprintln!("warning: {w}");
     }
+    let prompt_text = prompt_source.read(&engine)?;
     let prompt = if a.chat {
-        if engine.model().chat_template.is_none() {
-            bail!(
-                "--chat: {} has no chat template; pass the formatted prompt with -p",
-                engine.model().name
-            );
-        }
+        engine.model().require_chat_template().context("--chat")?;
         Prompt::Chat(vec![ChatMessage::new("user", prompt_text)])
     } else {
         Prompt::Text(prompt_text)
@@ -124,7 +163,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
 
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
-    let out = engine.generate(&request, &mut |ev| {
+    let mut streamed = Vec::new();
+    let result = engine.generate(&request, &mut |ev| {
+        streamed.extend(ev.id);
         if a.json || ev.text.is_empty() {
             return true;
         }
@@ -138,10 +179,30 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
                 false
             }
         }
-    })?;
+    });
+    let out = match result {
+        Ok(out) => out,
+        Err(e) => {
+            if a.json && !streamed.is_empty() {
+                // what was generated before the failure is still an answer: keep it
+                let text = engine.tokenizer().decode(&streamed)?;
+                let json = serde_json::json!({
+                    "tokens": streamed,
+                    "text": text,
+                    "stop": match e {
+                        llmcad::Error::ContextOverflow { .. } => "length",
+                        _ => "error",
+                    },
+                    "error": e.to_string(),
+                });
+                writeln!(stdout, "{json}").context("writing to stdout")?;
+            }
+            return Err(flag_hint(e));
+        }
+    };
     if let Some(e) = write_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e.into());
+            return Err(anyhow::Error::from(e).context("writing to stdout"));
         }
     }
     let s = &out.stats;
@@ -168,10 +229,11 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         if let Some(sp) = &out.spec {
             spec_json(&mut json["stats"], sp, s.target_passes, s.decode_ms());
         }
-        writeln!(stdout, "{json}")?;
+        writeln!(stdout, "{json}").context("writing to stdout")?;
     } else {
-        writeln!(stdout)?;
-        stdout.flush()?;
+        writeln!(stdout)
+            .and_then(|_| stdout.flush())
+            .context("writing to stdout")?;
         eprintln!(
             "prompt: {} tokens in {:.1} ms ({:.1} tokens/s); generated {} tokens in {:.1} ms ({:.1} tokens/s); stop: {}",
             s.prompt_tokens,
@@ -196,6 +258,16 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A context overflow named in the library's terms, with the options that change it.
+fn flag_hint(e: llmcad::Error) -> anyhow::Error {
+    match e {
+        llmcad::Error::ContextOverflow { .. } => {
+            anyhow::anyhow!("{e} (-n sets the new tokens, --ctx-size the context)")
+        }
+        e => e.into(),
+    }
 }
 
 /// The generated tokens without the stop token that ended them (not part of the text).
@@ -235,5 +307,7 @@ fn spec_json(stats: &mut serde_json::Value, sp: &SpecStats, passes: usize, decod
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
-    llmcad::gpu::parse_rate(s).map_err(|e| e.to_string())
+    let rate = llmcad::gpu::parse_rate(s).map_err(|e| e.to_string())?;
+    llmcad::gpu::check_io_bandwidth(rate).map_err(|e| e.to_string())?;
+    Ok(rate)
 }

@@ -1,5 +1,17 @@
 //! Subcommands, with llama.cpp's option names where they exist.
 
+/// `println!` that returns a failed write (a full disk, a closed pipe) as an error instead of
+/// panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        anyhow::Context::context(
+            writeln!(std::io::stdout().lock(), $($arg)*),
+            "writing to stdout",
+        )
+    }};
+}
+
 mod bench;
 mod generate;
 mod info;

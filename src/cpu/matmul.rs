@@ -167,7 +167,7 @@ mod tests {
                 Precision::Q16Activations,
             ] {
                 let run = |threads: usize, x: &[f32]| {
-                    let pool = ThreadPool::new(threads);
+                    let pool = ThreadPool::new(threads).unwrap();
                     let mut scratch = Q8Acts::default();
                     let mut input = Input::new(x, cols, &mut scratch);
                     let n = x.len() / cols;

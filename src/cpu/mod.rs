@@ -72,18 +72,25 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    pub fn new(cfg: ModelConfig, weights: Arc<ModelWeights>, opts: &CpuOptions) -> Self {
+    /// Fails when the OS refuses the worker threads (a process limit).
+    pub fn new(cfg: ModelConfig, weights: Arc<ModelWeights>, opts: &CpuOptions) -> Result<Self> {
         let context = opts.context.min(cfg.max_context);
-        CpuBackend {
+        let pool = ThreadPool::new(opts.threads).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "the system refused to start {} CPU threads ({e}); ask for fewer",
+                opts.threads
+            ))
+        })?;
+        Ok(CpuBackend {
             inv_freqs: cfg.rope.inv_freqs(),
             kv: KvCache::new(cfg.n_layers, cfg.kv_dim(), context),
-            pool: ThreadPool::new(opts.threads),
+            pool,
             precision: opts.precision,
             weights,
             cfg,
             q8: Q8Acts::default(),
             head_subset: None,
-        }
+        })
     }
 
     pub fn precision(&self) -> Precision {

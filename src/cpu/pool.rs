@@ -14,7 +14,7 @@
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{Builder, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// How long an idle worker waits for the next job before it sleeps.
@@ -59,8 +59,17 @@ pub struct ThreadPool {
 }
 
 impl ThreadPool {
-    /// A pool of `n_threads` (at least 1; the caller counts as one of them).
-    pub fn new(n_threads: usize) -> Self {
+    /// A pool of `n_threads` (at least 1; the caller counts as one of them). Fails when the
+    /// OS refuses a thread (a process or memory limit); the threads started so far are stopped.
+    pub fn new(n_threads: usize) -> std::io::Result<Self> {
+        Self::with_spawner(n_threads, |builder, work| builder.spawn(work))
+    }
+
+    /// `new` with the thread creation as a parameter, so that tests can make it fail.
+    fn with_spawner(
+        n_threads: usize,
+        mut spawn: impl FnMut(Builder, Box<dyn FnOnce() + Send>) -> std::io::Result<JoinHandle<()>>,
+    ) -> std::io::Result<Self> {
         let n_threads = n_threads.max(1);
         let shared = Arc::new(Shared {
             generation: AtomicUsize::new(0),
@@ -71,21 +80,20 @@ impl ThreadPool {
             panicked: Mutex::new(None),
             shutdown: AtomicBool::new(false),
         });
-        let workers = (1..n_threads)
-            .map(|idx| {
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("llmcad-cpu-{idx}"))
-                    .spawn(move || worker(shared, idx))
-                    .expect("spawning a CPU worker thread")
-            })
-            .collect();
-        ThreadPool {
+        let mut pool = ThreadPool {
             n_threads,
             shared,
-            workers,
+            workers: Vec::with_capacity(n_threads - 1),
             busy: Mutex::new(()),
+        };
+        for idx in 1..n_threads {
+            let shared = pool.shared.clone();
+            let builder = Builder::new().name(format!("llmcad-cpu-{idx}"));
+            // on failure `pool` drops here, which stops and joins the workers already started
+            let handle = spawn(builder, Box::new(move || worker(shared, idx)))?;
+            pool.workers.push(handle);
         }
+        Ok(pool)
     }
 
     pub fn n_threads(&self) -> usize {
@@ -230,7 +238,7 @@ mod tests {
 
     #[test]
     fn every_thread_runs_each_job_once() {
-        let pool = ThreadPool::new(3);
+        let pool = ThreadPool::new(3).unwrap();
         for round in 0..1000 {
             let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
             pool.run(|i| {
@@ -244,7 +252,7 @@ mod tests {
 
     #[test]
     fn every_item_runs_once() {
-        let pool = ThreadPool::new(4);
+        let pool = ThreadPool::new(4).unwrap();
         for n in [0, 1, 5, 31, 32, 33, 1000] {
             let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
             pool.for_each_item(n, |_: &mut (), i| {
@@ -259,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_panicking_job_propagates_and_the_pool_survives() {
-        let pool = ThreadPool::new(2);
+        let pool = ThreadPool::new(2).unwrap();
         let r = catch_unwind(AssertUnwindSafe(|| {
             pool.run(|i| {
                 if i == 1 {
@@ -277,12 +285,38 @@ mod tests {
 
     #[test]
     fn workers_wake_after_sleeping() {
-        let pool = ThreadPool::new(2);
+        let pool = ThreadPool::new(2).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         let count = AtomicUsize::new(0);
         pool.run(|_| {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_refused_thread_is_an_error_and_stops_the_threads_already_started() {
+        let live = Arc::new(AtomicUsize::new(0));
+        let mut started = 0;
+        let r = ThreadPool::with_spawner(6, |builder, work| {
+            if started == 3 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "no more threads",
+                ));
+            }
+            started += 1;
+            let live = live.clone();
+            live.fetch_add(1, Ordering::SeqCst);
+            builder.spawn(move || {
+                work();
+                live.fetch_sub(1, Ordering::SeqCst);
+            })
+        });
+        let err = r.err().expect("the fourth thread was refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+        assert_eq!(started, 3);
+        // the failed construction joined every worker it had started
+        assert_eq!(live.load(Ordering::SeqCst), 0);
     }
 }

@@ -105,6 +105,29 @@ pub struct GgufFile {
     unsupported_type: Option<String>,
 }
 
+/// Refuses tensors whose data share bytes of the file: a forged table (an offset of 0, a
+/// relabelled type) would make one tensor read another's data as its own.
+fn check_disjoint(tensors: &[RawTensor]) -> Result<()> {
+    let mut spans: Vec<(usize, usize, &str)> = tensors
+        .iter()
+        .filter_map(|t| match t.data {
+            Bytes::Mapped { start, len, .. } if len > 0 => Some((start, start + len, &*t.name)),
+            _ => None,
+        })
+        .collect();
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+        if start < end {
+            return Err(format_err!(
+                "tensors {a} and {b} share the file's bytes from {start}: the tensor table is \
+                 corrupt"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl GgufFile {
     /// Fails when a tensor has a type llmcad does not read, naming the tensor and the type.
     pub fn check_types(&self) -> Result<()> {
@@ -255,6 +278,7 @@ impl GgufFile {
                 }
             }
         }
+        check_disjoint(&tensors)?;
         Ok(GgufFile {
             version,
             metadata,

@@ -1,7 +1,7 @@
 //! A Hugging Face model directory: `config.json`, the optional `generation_config.json` and
 //! `tokenizer_config.json`, `tokenizer.json`, and safetensors weights.
 
-use crate::error::{format_err, Error, Result};
+use crate::error::{format_err, Result};
 use std::path::{Path, PathBuf};
 
 pub struct HfDir {
@@ -36,11 +36,10 @@ impl HfDir {
 
 /// Parses a JSON file; `Ok(None)` when it does not exist.
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
+    match super::read_optional(path)? {
+        Some(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| format_err!("{}: invalid JSON: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, e)),
+        None => Ok(None),
     }
 }

@@ -67,9 +67,42 @@ impl RawTensor {
     }
 }
 
+/// Opens a file of a model, refusing anything but a regular file (checked before opening:
+/// opening a FIFO blocks until a writer comes, and a device never ends).
+pub fn open_regular(path: &Path) -> Result<File> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: not a regular file (a directory, FIFO, device or socket)",
+            path.display()
+        )));
+    }
+    File::open(path).map_err(|e| Error::io(path, e))
+}
+
+/// The whole of a file of a model (JSON), checked as by [`open_regular`]; `None` when it does
+/// not exist.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    let mut file = match open_regular(path) {
+        Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        other => other?,
+    };
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| Error::io(path, e))?;
+    Ok(Some(bytes))
+}
+
+/// Like [`read_optional`], for a file that must exist.
+pub fn read_required(path: &Path) -> Result<Vec<u8>> {
+    read_optional(path)?
+        .ok_or_else(|| Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))
+}
+
 /// Memory-maps a whole file read-only.
 pub fn map_file(path: &Path) -> Result<Arc<Mmap>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = open_regular(path)?;
     // SAFETY: the mapping is read-only; like every mmap-based loader we assume nobody truncates
     // the model file while it is in use.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;

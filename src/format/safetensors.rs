@@ -2,7 +2,7 @@
 //! which validates the header (its size, JSON, and every tensor's byte range).
 
 use super::{map_file, Bytes, RawTensor};
-use crate::error::{format_err, unsupported, Error, Result};
+use crate::error::{format_err, unsupported, Result};
 use crate::quant::DType;
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
@@ -22,7 +22,7 @@ pub fn read_file(path: &Path) -> Result<Vec<RawTensor>> {
             other => {
                 return Err(unsupported!(
                     "{}: tensor {name} has dtype {other:?}; llmcad reads F32, F16 and BF16 \
-                     safetensors (use --quantize to make Q8_0/Q4_0 on load)",
+                     safetensors (quantizing on load makes Q8_0/Q4_0 from them)",
                     path.display()
                 ))
             }
@@ -48,9 +48,9 @@ pub fn read_dir(dir: &Path) -> Result<Vec<RawTensor>> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let bytes = super::read_required(&index)?;
         let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format_err!("{}: {e}", index.display()))?;
+            serde_json::from_slice(&bytes).map_err(|e| format_err!("{}: {e}", index.display()))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())

@@ -42,6 +42,22 @@ pub fn parse_rate(s: &str) -> Result<f64> {
     Ok(r)
 }
 
+/// Emulated storage rates from a slow SD card to beyond any real device: 1 MB/s to 1 TB/s.
+/// Slower would take hours for one pass over a model; faster emulates nothing.
+const IO_BANDWIDTH_RANGE: std::ops::RangeInclusive<f64> = 1e6..=1e12;
+
+/// Fails unless `bytes_per_s` is a storage rate worth emulating, naming the accepted range.
+pub fn check_io_bandwidth(bytes_per_s: f64) -> Result<()> {
+    if IO_BANDWIDTH_RANGE.contains(&bytes_per_s) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "an emulated IO bandwidth of {bytes_per_s} bytes/s is out of range: it takes 1MB/s \
+             to 1TB/s"
+        )))
+    }
+}
+
 /// "12.5 MiB" for messages.
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
@@ -78,6 +94,16 @@ fn unit_bytes(u: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_bandwidth_takes_real_storage_rates_only() {
+        assert!(check_io_bandwidth(parse_rate("500MB/s").unwrap()).is_ok());
+        for absurd in ["1B/s", "999KB/s", "2TB/s"] {
+            let e = check_io_bandwidth(parse_rate(absurd).unwrap()).unwrap_err();
+            assert!(e.to_string().contains("1MB/s to 1TB/s"), "{absurd}: {e}");
+        }
+        assert!(check_io_bandwidth(f64::NAN).is_err());
+    }
 
     #[test]
     fn sizes() {

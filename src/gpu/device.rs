@@ -209,7 +209,9 @@ impl GpuContext {
         }
     }
 
-    /// Errors the device reported since the last call, as one `Error::Gpu`.
+    /// Errors the device reported since the last call, as one short `Error::Gpu`: a lost
+    /// device reports every failed call after it with wgpu's full chain, so the message keeps
+    /// the first line of the first error and `log` gets the rest.
     pub fn take_error(&self) -> Result<()> {
         let mut v = self
             .errors
@@ -218,9 +220,8 @@ impl GpuContext {
         if v.is_empty() {
             return Ok(());
         }
-        let msg = v.join("; ");
-        v.clear();
-        Err(Error::Gpu(msg))
+        let errors = std::mem::take(&mut *v);
+        Err(Error::Gpu(summarize_errors(&errors)))
     }
 
     /// Waits for all submitted work, then reports any device error.
@@ -230,6 +231,22 @@ impl GpuContext {
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         self.take_error()
     }
+}
+
+/// The first error's first and last lines (what failed and wgpu's innermost cause) and how
+/// many errors there were; the full text goes to `log` at debug level.
+fn summarize_errors(errors: &[String]) -> String {
+    let mut lines = errors[0].lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let mut msg = match lines.next_back() {
+        Some(cause) => format!("{first}: {cause}"),
+        None => first.to_string(),
+    };
+    if errors.len() > 1 || msg.len() < errors[0].trim().len() {
+        log::debug!("GPU errors: {}", errors.join("\n"));
+        msg += &format!(" ({} GPU errors; RUST_LOG=debug shows them)", errors.len());
+    }
+    msg
 }
 
 #[cfg(test)]
@@ -257,5 +274,16 @@ mod tests {
         assert!(!ctx.f16 && !ctx.subgroups);
         assert!(ctx.device.features().is_empty());
         assert!(ctx.summary().contains("webgpu-default"));
+    }
+
+    #[test]
+    fn a_burst_of_errors_is_reported_in_one_line() {
+        assert_eq!(summarize_errors(&["lost".into()]), "lost");
+        let chain = "Validation Error\n\nCaused by:\n  In Queue::submit\n    Parent device is lost";
+        let msg = summarize_errors(&[chain.into(), "device lost (Unknown): gone".into()]);
+        assert_eq!(
+            msg,
+            "Validation Error: Parent device is lost (2 GPU errors; RUST_LOG=debug shows them)"
+        );
     }
 }

@@ -18,7 +18,7 @@ pub mod roofline;
 pub mod shaders;
 mod uploader;
 
-pub use budget::{parse_rate, parse_size};
+pub use budget::{check_io_bandwidth, parse_rate, parse_size};
 pub use device::{adapter_summary, open, DeviceOptions, GpuContext};
 pub use fault::Fault;
 pub use kernels::{AttentionArgs, Gpu, GpuMatrix, MatmulArgs, Recorder};
@@ -391,13 +391,8 @@ impl GpuBackend {
                 cfg.head_dim
             )));
         }
-        if opts
-            .io_bandwidth
-            .is_some_and(|r| !(r > 0.0 && r.is_finite()))
-        {
-            return Err(Error::InvalidArgument(
-                "the emulated IO bandwidth must be a positive number of bytes/s".into(),
-            ));
+        if let Some(r) = opts.io_bandwidth {
+            budget::check_io_bandwidth(r)?;
         }
         let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(256);
         let plan = Self::plan_weights(&weights, opts, ctx.weight_binding, align)?;

@@ -37,6 +37,9 @@ pub struct Model {
     pub weights: Arc<ModelWeights>,
     pub tokenizer: Tokenizer,
     pub chat_template: Option<ChatTemplate>,
+    /// Why the file's chat template is not usable when it does not compile (the template is
+    /// code from the file: only chat prompts need it, so the model loads anyway).
+    pub chat_template_error: Option<String>,
     pub path: PathBuf,
     pub format: FileFormat,
     /// `general.name` or the directory name.
@@ -69,17 +72,30 @@ impl Model {
         Ok(ids)
     }
 
+    /// The chat template, or why there is no usable one (the file has none, or it does not
+    /// compile).
+    pub fn require_chat_template(&self) -> Result<&ChatTemplate> {
+        match (&self.chat_template, &self.chat_template_error) {
+            (Some(t), _) => Ok(t),
+            (None, Some(e)) => Err(Error::Template(format!(
+                "{}'s does not compile ({e}); give the formatted prompt as text",
+                self.name
+            ))),
+            (None, None) => Err(Error::InvalidArgument(format!(
+                "{} has no chat template; give the formatted prompt as text",
+                self.name
+            ))),
+        }
+    }
+
     /// Loads a GGUF file, a Hugging Face directory, or the directory of a `.safetensors` path.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
         if path.is_dir() {
             return Self::load_hf(path, opts);
         }
         let mut magic = [0u8; 4];
-        let n = std::io::Read::read(
-            &mut std::fs::File::open(path).map_err(|e| Error::io(path, e))?,
-            &mut magic,
-        )
-        .map_err(|e| Error::io(path, e))?;
+        let n = std::io::Read::read(&mut crate::format::open_regular(path)?, &mut magic)
+            .map_err(|e| Error::io(path, e))?;
         if n == 4 && &magic == crate::format::gguf::MAGIC {
             Self::load_gguf(path, opts)
         } else if path.extension().is_some_and(|e| e == "safetensors") {
@@ -98,14 +114,15 @@ impl Model {
         g.check_types()
             .map_err(|e| unsupported!("{}: {e}", path.display()))?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
-        let chat_template = match g.get_str("tokenizer.chat_template")? {
-            Some(src) => Some(ChatTemplate::new(
-                src,
-                token_text(&tokenizer, g.get_u64("tokenizer.ggml.bos_token_id")?),
-                token_text(&tokenizer, g.get_u64("tokenizer.ggml.eos_token_id")?),
-            )?),
-            None => None,
-        };
+        let (chat_template, chat_template_error) =
+            split_template(match g.get_str("tokenizer.chat_template")? {
+                Some(src) => Some(ChatTemplate::new(
+                    src,
+                    token_text(&tokenizer, g.get_u64("tokenizer.ggml.bos_token_id")?),
+                    token_text(&tokenizer, g.get_u64("tokenizer.ggml.eos_token_id")?),
+                )),
+                None => None,
+            });
         let id = |k: &str| -> Result<Option<u32>> { Ok(g.get_u64(k)?.map(|v| v as u32)) };
         let mut stop: Vec<u32> = ["eos", "eot", "eom"]
             .iter()
@@ -140,6 +157,7 @@ impl Model {
             weights: Arc::new(weights),
             tokenizer,
             chat_template,
+            chat_template_error,
             path: path.to_path_buf(),
             format: FileFormat::Gguf,
             name,
@@ -158,14 +176,14 @@ impl Model {
                 .or_else(|| v.get("content").and_then(|c| c.as_str()))
                 .map(str::to_string)
         };
-        let chat_template = match tc.and_then(|t| t.get("chat_template")) {
-            Some(src) => Some(ChatTemplate::from_config_value(
-                src,
-                special_text("bos_token"),
-                special_text("eos_token"),
-            )?),
-            None => None,
-        };
+        let (chat_template, chat_template_error) =
+            split_template(tc.and_then(|t| t.get("chat_template")).map(|src| {
+                ChatTemplate::from_config_value(
+                    src,
+                    special_text("bos_token"),
+                    special_text("eos_token"),
+                )
+            }));
         let from = |k: &str| {
             let mut ids = config::json_ids(hf.generation_config.as_ref().and_then(|g| g.get(k)));
             ids.extend(config::json_ids(hf.config.get(k)));
@@ -198,6 +216,7 @@ impl Model {
             weights: Arc::new(weights),
             tokenizer,
             chat_template,
+            chat_template_error,
             path: dir.to_path_buf(),
             format: FileFormat::HuggingFace,
             name: file_stem(dir),
@@ -215,7 +234,7 @@ fn load_weights(mut loader: WeightLoader<'_>, opts: &LoadOptions) -> Result<Mode
     if let Some(q) = opts.quantize {
         if !q.is_quantized() {
             return Err(Error::InvalidArgument(format!(
-                "--quantize takes a block type (q8_0, q4_0, q4_1), not {q}"
+                "quantizing on load takes a block type (q8_0, q4_0, q4_1), not {q}"
             )));
         }
         bar.set_message(format!("quantizing to {q}"));
@@ -236,6 +255,16 @@ fn check_vocab(cfg: &ModelConfig, tok: &Tokenizer) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A compiled template, or the reason it did not compile.
+fn split_template(t: Option<Result<ChatTemplate>>) -> (Option<ChatTemplate>, Option<String>) {
+    match t {
+        Some(Ok(t)) => (Some(t), None),
+        Some(Err(Error::Template(e))) => (None, Some(e)),
+        Some(Err(e)) => (None, Some(e.to_string())),
+        None => (None, None),
+    }
 }
 
 fn token_text(tok: &Tokenizer, id: Option<u64>) -> Option<String> {

@@ -303,11 +303,25 @@ impl<'a> WeightLoader<'a> {
         })
     }
 
+    /// The tensor, checked for NaNs and infinities (in the values of a float tensor, in the
+    /// scales of a block type): one would silently turn every score into NaN.
     fn get(&self, role: Role, layer: usize) -> Result<&RawTensor> {
         let name = self.naming.name(role, layer);
-        self.tensors
+        let t = self
+            .tensors
             .get(&name)
-            .ok_or_else(|| format_err!("tensor {name} is missing from the model file"))
+            .ok_or_else(|| format_err!("tensor {name} is missing from the model file"))?;
+        if let Some(i) = crate::quant::first_non_finite(t.dtype, &t.data) {
+            return Err(format_err!(
+                "tensor {name} holds a NaN or an infinity (value {i}{}): the file is corrupt",
+                if t.dtype.is_quantized() {
+                    ", in its block's scale"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(t)
     }
 
     fn matrix(&self, role: Role, layer: usize, rows: usize, cols: usize) -> Result<Matrix> {

@@ -228,6 +228,35 @@ pub(crate) fn scales_q3_k(q: &[u8]) -> [u8; 16] {
     s
 }
 
+/// Byte offsets of the f16 scales and minimums in a block of `dtype` (see the layouts above):
+/// the only bytes of a block that can hold a NaN or an infinity (Q8_K's f32 `d` is apart).
+fn f16_fields(dtype: DType) -> &'static [usize] {
+    match dtype {
+        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => &[0],
+        DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+        DType::Q6_K => &[208],
+        DType::Q2_K => &[80, 82],
+        DType::Q3_K => &[108],
+        DType::Q8_K | DType::F32 | DType::F16 | DType::BF16 => &[],
+    }
+}
+
+/// The index of the first block of `src` whose scale or minimum is a NaN or an infinity.
+pub fn first_non_finite_block(dtype: DType, src: &[u8]) -> Option<usize> {
+    let mut blocks = src.chunks_exact(dtype.block_bytes());
+    if dtype == DType::Q8_K {
+        return blocks
+            .map(|b| u32_at(b, 0))
+            .position(super::f32_bits_non_finite);
+    }
+    let fields = f16_fields(dtype);
+    blocks.position(|b| {
+        fields
+            .iter()
+            .any(|&o| super::f16_bits_non_finite(u16::from_le_bytes([b[o], b[o + 1]])))
+    })
+}
+
 /// Converts whole blocks of `dtype` to f32, exactly as ggml's reference dequantization does.
 pub fn dequantize_blocks(dtype: DType, src: &[u8], out: &mut [f32]) {
     let bb = dtype.block_bytes();

@@ -247,6 +247,34 @@ pub(crate) fn read_f16(b: &[u8]) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
 }
 
+/// An f32's bits with an all-ones exponent: a NaN or an infinity.
+fn f32_bits_non_finite(bits: u32) -> bool {
+    bits & 0x7f80_0000 == 0x7f80_0000
+}
+
+fn f16_bits_non_finite(bits: u16) -> bool {
+    bits & 0x7c00 == 0x7c00
+}
+
+/// The index of the first value of `src` (whole blocks of `dtype`) that is a NaN or an
+/// infinity; for a block type, the first value of the first block whose scale or minimum is.
+/// Only the bits are read, so a scan costs little more than touching the bytes.
+pub fn first_non_finite(dtype: DType, src: &[u8]) -> Option<usize> {
+    let u16s = || {
+        src.chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    match dtype {
+        DType::F32 => src
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .position(f32_bits_non_finite),
+        DType::F16 => u16s().position(f16_bits_non_finite),
+        DType::BF16 => u16s().position(|h| f32_bits_non_finite((h as u32) << 16)),
+        _ => blocks::first_non_finite_block(dtype, src).map(|b| b * dtype.block_len()),
+    }
+}
+
 /// Converts one row (`out.len()` elements) of `dtype` stored in `src` to f32.
 pub fn dequantize_row(dtype: DType, src: &[u8], out: &mut [f32]) {
     let n = out.len();
@@ -277,6 +305,34 @@ mod tests {
 
     fn f16_bytes(x: f32) -> [u8; 2] {
         f16::from_f32(x).to_bits().to_le_bytes()
+    }
+
+    /// A NaN planted anywhere in a block is found exactly when it reaches the dequantized
+    /// values (so the scan knows where every type keeps its float fields), and names the value.
+    #[test]
+    fn non_finite_scan_finds_exactly_what_dequantization_would_spread() {
+        let nan16 = 0x7e00u16.to_le_bytes();
+        let nan32 = 0x7fc0_0000u32.to_le_bytes();
+        for dtype in DType::ALL {
+            let (bl, bb) = (dtype.block_len(), dtype.block_bytes());
+            let clean = vec![0u8; 3 * bb];
+            assert_eq!(first_non_finite(dtype, &clean), None, "{dtype}");
+            for plant in [&nan16[..], &nan32[..]] {
+                for at in (bb..2 * bb + 1 - plant.len()).step_by(2) {
+                    let mut bytes = clean.clone();
+                    bytes[at..at + plant.len()].copy_from_slice(plant);
+                    let mut values = vec![0f32; 3 * bl];
+                    dequantize_row(dtype, &bytes, &mut values);
+                    let spread = values.iter().position(|v| !v.is_finite());
+                    let found = first_non_finite(dtype, &bytes);
+                    match dtype {
+                        // a float tensor names the very value
+                        DType::F32 | DType::F16 | DType::BF16 => assert_eq!(found, spread),
+                        _ => assert_eq!(found, spread.map(|i| i / bl * bl), "{dtype} at {at}"),
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -72,6 +72,11 @@ impl Default for SpecOptions {
 }
 
 impl SpecOptions {
+    /// Fails on a parameter outside its meaningful range, naming it and the range.
+    pub fn validate(&self) -> Result<()> {
+        crate::sampling::check_range("branch_threshold", self.branch_threshold, 0.0, 1.0)
+    }
+
     fn shape(&self) -> TreeShape {
         match self.mode {
             SpecMode::Chain { k } => TreeShape::chain(k),

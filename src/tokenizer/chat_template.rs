@@ -35,7 +35,23 @@ pub struct ChatTemplate {
 
 const NAME: &str = "chat";
 
+/// The work one render may do: about one instruction, or 64 bytes of output or of strings
+/// built, per unit. A template is code from the model file, so this bounds its time, memory
+/// and output (here ~64 MB); real templates use a few thousand units per conversation, plus
+/// the bytes of the messages they copy.
+const FUEL: u64 = 1_000_000;
+/// Nesting depth of loops, conditionals and macro calls; real templates nest a few levels.
+/// Well under minijinja's own cap, for the small stacks of an app's threads.
+const RECURSION_LIMIT: usize = 100;
+
 fn template_err(e: minijinja::Error) -> Error {
+    if e.kind() == ErrorKind::OutOfFuel {
+        return Error::Template(
+            "rendering took more work or output than a chat template should (the template \
+             loops without end or builds huge text)"
+                .into(),
+        );
+    }
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
@@ -58,6 +74,8 @@ impl ChatTemplate {
             .build()
             .map_err(template_err)?;
         env.set_syntax(syntax);
+        env.set_fuel(Some(FUEL));
+        env.set_recursion_limit(RECURSION_LIMIT);
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, minijinja::Error> {

@@ -41,7 +41,7 @@ impl Tokenizer {
     /// `add_bos_token`. Without it, BOS is added when the file's post-processor would add a
     /// special token in front of a single sequence (as `transformers` does).
     pub fn from_hf_files(path: &Path, config: Option<&serde_json::Value>) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::format::read_required(path)?;
         let json: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes)
@@ -118,6 +118,18 @@ impl Tokenizer {
     /// Ids outside the vocabulary (padding rows of a larger embedding table) give no text.
     pub(crate) fn decode_with(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(tok_err)
+    }
+
+    /// An upper bound on the bytes of text one token stands for (its spelling in the
+    /// vocabulary, which is never shorter): `n` tokens never hold more than `n` times it.
+    pub fn max_token_bytes(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1)
     }
 
     /// The underlying `tokenizers` tokenizer.

@@ -355,6 +355,28 @@ fn chat_template_errors() {
     assert!(matches!(failed, Err(Error::Template(_))));
 }
 
+/// A template is code from the model file: endless work, deep recursion and huge output end
+/// in a clear error, quickly and with bounded memory.
+#[test]
+fn hostile_chat_templates_fail_cleanly() {
+    let long = ChatMessage::new("user", "x".repeat(1000));
+    let hostile = [
+        // 10^10 iterations
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}",
+        // unbounded recursion
+        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        // one huge string, and huge output from a loop over a message
+        "{{ 'x' * 100000000 }}",
+        "{% for i in range(100000) %}{{ messages[0].content }}{% endfor %}",
+        "{% set s = namespace(t='ab') %}{% for i in range(40) %}{% set s.t = s.t ~ s.t %}{% endfor %}{{ s.t }}",
+    ];
+    for src in hostile {
+        let t = ChatTemplate::new(src, None, None).unwrap();
+        let e = t.render(std::slice::from_ref(&long), true).unwrap_err();
+        assert!(matches!(e, Error::Template(_)), "{src}: {e}");
+    }
+}
+
 #[test]
 fn chat_template_from_config_value() {
     let list = serde_json::json!([

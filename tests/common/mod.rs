@@ -97,6 +97,7 @@ pub fn cpu(m: &Model, precision: Precision, threads: usize) -> CpuBackend {
             context: m.config.max_context,
         },
     )
+    .unwrap()
 }
 
 /// ‖a − b‖ / ‖b‖; NaN anywhere makes it infinite so that it never passes a bound.
