@@ -24,15 +24,15 @@ pub fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
 
 /// Appends `x` as Q4_0 blocks (the value of largest magnitude maps to −8).
 pub fn quantize_q4_0(x: &[f32], out: &mut Vec<u8>) {
+    out.reserve(x.len() / QK * DType::Q4_0.block_bytes());
     for blk in x.chunks_exact(QK) {
-        let max = blk
-            .iter()
-            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-        let d = max / -8.0;
+        let d = signed_max(blk) / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         push_f16(out, d);
         let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
-        out.extend((0..QK / 2).map(|j| q(blk[j]) | (q(blk[j + QK / 2]) << 4)));
+        // a fixed-size loop the compiler vectorises (drafters are requantized at load)
+        let qs: [u8; QK / 2] = std::array::from_fn(|j| q(blk[j]) | (q(blk[j + QK / 2]) << 4));
+        out.extend_from_slice(&qs);
     }
 }
 
@@ -59,10 +59,15 @@ fn affine(blk: &[f32], levels: f32) -> (f32, f32) {
     ((max.max(min) - min) / levels, min)
 }
 
-/// The value of largest magnitude in `x`, with its sign.
+/// The value of largest magnitude in `x`, with its sign: the first such value, and +0 when all
+/// are zero.
 fn signed_max(x: &[f32]) -> f32 {
-    x.iter()
-        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m })
+    // the magnitude first (a reduction that vectorises), then where it is
+    let amax = x.iter().fold(0f32, |m, &v| m.max(v.abs()));
+    if amax == 0.0 {
+        return 0.0;
+    }
+    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
 }
 
 fn nearest(v: f32, lo: i32, hi: i32) -> i32 {
