@@ -154,6 +154,19 @@ pub struct TokenStream {
     cancel: CancelHandle,
 }
 
+impl TokenStream {
+    /// Stops the generation as dropping the stream does (a generation still waiting is not
+    /// affected), but keeps the stream: it still ends with `Done`, whose stop is then
+    /// [`crate::generate::StopReason::Cancelled`] and whose statistics cover what ran.
+    pub fn cancel(&self) {
+        // under the lock, so that a generation that starts meanwhile is not the one cancelled
+        let running = lock(&self.running);
+        if !self.done && *running == Some(self.id) {
+            self.cancel.cancel();
+        }
+    }
+}
+
 impl Stream for TokenStream {
     type Item = Result<StreamEvent>;
 
@@ -174,11 +187,7 @@ impl Stream for TokenStream {
 
 impl Drop for TokenStream {
     fn drop(&mut self) {
-        // under the lock, so that a generation that starts meanwhile is not the one cancelled
-        let running = lock(&self.running);
-        if !self.done && *running == Some(self.id) {
-            self.cancel.cancel();
-        }
+        self.cancel();
     }
 }
 
