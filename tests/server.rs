@@ -564,6 +564,24 @@ fn the_conversation_cache_is_reused_when_a_request_extends_it() {
 }
 
 #[test]
+fn speculation_statistics_come_in_the_extension_field() {
+    let (target, draft) = tiny_pair(DType::F32);
+    let draft = draft.to_str().unwrap();
+    let server = Server::start(&target, &["--draft", draft, "--draft-threads", "1"]);
+    let (status, r) = server.post_json("/v1/chat/completions", &chat("ab ba", 16));
+    assert_eq!(status, 200, "{r}");
+    let spec = &r["llmcad"]["speculative"];
+    assert!(
+        spec["target_passes"].as_u64().is_some_and(|p| p >= 1),
+        "{r}"
+    );
+    assert!(spec["accepted_tokens"].is_u64(), "{r}");
+    // speculation is exact: the target's own greedy answer
+    let want = library_answer(&target, &[ChatMessage::new("user", "ab ba")], 16);
+    assert_eq!(ids(&r["llmcad"]["token_ids"]), want);
+}
+
+#[test]
 fn memory_stays_flat_over_200_requests() {
     let server = Server::start(&tiny_model(), &[]);
     let mut rss = Vec::new();
