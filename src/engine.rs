@@ -146,6 +146,11 @@ pub enum Prompt {
     /// turns of the conversation (the engine records the assistant's answers), ending with the
     /// assistant prompt.
     Chat(Vec<ChatMessage>),
+    /// The whole conversation, as an OpenAI-style client sends it with every request: it
+    /// replaces the engine's chat turns, and the caches keep whatever the rendered
+    /// conversation shares with the tokens they hold (all of it when the request extends the
+    /// previous conversation, nothing when it is another one).
+    Conversation(Vec<ChatMessage>),
     /// Token ids, used as they are.
     Tokens(Vec<u32>),
 }
@@ -184,8 +189,12 @@ pub struct TokenEvent<'a> {
 #[derive(Clone, Debug)]
 pub struct Output {
     /// The tokens this request added to the conversation before generating (for a chat turn
-    /// the rendered new turns; the whole prompt on a fresh conversation).
+    /// the rendered new turns, for a `Conversation` what its rendering does not share with
+    /// the conversation before; the whole prompt on a fresh conversation).
     pub prompt: Vec<u32>,
+    /// The conversation's length in tokens when generation started: the whole prompt the
+    /// model answered (earlier turns included).
+    pub context_tokens: usize,
     /// Generated tokens, the stop token included when there was one.
     pub tokens: Vec<u32>,
     /// Generated text: every streamed piece joined (special tokens give no text).
@@ -583,20 +592,31 @@ impl Engine {
             Prompt::Text(s) if self.history.is_empty() => self.model.encode_prompt(s)?,
             Prompt::Text(s) => self.model.tokenizer.encode(s)?,
             Prompt::Chat(new) => {
-                let t = self.model.require_chat_template()?;
                 let mut all = self.messages.clone();
                 all.extend(new.iter().cloned());
-                let full = self.model.encode_prompt(&t.render(&all, true)?)?;
-                let common = full
-                    .iter()
-                    .zip(&self.history)
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                self.history.truncate(common);
-                self.messages = all;
+                let (full, common) = self.render_chat(all)?;
+                full[common..].to_vec()
+            }
+            Prompt::Conversation(all) => {
+                let (full, common) = self.render_chat(all.clone())?;
                 full[common..].to_vec()
             }
         })
+    }
+
+    /// Renders `all` as the conversation's chat turns, lowers the history to the tokens it
+    /// shares with the rendering, and returns the rendering with that shared length.
+    fn render_chat(&mut self, all: Vec<ChatMessage>) -> Result<(Vec<u32>, usize)> {
+        let t = self.model.require_chat_template()?;
+        let full = self.model.encode_prompt(&t.render(&all, true)?)?;
+        let common = full
+            .iter()
+            .zip(&self.history)
+            .take_while(|(a, b)| a == b)
+            .count();
+        self.history.truncate(common);
+        self.messages = all;
+        Ok((full, common))
     }
 
     fn generate_inner(
@@ -645,6 +665,7 @@ impl Engine {
             stats.prompt_time = prefill_time;
             return Ok(Output {
                 prompt: new,
+                context_tokens: n,
                 tokens: Vec::new(),
                 text: String::new(),
                 stop: StopReason::Cancelled,
@@ -716,7 +737,7 @@ impl Engine {
             d.valid = d.backend.kv_len();
         }
         self.sync_caches();
-        if matches!(req.prompt, Prompt::Chat(_)) {
+        if matches!(req.prompt, Prompt::Chat(_) | Prompt::Conversation(_)) {
             self.messages
                 .push(ChatMessage::new("assistant", text.clone()));
         }
@@ -726,6 +747,7 @@ impl Engine {
         stats.prompt_time += prefill_time;
         Ok(Output {
             prompt: new,
+            context_tokens: n,
             tokens: generation.tokens,
             text,
             stop: generation.stop,

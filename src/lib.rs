@@ -17,6 +17,7 @@ mod progress;
 pub mod quant;
 pub mod sampling;
 pub mod spec;
+pub mod stream;
 pub mod synthetic;
 pub mod tokenizer;
 

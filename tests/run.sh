@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs Lavapipe (Mesa's CPU Vulkan driver, for the wgpu
 # tests) when no Vulkan driver is there, fetches the real models (SmolLM2, and the Qwen2.5-Coder
-# 1.5B/0.5B pair) and the `gguf` Python package (the independent dequantization check), then
-# `cargo test`.
+# 1.5B/0.5B pair), the `gguf` Python package (the independent dequantization check) and the
+# `openai` one (the server's client test), then `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
@@ -13,6 +13,8 @@ fi
 bash models/fetch-smollm2.sh >/dev/null
 bash models/fetch-qwen-pair.sh >/dev/null
 python3 -c "import gguf" 2>/dev/null || python3 -m pip install --quiet gguf
+# tests/server.rs drives `llmcad serve` with the official OpenAI client
+python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai
 # the Vulkan loader complains on every start without a runtime directory
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 cargo test --release --locked --no-fail-fast "$@"

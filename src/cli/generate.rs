@@ -1,9 +1,9 @@
 //! `llmcad generate`: stream a continuation of a prompt.
 
-use super::{ModelArgs, RunArgs, SpecArgs};
+use super::EngineArgs;
 use anyhow::{bail, Context};
 use clap::Args;
-use llmcad::engine::{Device, Engine, EngineOptions, GenerateRequest, Prompt};
+use llmcad::engine::{Engine, GenerateRequest, Prompt};
 use llmcad::generate::GenerateOptions;
 use llmcad::sampling::SamplingParams;
 use llmcad::spec::SpecStats;
@@ -14,9 +14,7 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct GenerateArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    run: RunArgs,
+    engine: EngineArgs,
     /// Prompt text (special tokens such as <|im_start|> are recognised).
     #[arg(short = 'p', long, conflicts_with = "file")]
     prompt: Option<String>,
@@ -47,19 +45,6 @@ pub struct GenerateArgs {
     /// Do not stop at end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
-    /// Device for the target: auto (a hardware GPU, else the CPU), gpu (any wgpu adapter,
-    /// software ones such as Lavapipe included) or cpu.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    #[command(flatten)]
-    spec: SpecArgs,
-    /// Memory for the target's weights on the GPU: auto (from what the OS allows), a size
-    /// (64MiB, 1.5GB) or a share of the weights (25%); weights beyond it stream from the file.
-    #[arg(long, default_value = "auto")]
-    memory_budget: llmcad::memory::MemoryBudget,
-    /// Emulate a phone's storage: streamed weights read at most this fast (500MB/s, 1.5GB/s).
-    #[arg(long, value_parser = parse_rate)]
-    io_bandwidth: Option<f64>,
     /// Print one JSON object (ids, text, stats) instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -115,26 +100,8 @@ impl PromptSource {
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
-    let device: Device = a.device.parse()?;
     let prompt_source = PromptSource::open(&a)?;
-    let mut opts = EngineOptions::new(&a.model.model);
-    opts.quantize = a.model.quantize;
-    opts.device = device;
-    opts.threads = a.run.threads;
-    opts.context = a.run.ctx_size;
-    opts.precision = a.run.precision();
-    opts.progress = true;
-    opts.memory_budget = a.memory_budget;
-    opts.io_bandwidth = a.io_bandwidth;
-    if let Some((drafter, spec)) = a.spec.spec_options()? {
-        opts = opts.with_drafter(drafter, spec);
-        opts.draft_quantize = a.spec.draft_quantize;
-        opts.draft_threads = a.spec.draft_threads;
-    }
-    let mut engine = Engine::load(opts)?;
-    for w in engine.warnings() {
-        eprintln!("warning: {w}");
-    }
+    let mut engine = a.engine.load()?;
     let prompt_text = prompt_source.read(&engine)?;
     let prompt = if a.chat {
         engine.model().require_chat_template().context("--chat")?;
@@ -279,7 +246,7 @@ fn text_tokens<'a>(tokens: &'a [u32], stop_ids: &[u32]) -> &'a [u32] {
 }
 
 /// Adds the speculation fields to `--json` stats.
-fn spec_json(stats: &mut serde_json::Value, sp: &SpecStats, passes: usize, decode_ms: f64) {
+pub fn spec_json(stats: &mut serde_json::Value, sp: &SpecStats, passes: usize, decode_ms: f64) {
     let draft_ms = sp.draft_time.as_secs_f64() * 1e3;
     let verify_ms = sp.verify_time.as_secs_f64() * 1e3;
     let t = &sp.threshold;
@@ -304,10 +271,4 @@ fn spec_json(stats: &mut serde_json::Value, sp: &SpecStats, passes: usize, decod
     if let (Some(dst), serde_json::Value::Object(src)) = (stats.as_object_mut(), extra) {
         dst.extend(src);
     }
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    let rate = llmcad::gpu::parse_rate(s).map_err(|e| e.to_string())?;
-    llmcad::gpu::check_io_bandwidth(rate).map_err(|e| e.to_string())?;
-    Ok(rate)
 }

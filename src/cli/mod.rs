@@ -15,9 +15,12 @@ macro_rules! outln {
 mod bench;
 mod generate;
 mod info;
+#[cfg(feature = "server")]
+mod serve;
 
 use clap::{Args, Parser, Subcommand};
 use llmcad::cpu::Precision;
+use llmcad::engine::{Device, Engine, EngineOptions};
 use llmcad::model::{LoadOptions, Model};
 use llmcad::quant::DType;
 use llmcad::spec::{FallbackPolicy, SpecMode, SpecOptions};
@@ -42,6 +45,9 @@ enum Command {
     Info(info::InfoArgs),
     /// Measure CPU speed and compare speculative modes; prints tables, writes JSON.
     Bench(bench::BenchArgs),
+    /// Answer the OpenAI chat and completions API over HTTP.
+    #[cfg(feature = "server")]
+    Serve(serve::ServeArgs),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -49,7 +55,70 @@ pub fn run() -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
+        #[cfg(feature = "server")]
+        Command::Serve(a) => serve::run(a),
     }
+}
+
+/// Everything that loads an engine: the model, the device, the drafter and their options.
+/// `generate` and `serve` share it.
+#[derive(Args, Clone, Debug)]
+pub struct EngineArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Device for the target: auto (a hardware GPU, else the CPU), gpu (any wgpu adapter,
+    /// software ones such as Lavapipe included) or cpu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Memory for the target's weights on the GPU: auto (from what the OS allows), a size
+    /// (64MiB, 1.5GB) or a share of the weights (25%); weights beyond it stream from the file.
+    #[arg(long, default_value = "auto")]
+    memory_budget: llmcad::memory::MemoryBudget,
+    /// Emulate a phone's storage: streamed weights read at most this fast (500MB/s, 1.5GB/s).
+    #[arg(long, value_parser = parse_rate)]
+    io_bandwidth: Option<f64>,
+}
+
+impl EngineArgs {
+    /// The target model's file or directory.
+    #[cfg(feature = "server")]
+    pub fn model_path(&self) -> &std::path::Path {
+        &self.model.model
+    }
+
+    /// Loads the engine, printing its warnings on stderr.
+    pub fn load(&self) -> anyhow::Result<Engine> {
+        let device: Device = self.device.parse()?;
+        let mut opts = EngineOptions::new(&self.model.model);
+        opts.quantize = self.model.quantize;
+        opts.device = device;
+        opts.threads = self.run.threads;
+        opts.context = self.run.ctx_size;
+        opts.precision = self.run.precision();
+        opts.progress = true;
+        opts.memory_budget = self.memory_budget;
+        opts.io_bandwidth = self.io_bandwidth;
+        if let Some((drafter, spec)) = self.spec.spec_options()? {
+            opts = opts.with_drafter(drafter, spec);
+            opts.draft_quantize = self.spec.draft_quantize;
+            opts.draft_threads = self.spec.draft_threads;
+        }
+        let engine = Engine::load(opts)?;
+        for w in engine.warnings() {
+            eprintln!("warning: {w}");
+        }
+        Ok(engine)
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate = llmcad::gpu::parse_rate(s).map_err(|e| e.to_string())?;
+    llmcad::gpu::check_io_bandwidth(rate).map_err(|e| e.to_string())?;
+    Ok(rate)
 }
 
 /// Options for loading a model, shared by every subcommand.

@@ -78,7 +78,7 @@ impl Model {
         match (&self.chat_template, &self.chat_template_error) {
             (Some(t), _) => Ok(t),
             (None, Some(e)) => Err(Error::Template(format!(
-                "{}'s does not compile ({e}); give the formatted prompt as text",
+                "{}'s chat template does not compile ({e}); give the formatted prompt as text",
                 self.name
             ))),
             (None, None) => Err(Error::InvalidArgument(format!(
