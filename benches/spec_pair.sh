@@ -7,14 +7,21 @@
 #
 #   bash benches/spec_pair.sh [LLAMA_BIN_DIR]
 #
-# PROMPTS (default 12), TOKENS (128) and THREADS (2) change the run. Prints decode tokens/s
-# per mode (all tokens over all decode time) and the ratios.
+# PROMPTS (default 12), TOKENS (128) and THREADS (2) change the run; CHAT=1 sends each prompt
+# as a chat turn (llmcad --chat; llama.cpp gets the same turn in Qwen's chat format), MODES
+# picks llmcad's modes (default "none default chain-k4"; also "default-q4": the drafter
+# requantized to Q4_0 and kept in the cache directory) and LLAMA_K llama.cpp's draft lengths
+# (default "4 8"). Prints decode tokens/s per mode (all tokens over all decode time) and the
+# ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 llama=${1:-}
 prompts=${PROMPTS:-12}
 tokens=${TOKENS:-128}
 threads=${THREADS:-2}
+chat=${CHAT:-0}
+modes=${MODES:-none default chain-k4}
+llama_k=${LLAMA_K:-4 8}
 target=models/cache/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 drafter=models/cache/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 bin=target/release/llmcad
@@ -28,26 +35,38 @@ trap 'rm -rf "$cache" "$out"' EXIT
 llmcad() {
     local mode=$1
     shift
-    LLMCAD_CACHE_DIR=$cache "$bin" generate -m "$target" -p "$prompt" -n "$tokens" --ignore-eos \
-        -t "$threads" --json "$@" 2>/dev/null |
+    local as_chat=()
+    [ "$chat" = 1 ] && as_chat=(--chat)
+    LLMCAD_CACHE_DIR=$cache "$bin" generate -m "$target" -p "$prompt" "${as_chat[@]}" -n "$tokens" \
+        --ignore-eos -t "$threads" --json "$@" 2>/dev/null |
         python3 -c "import json,sys; s=json.load(sys.stdin)['stats']; print('$mode', s['decode_ms']/1e3 * s['tokens_per_s'], s['decode_ms']/1e3)" >>"$out"
 }
 
 # llama K: appends "llama-spec-K tokens seconds"
 llama_spec() {
+    local text=$prompt
+    if [ "$chat" = 1 ]; then
+        # Qwen2.5's template with its default system turn, as llmcad --chat renders it
+        printf -v text '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n' "$prompt"
+    fi
     "$llama/llama-speculative-simple" -m "$target" -md "$drafter" --spec-type draft-simple \
-        --spec-draft-n-max "$1" -p "$prompt" -n "$tokens" --ignore-eos -t "$threads" --temp 0 \
+        --spec-draft-n-max "$1" -p "$text" -n "$tokens" --ignore-eos -t "$threads" --temp 0 \
         -c 2048 2>&1 | sed -n 's/.*decoded *\([0-9]*\) tokens in *\([0-9.]*\) seconds.*/\1 \2/p' |
         sed "s/^/llama-spec-k$1 /" >>"$out"
 }
 
 head -n "$prompts" benches/prompts.txt | while IFS= read -r prompt; do
-    llmcad "none" --spec none
-    llmcad "default" --draft "$drafter"
-    llmcad "chain-k4" --draft "$drafter" --spec chain --draft-max 4
+    for mode in $modes; do
+        case $mode in
+            none) llmcad none --spec none ;;
+            default) llmcad default --draft "$drafter" ;;
+            default-q4) llmcad default-q4 --draft "$drafter" --draft-quantize q4_0 ;;
+            chain-k4) llmcad chain-k4 --draft "$drafter" --spec chain --draft-max 4 ;;
+            *) echo "unknown mode $mode" >&2 && exit 2 ;;
+        esac
+    done
     if [ -n "$llama" ]; then
-        llama_spec 4
-        llama_spec 8
+        for k in $llama_k; do llama_spec "$k"; done
     fi
     echo "done: $prompt" >&2
 done

@@ -26,6 +26,7 @@
 use crate::backend::{Backend, Batch, Rows, Want};
 use crate::cpu::{clamp_threads, default_threads, CpuBackend, CpuOptions, Precision};
 use crate::error::{Error, Result};
+use crate::format::requantize::requantize_gguf;
 use crate::generate::{check_context, generate, GenerateOptions, Stats, StopReason};
 use crate::gpu::{self, DeviceOptions, GpuBackend, GpuOptions};
 use crate::memory::MemoryBudget;
@@ -36,7 +37,7 @@ use crate::spec::frequent::frequent_tokens;
 use crate::spec::pass_store::{self, PassStore};
 use crate::spec::{check_pair, generate_speculative, SpecOptions, SpecStats};
 use crate::tokenizer::{ChatMessage, Tokenizer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -356,6 +357,49 @@ fn cpu_backend(model: &Model, opts: &EngineOptions, threads: Option<usize>) -> R
 
 /// What the target's pass times depend on: the model file, the device (with its threads), the
 /// CPU kernels and the weight budget.
+/// With `draft_quantize`, a GGUF drafter requantized once and kept in the cache directory
+/// (written now when missing), so that only the first process pays for the requantization;
+/// `None` when there is no cache directory, or it cannot be written (the drafter is then
+/// requantized in memory).
+fn requantized_drafter(opts: &EngineOptions, path: &Path) -> Option<PathBuf> {
+    let to = opts.draft_quantize?;
+    let is_gguf = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let meta = std::fs::metadata(path)
+        .ok()
+        .filter(|m| is_gguf && m.is_file())?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let name = path.file_name()?.to_string_lossy();
+    let key = format!("{name}-{}-{modified}-{to}", meta.len());
+    let kept = opts.pass_store.requantized_file(&key)?;
+    if kept.is_file() {
+        return Some(kept);
+    }
+    let dir = kept.parent()?;
+    let made = std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(dir, e))
+        .and_then(|()| requantize_gguf(path, to, &kept));
+    match made {
+        Ok(n) => {
+            log::info!(
+                "{} matrices requantized to {to}, kept in {}",
+                n,
+                kept.display()
+            );
+            Some(kept)
+        }
+        Err(e) => {
+            log::warn!("could not keep the requantized drafter: {e}");
+            None
+        }
+    }
+}
+
 fn pass_key(opts: &EngineOptions, target: &dyn Backend) -> String {
     let file = opts
         .target
@@ -415,7 +459,13 @@ impl Engine {
         let model = load(&opts.target, opts.quantize)?;
         let drafter = match (&opts.spec, &opts.drafter) {
             (Some(spec), Some(path)) => {
-                let d = load(path, opts.draft_quantize)?;
+                let d = match requantized_drafter(&opts, path) {
+                    Some(kept) => load(&kept, None).or_else(|e| {
+                        log::warn!("{}: {e}; requantizing in memory", kept.display());
+                        load(path, opts.draft_quantize)
+                    })?,
+                    None => load(path, opts.draft_quantize)?,
+                };
                 warnings.extend(check_pair(&model, &d)?);
                 let mut backend =
                     Box::new(cpu_backend(&d, &opts, opts.draft_threads.or(opts.threads))?);

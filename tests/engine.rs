@@ -173,6 +173,47 @@ fn pass_times_are_learned_carried_and_kept() {
     assert!(!dir.exists());
 }
 
+/// A drafter requantized at load is written to the cache directory once and read from there
+/// by the next process: the same bytes as requantizing in memory, and still lossless.
+#[test]
+fn a_requantized_drafter_is_kept_for_the_next_process() {
+    let dir = std::env::temp_dir().join(format!("llmcad-engine-requant-{}", std::process::id()));
+    let mut o = spec_opts();
+    o.draft_quantize = Some(DType::Q4_0);
+    o.pass_store = PassStore::Dir(dir.clone());
+    let kept_files = || -> Vec<_> {
+        std::fs::read_dir(dir.join("requantized"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    let mut first = Engine::load(o.clone()).unwrap();
+    let kept = kept_files();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let written = std::fs::metadata(&kept[0]).unwrap().modified().unwrap();
+    let second = Engine::load(o.clone()).unwrap();
+    assert_eq!(
+        std::fs::metadata(&kept[0]).unwrap().modified().unwrap(),
+        written
+    );
+    o.pass_store = PassStore::Off;
+    let in_memory = Engine::load(o.clone()).unwrap();
+    for e in [&first, &second] {
+        let (a, b) = (
+            &e.drafter().unwrap().weights,
+            &in_memory.drafter().unwrap().weights,
+        );
+        assert_eq!(a.layers[0].wq.dtype, DType::Q4_0);
+        assert_eq!(&*a.layers[0].wq.data, &*b.layers[0].wq.data);
+        assert_eq!(&*a.head.data, &*b.head.data);
+    }
+    let mut plain = o;
+    plain.spec = None;
+    let prompt = || req(Prompt::Text("in the".into()), 12);
+    let want = run(&mut Engine::load(plain).unwrap(), &prompt()).tokens;
+    assert_eq!(run(&mut first, &prompt()).tokens, want);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn chat_turns_continue_the_rendered_conversation() {
     let o = opts(&tiny_f32().gguf);

@@ -4,6 +4,7 @@
 pub mod gguf;
 pub mod gguf_write;
 pub mod hf_dir;
+pub mod requantize;
 pub mod safetensors;
 
 use crate::error::{Error, Result};

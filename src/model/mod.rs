@@ -5,7 +5,7 @@ pub mod config;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig, RopeConfig, RopeLayout, RopeScaling, SpecialTokens};
-pub use weights::{LayerWeights, Matrix, ModelWeights};
+pub use weights::{quantize_matrix, LayerWeights, Matrix, ModelWeights};
 
 use crate::error::{format_err, unsupported, Error, Result};
 use crate::format::gguf::GgufFile;

@@ -1,11 +1,12 @@
 //! Keeps the verifier's learned pass times between processes, so that a new `llmcad generate`
 //! sizes its first trees from what earlier runs learned: one small JSON file per model,
-//! device, CPU kernels and thread count, in the user's cache directory.
+//! device, CPU kernels and thread count, in the user's cache directory. Drafters requantized at
+//! load are kept there too (`requantized_file`).
 
 use super::cost::PassTimes;
 use std::path::{Path, PathBuf};
 
-/// Where pass times are kept.
+/// Where pass times (and requantized drafters) are kept.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum PassStore {
     /// `$LLMCAD_CACHE_DIR`, else the platform's cache directory (`~/.cache/llmcad` on Linux);
@@ -31,19 +32,32 @@ impl PassStore {
 
     /// The file for `key` (what the times depend on: model, device, kernels, threads).
     pub fn file(&self, key: &str) -> Option<PathBuf> {
-        let name: String = key
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir()
-            .map(|d| d.join("pass-times").join(format!("{name}.json")))
+        self.dir().map(|d| {
+            d.join("pass-times")
+                .join(format!("{}.json", file_name(key)))
+        })
     }
+
+    /// Where a model requantized at load is kept; `key` names the source file and the type.
+    pub fn requantized_file(&self, key: &str) -> Option<PathBuf> {
+        self.dir().map(|d| {
+            d.join("requantized")
+                .join(format!("{}.gguf", file_name(key)))
+        })
+    }
+}
+
+/// `key` as a file name: anything but letters, digits, dots and dashes becomes `_`.
+fn file_name(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The times kept at `path`; nothing when there are none or the file is unreadable (it is
