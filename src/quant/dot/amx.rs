@@ -20,8 +20,8 @@
 //! everywhere and keeps the AVX-512 kernel. Below `MIN_TOKENS` the AVX-512 kernels run too.
 //! Linux hands the tile registers to a process only when asked (`arch_prctl`), once.
 
-use super::avx512::{self, add_sub_block, f16s, gather, lanes4, lanes8, q4_k_scales, G};
-use super::avx512::{Q4_0, Q4_1, Q4_K, Q5_0, Q8_0};
+use super::avx512::{self, add_sub_block, f16s, gather, lanes4, lanes8, nibble_heads, q4_k_scales};
+use super::avx512::{NibbleHeads, G, Q4_0, Q4_1, Q4_K, Q5_0, Q8_0};
 use super::{ActInt, QActs};
 use crate::quant::{DType, QK};
 use std::arch::asm;
@@ -335,30 +335,12 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], slot: usize, out
             }
         }
         _ => {
-            let head = gather(base, rows, 0);
-            out.d[slot] = f16s::<false>(head);
-            out.m[slot] = if K == Q4_1 {
-                f16s::<true>(head)
-            } else {
-                _mm512_setzero_ps()
-            };
-            let (qs, off) = match K {
-                Q4_0 => (2, 8),
-                Q4_1 => (4, 0),
-                _ => (6, 16),
-            };
-            let qh = if K == Q5_0 {
-                gather(base, rows, 2)
-            } else {
-                _mm512_setzero_si512()
-            };
+            let NibbleHeads { d, m, qh, qs, off } = nibble_heads::<K>(base, rows);
+            (out.d[slot], out.m[slot]) = (d, m);
             for (g, v) in lanes4(&p, qs).into_iter().enumerate() {
                 // low nibbles: values 4g..4g+4; high nibbles: 16 + 4g..
-                for half in 0..2 {
-                    let mut x = _mm512_and_si512(_mm512_srli_epi32::<4>(v), nibble);
-                    if half == 0 {
-                        x = _mm512_and_si512(v, nibble);
-                    }
+                for (half, nibbles) in [v, _mm512_srli_epi32::<4>(v)].into_iter().enumerate() {
+                    let mut x = _mm512_and_si512(nibbles, nibble);
                     if K == Q5_0 {
                         let k = (16 * half + 4 * g) as i32;
                         x = _mm512_or_si512(

@@ -238,6 +238,44 @@ pub(super) unsafe fn q4_k_scales(base: *const u8, rows: __m512i) -> ([__m512; 8]
     out
 }
 
+/// What the heads of Q4_0, Q4_1 or Q5_0 blocks of 16 rows say: the scale `d`, the minimum `m`
+/// (Q4_1; else 0), the fifth bits `qh` (Q5_0; else 0), where the nibbles start (`qs`) and what
+/// each value is offset by (`off`, subtracted).
+pub(super) struct NibbleHeads {
+    pub d: __m512,
+    pub m: __m512,
+    pub qh: __m512i,
+    pub qs: usize,
+    pub off: i8,
+}
+
+/// The heads of the blocks of type `K` at `base + rows[i]`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn nibble_heads<const K: u8>(base: *const u8, rows: __m512i) -> NibbleHeads {
+    let head = gather(base, rows, 0);
+    let (qs, off) = match K {
+        Q4_0 => (2, 8),
+        Q4_1 => (4, 0),
+        _ => (6, 16),
+    };
+    NibbleHeads {
+        d: f16s::<false>(head),
+        m: if K == Q4_1 {
+            f16s::<true>(head)
+        } else {
+            _mm512_setzero_ps()
+        },
+        qh: if K == Q5_0 {
+            gather(base, rows, 2)
+        } else {
+            _mm512_setzero_si512()
+        },
+        qs,
+        off,
+    }
+}
+
 /// Decodes the blocks of 32 values (Q8_0, Q4_0, Q4_1, Q5_0) at `base + offs[i]`: hands each
 /// pair vector to `pair(p, w)` (see `Decoded`) and returns the rows' scales and minimums.
 #[inline]
@@ -249,30 +287,14 @@ unsafe fn small_block<const K: u8>(
 ) -> (__m512, __m512) {
     let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
     let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
-    let head = gather(base, rows, 0);
-    let d = f16s::<false>(head);
     if K == Q8_0 {
         for (g, v) in lanes8(&p, 2).into_iter().enumerate() {
             pair(2 * g, _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v)));
             pair(2 * g + 1, _mm512_srai_epi16::<8>(v));
         }
-        return (d, _mm512_setzero_ps());
+        return (f16s::<false>(gather(base, rows, 0)), _mm512_setzero_ps());
     }
-    let m = if K == Q4_1 {
-        f16s::<true>(head)
-    } else {
-        _mm512_setzero_ps()
-    };
-    let (qs, off) = match K {
-        Q4_0 => (2, 8),
-        Q4_1 => (4, 0),
-        _ => (6, 16),
-    };
-    let qh = if K == Q5_0 {
-        gather(base, rows, 2)
-    } else {
-        _mm512_setzero_si512()
-    };
+    let NibbleHeads { d, m, qh, qs, off } = nibble_heads::<K>(base, rows);
     for (g, v) in lanes4(&p, qs).into_iter().enumerate() {
         // low nibbles: values 4g..4g+4; high nibbles: values 16+4g..
         for (half, mut pairs) in [nibble_pairs(v, 0), nibble_pairs(v, 4)]
@@ -288,7 +310,7 @@ unsafe fn small_block<const K: u8>(
                 let w = if off == 0 {
                     w
                 } else {
-                    _mm512_sub_epi16(w, _mm512_set1_epi16(off))
+                    _mm512_sub_epi16(w, _mm512_set1_epi16(off.into()))
                 };
                 pair(8 * half + 2 * g + i, w);
             }
