@@ -33,13 +33,7 @@ pub fn requantize_gguf(src: &Path, to: DType, dst: &Path) -> Result<usize> {
                     && cols.is_multiple_of(to.block_len()) =>
             {
                 changed += 1;
-                let m = Matrix {
-                    name: t.name.clone(),
-                    dtype: t.dtype,
-                    rows,
-                    cols,
-                    data: t.data.clone(),
-                };
+                let m = Matrix::from_raw(t, rows, cols);
                 (to, quantize_matrix(&m, to).data.to_vec())
             }
             _ => (t.dtype, t.data.to_vec()),

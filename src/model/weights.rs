@@ -17,6 +17,17 @@ pub struct Matrix {
 }
 
 impl Matrix {
+    /// The tensor `t` of the file as a `rows × cols` matrix (its bytes shared, not copied).
+    pub fn from_raw(t: &RawTensor, rows: usize, cols: usize) -> Matrix {
+        Matrix {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            rows,
+            cols,
+            data: t.data.clone(),
+        }
+    }
+
     pub fn row_bytes(&self) -> usize {
         self.dtype.row_bytes(self.cols)
     }
@@ -333,13 +344,7 @@ impl<'a> WeightLoader<'a> {
                 t.shape
             ));
         }
-        let m = Matrix {
-            name: t.name.clone(),
-            dtype: t.dtype,
-            rows,
-            cols,
-            data: t.data.clone(),
-        };
+        let m = Matrix::from_raw(t, rows, cols);
         match self.quantize_to {
             // smaller types are kept: requantizing only loses accuracy
             Some(to) if to.bits_per_weight() >= m.dtype.bits_per_weight() => Ok(m),
