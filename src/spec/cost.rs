@@ -16,11 +16,15 @@
 //! choice compares measured times per emitted token, so it costs little more than the probes.
 //!
 //! The verifier's pass time is learned from the passes decoding runs anyway ([`PassTimes`]):
-//! no pass is spent on measuring. Until a size has been seen, a pass is assumed to cost a
-//! one-node pass plus a quarter of one per extra node, and what was learned can be kept
-//! between processes (the engine stores it per model, device, kernels and threads); the first
-//! pass of a size seen in this process replaces a kept value, so a stale one is gone after a
-//! round.
+//! no pass is spent on measuring. Until a second size has been seen, a pass is assumed to cost
+//! a one-node pass plus a quarter of one per extra node; past the largest size seen, the slope
+//! measured up to it continues. What was learned can be kept between processes (the engine
+//! stores it per model, device, kernels and threads); the first pass of a size seen in this
+//! process replaces a kept value, so a stale one is gone after a round.
+//!
+//! Acceptance and speculative time per token are ratios of decayed sums over rounds, and plain
+//! rounds take over only after a few speculative ones: a single round is a coin toss, and a
+//! rejected first tree must not end speculation where extra nodes are nearly free.
 
 use super::drafter::Growth;
 use crate::backend::{Backend, Batch, Want};
@@ -98,6 +102,14 @@ impl CostCurve {
 /// pass), so that trees start small but still grow enough to be measured.
 const PRIOR_NODE_SHARE: f64 = 0.25;
 
+/// Past the largest size seen, each node is taken to cost at least this share of a one-node
+/// pass, however flat the sizes seen were.
+const MIN_NODE_SHARE: f64 = 1.0 / 64.0;
+
+/// Speculative rounds to see before concluding that plain rounds are faster: one round that
+/// drew a rejection is too little evidence against speculation.
+const MIN_SPECULATIVE_ROUNDS: usize = 3;
+
 /// The verifier's pass time (ms) against the nodes in the pass, learned from real passes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PassTimes {
@@ -169,7 +181,14 @@ fn estimate(points: &BTreeMap<usize, f64>, n: usize) -> f64 {
         (None, Some((&k, &v))) => v / (1.0 + PRIOR_NODE_SHARE * (k - 1) as f64),
         (None, None) => return 0.0,
     };
-    let slope = PRIOR_NODE_SHARE * one;
+    // past the largest size seen, its chord from one node (floored: a flat start says little
+    // about how soon a compute-bound verifier turns steep); until a second size is seen, the prior
+    let (&largest, &at_largest) = points.last_key_value().expect("points is not empty");
+    let slope = if largest > 1 {
+        ((at_largest - one) / (largest - 1) as f64).max(MIN_NODE_SHARE * one)
+    } else {
+        PRIOR_NODE_SHARE * one
+    };
     match (below, above) {
         (Some((&n0, &t0)), Some((&n1, &t1))) if n1 > n0 => {
             t0 + (t1 - t0) * (n - n0) as f64 / (n1 - n0) as f64
@@ -202,14 +221,47 @@ impl Ema {
     }
 }
 
+/// A ratio of exponentially decayed sums, such as accepted tokens over drafted confidence: a
+/// round counts by its size, and one unlucky round moves the ratio instead of setting it.
+#[derive(Clone, Copy, Debug, Default)]
+struct DecayedRatio {
+    num: f64,
+    den: f64,
+    rounds: usize,
+}
+
+impl DecayedRatio {
+    const KEEP: f64 = 0.8;
+
+    /// Starts at `value` as if `weight` units of the denominator had been seen.
+    fn with_prior(value: f64, weight: f64) -> Self {
+        DecayedRatio {
+            num: value * weight,
+            den: weight,
+            rounds: 0,
+        }
+    }
+
+    fn push(&mut self, num: f64, den: f64) {
+        self.num = Self::KEEP * self.num + num;
+        self.den = Self::KEEP * self.den + den;
+        self.rounds += 1;
+    }
+
+    fn get(&self) -> Option<f64> {
+        (self.den > 0.0).then(|| self.num / self.den)
+    }
+}
+
 /// The running estimates the growth rule needs.
 #[derive(Clone, Debug)]
 pub struct CostModel {
     verify: PassTimes,
     draft_ms_per_pass: Ema,
-    calibration: Ema,
+    /// Accepted tokens per unit of drafted path confidence.
+    calibration: DecayedRatio,
     /// ms per emitted token of speculative rounds and of plain (target-only) rounds.
-    ms_per_token: Ema,
+    ms_per_token: DecayedRatio,
     plain_ms_per_token: Ema,
     plain_rounds: usize,
     probe_every: usize,
@@ -220,8 +272,9 @@ impl CostModel {
         CostModel {
             verify,
             draft_ms_per_pass: Ema { value: None },
-            calibration: Ema { value: None },
-            ms_per_token: Ema { value: None },
+            // confidences taken at face value until verifications say otherwise
+            calibration: DecayedRatio::with_prior(1.0, 2.0),
+            ms_per_token: DecayedRatio::default(),
             plain_ms_per_token: Ema { value: None },
             plain_rounds: 0,
             probe_every: PROBE_EVERY,
@@ -243,9 +296,10 @@ impl CostModel {
         let draft_ms = self.draft_ms_per_pass.get_or(0.0);
         let per_token = self
             .ms_per_token
-            .get_or(self.verify.ms(1) + draft_ms)
+            .get()
+            .unwrap_or(self.verify.ms(1) + draft_ms)
             .max(1e-6);
-        let gain = self.calibration.get_or(1.0) * conf as f64 * per_token;
+        let gain = self.calibration.get().unwrap_or(1.0) * conf as f64 * per_token;
         let drafting = match step {
             Growth::Expand => draft_ms,
             Growth::Leaf => 0.0,
@@ -255,15 +309,17 @@ impl CostModel {
     }
 
     /// Should the next round draft at all? Not before a one-node pass has been timed (the first
-    /// round is a plain one, unless times were kept from before); then yes while speculative
-    /// rounds are at least as fast per token as plain ones (a plain round costs a one-node pass
-    /// until measured), and as a probe now and then otherwise.
+    /// round is a plain one, unless times were kept from before); then yes for the first
+    /// [`MIN_SPECULATIVE_ROUNDS`] and while speculative rounds are at least as fast per token as
+    /// plain ones (a plain round costs a one-node pass until measured), and as a probe now and
+    /// then otherwise.
     pub fn should_draft(&mut self) -> bool {
         if self.verify.is_empty() {
             return false;
         }
         let plain = self.plain_ms_per_token.get_or(self.verify.ms(1));
-        if self.ms_per_token.value.is_none_or(|spec| spec <= plain) {
+        let spec = self.ms_per_token.get();
+        if self.ms_per_token.rounds < MIN_SPECULATIVE_ROUNDS || spec.is_none_or(|s| s <= plain) {
             self.plain_rounds = 0;
             self.probe_every = PROBE_EVERY;
             return true;
@@ -291,11 +347,10 @@ impl CostModel {
         }
         if round.drafted_conf > 0.0 {
             self.calibration
-                .push(round.accepted as f64 / round.drafted_conf);
+                .push(round.accepted as f64, round.drafted_conf);
         }
         if round.emitted > 0 {
-            self.ms_per_token
-                .push(round.total_ms / round.emitted as f64);
+            self.ms_per_token.push(round.total_ms, round.emitted as f64);
         }
     }
 }
@@ -322,8 +377,15 @@ mod tests {
         let t = times(&[(1, 10.0), (8, 10.0), (16, 26.0)]);
         assert_eq!(t.ms(4), 10.0);
         assert_eq!(t.ms(12), 18.0);
-        // past the largest size seen: a quarter of a one-node pass per node
-        assert_eq!(t.ms(24), 26.0 + 8.0 * 2.5);
+        // past the largest size seen: the slope from one node to it
+        assert_eq!(t.ms(24), 26.0 + 8.0 * 16.0 / 15.0);
+        // ... at least a 64th of a one-node pass per node
+        assert_eq!(
+            times(&[(1, 10.0), (8, 10.0)]).ms(12),
+            10.0 + 4.0 * 10.0 / 64.0
+        );
+        // one size seen: a quarter of a one-node pass per node
+        assert_eq!(times(&[(1, 10.0)]).ms(5), 10.0 + 4.0 * 2.5);
         assert_eq!(PassTimes::default().ms(8), 0.0);
     }
 
@@ -380,8 +442,10 @@ mod tests {
     #[test]
     fn speculation_pauses_while_plain_rounds_are_faster() {
         let mut m = CostModel::new(times(&[(1, 10.0), (64, 200.0)]));
-        assert!(m.should_draft(), "speculation is tried first");
-        m.record(&round(30.0, 2));
+        for _ in 0..MIN_SPECULATIVE_ROUNDS {
+            assert!(m.should_draft(), "speculation is tried first");
+            m.record(&round(30.0, 2));
+        }
         // 15 ms per token against a 10 ms one-node pass: plain rounds, with probes that
         // come less often while they keep losing
         let drafts: Vec<usize> = (1..=7 * PROBE_EVERY).filter(|_| m.should_draft()).collect();
@@ -392,6 +456,26 @@ mod tests {
             m.record(&round(20.0, 4));
         }
         assert!((0..4).all(|_| m.should_draft()));
+    }
+
+    /// Where extra nodes are nearly free (a verifier waiting on streamed weights), a first tree
+    /// that the target rejects must not end speculation: it once set the calibration to 0
+    /// for good, and the rounds after it drafted nothing.
+    #[test]
+    fn one_rejected_tree_does_not_end_speculation() {
+        let mut m = CostModel::new(times(&[(1, 2400.0), (3, 2450.0)]));
+        assert!(m.should_draft());
+        m.record(&RoundCost {
+            draft_ms: 20.0,
+            draft_passes: 2,
+            drafted_conf: 1.2,
+            accepted: 0,
+            total_ms: 2470.0,
+            emitted: 1,
+        });
+        m.record_plain(2400.0);
+        assert!(m.should_draft());
+        assert!(m.worth_growing(3, 0.5, Growth::Expand));
     }
 
     #[test]
