@@ -86,14 +86,19 @@ fn speculative_json_adds_its_stats_and_matches_plain_decoding() {
         "1",
     ];
     let plain = llmcad(&base);
+    let p: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    // drafting while the target verifies (off by default on the CPU) is lossless too
+    let mut args = base.to_vec();
+    args.extend(["--draft", path(&d), "--tree-nodes", "8", "--overlap", "on"]);
+    let spec = llmcad(&args);
+    assert!(spec.status.success(), "{}", stderr(&spec));
+    let s: serde_json::Value = serde_json::from_slice(&spec.stdout).unwrap();
+    assert_eq!(p["tokens"], s["tokens"], "--overlap on");
     let mut args = base.to_vec();
     args.extend(["--draft", path(&d), "--tree-nodes", "8"]);
     let spec = llmcad(&args);
     assert!(spec.status.success(), "{}", stderr(&spec));
-    let (p, s): (serde_json::Value, serde_json::Value) = (
-        serde_json::from_slice(&plain.stdout).unwrap(),
-        serde_json::from_slice(&spec.stdout).unwrap(),
-    );
+    let s: serde_json::Value = serde_json::from_slice(&spec.stdout).unwrap();
     assert_eq!(p["tokens"], s["tokens"]);
     for k in [
         "target_passes",

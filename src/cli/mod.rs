@@ -23,7 +23,7 @@ use llmcad::cpu::Precision;
 use llmcad::engine::{Device, Engine, EngineOptions};
 use llmcad::model::{LoadOptions, Model};
 use llmcad::quant::DType;
-use llmcad::spec::{FallbackPolicy, SpecMode, SpecOptions};
+use llmcad::spec::{FallbackPolicy, Overlap, SpecMode, SpecOptions};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -206,6 +206,10 @@ pub struct SpecArgs {
     /// CPU threads for the drafter (default: --threads).
     #[arg(long)]
     pub draft_threads: Option<usize>,
+    /// Keep drafting while the target verifies: auto (unless the target runs on the CPU, where
+    /// both would share the cores and the memory bandwidth), on or off.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub overlap: String,
     /// The drafter proposes only the N lowest token ids, taken as the most frequent (FR-Spec;
     /// its output head shrinks to N rows); 0: its whole vocabulary. Exact either way.
     #[arg(long, default_value_t = 0)]
@@ -231,6 +235,11 @@ impl SpecArgs {
             max_depth: self.tree_depth,
             branch_threshold: self.branch_threshold,
             draft_vocab: (self.draft_vocab > 0).then_some(self.draft_vocab),
+            overlap: match self.overlap.as_str() {
+                "on" => Overlap::On,
+                "off" => Overlap::Off,
+                _ => Overlap::Auto,
+            },
             ..SpecOptions::default()
         };
         Ok(Some((self.draft.clone().expect("checked above"), spec)))
