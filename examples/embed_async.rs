@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
 fn run(args: Args, out: &mut impl Write) -> anyhow::Result<()> {
     let mut opts = EngineOptions::new(&args.model);
     opts.device = args.device;
-    let engine = Engine::load(opts)?.spawn();
+    let engine = Engine::load(opts)?.spawn()?;
     let request = || {
         let mut r = GenerateRequest::new(Prompt::Chat(vec![ChatMessage::new(
             "user",

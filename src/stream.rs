@@ -8,7 +8,7 @@
 //! use llmcad::engine::{Engine, EngineOptions, GenerateRequest, Prompt};
 //! use llmcad::stream::StreamEvent;
 //!
-//! let engine = Engine::load(EngineOptions::new("SmolLM2-135M-Instruct.Q4_1.gguf"))?.spawn();
+//! let engine = Engine::load(EngineOptions::new("SmolLM2-135M-Instruct.Q4_1.gguf"))?.spawn()?;
 //! let mut tokens = engine.generate(GenerateRequest::new(Prompt::Text("Once upon a time".into())));
 //! # futures::executor::block_on(async {
 //! while let Some(event) = tokens.next().await {
@@ -73,8 +73,9 @@ pub struct EngineThread {
 
 impl Engine {
     /// Moves the engine to a thread of its own, where it answers
-    /// [`EngineThread::generate`] in order.
-    pub fn spawn(self) -> EngineThread {
+    /// [`EngineThread::generate`] in order. Fails when the OS refuses the thread (a process
+    /// limit).
+    pub fn spawn(self) -> Result<EngineThread> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let running = Running::default();
         let thread = EngineThread {
@@ -86,7 +87,7 @@ impl Engine {
             model_name: self.model().name.clone(),
         };
         let mut engine = self;
-        std::thread::spawn(move || {
+        let worker = move || {
             for mut job in queue {
                 if job.events.is_closed() {
                     continue; // its stream was dropped while it waited
@@ -104,8 +105,14 @@ impl Engine {
                 *lock(&running) = None;
                 send(out.map(|o| StreamEvent::Done(Box::new(o))));
             }
-        });
-        thread
+        };
+        std::thread::Builder::new()
+            .name("llmcad-engine".into())
+            .spawn(worker)
+            .map_err(|e| {
+                Error::InvalidArgument(format!("the system refused the engine's thread ({e})"))
+            })?;
+        Ok(thread)
     }
 }
 
@@ -246,7 +253,7 @@ mod tests {
         let want = direct
             .generate(&request("ab ba", 12), &mut |_| true)
             .unwrap();
-        let engine = direct.spawn();
+        let engine = direct.spawn().unwrap();
         let (ids, text, out) = collect(engine.generate(request("ab ba", 12)));
         assert_eq!(ids, want.tokens);
         assert_eq!(out.tokens, want.tokens);
@@ -257,7 +264,7 @@ mod tests {
     #[test]
     fn requests_run_in_order_and_errors_end_a_stream() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = engine(dir.path()).spawn();
+        let engine = engine(dir.path()).spawn().unwrap();
         // made before any is polled: they queue
         let first = engine.generate(request("ab", 5));
         let bad = engine.generate(request("ab", engine.context_size() + 1));
@@ -271,7 +278,7 @@ mod tests {
     #[test]
     fn dropping_a_stream_cancels_it_and_the_next_one_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = engine(dir.path()).spawn();
+        let engine = engine(dir.path()).spawn().unwrap();
         let long = || {
             let mut r = request("ab", 1500);
             r.reset = false;

@@ -63,7 +63,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     eprintln!("{model} on {}", engine.device_name());
     let capacity = a.queue + 1;
     let server = Arc::new(Server {
-        engine: engine.spawn(),
+        engine: engine.spawn()?,
         places: Arc::new(Semaphore::new(capacity)),
         capacity,
         model,
