@@ -65,6 +65,9 @@ typedef enum LlmcadStopReason {
   LLMCAD_STOP_REASON_MAX_TOKENS = 1,
   // The callback returned nonzero, or llmcad_cancel was called.
   LLMCAD_STOP_REASON_CANCELLED = 2,
+  // A chat turn (`chat` nonzero) filled the context before max_tokens; the next turn
+  // drops the oldest ones (see llmcad_generate).
+  LLMCAD_STOP_REASON_CONTEXT_FULL = 3,
 } LlmcadStopReason;
 
 // An engine: a loaded model (and drafter) with its conversation. Create with
@@ -201,6 +204,13 @@ void llmcad_engine_free(struct LlmcadEngine *engine);
 // calling `callback` (may be NULL) for each token. `params` NULL: the defaults.
 // `out_stats` (may be NULL) receives the statistics. Stopping by the callback or by
 // llmcad_cancel is a success with `stop` LLMCAD_STOP_REASON_CANCELLED.
+//
+// A conversation that outgrows the context: a chat turn whose conversation plus
+// `max_tokens` do not fit drops the oldest turns (a first system message stays) and runs the
+// rest again; when the new turn alone leaves less room than `max_tokens`, the answer fills
+// the context and ends with LLMCAD_STOP_REASON_CONTEXT_FULL. A raw prompt (`chat` 0) that
+// does not fit, a turn that alone does not fit, or `max_tokens` beyond the whole context
+// fail with LLMCAD_STATUS_ERR_CONTEXT_OVERFLOW and change nothing: reset or ask for fewer.
 //
 // # Safety
 // `engine` came from llmcad_engine_new; `prompt` is NUL-terminated; `params` and

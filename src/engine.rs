@@ -141,16 +141,28 @@ impl EngineOptions {
 #[derive(Clone, Debug)]
 pub enum Prompt {
     /// Raw text; special tokens written in it (`<|im_start|>`) are recognised. BOS is added
-    /// when the model wants it and the conversation is empty.
+    /// when the model wants it and the conversation is empty. When the conversation plus the
+    /// text and `max_tokens` do not fit the context, the request fails with
+    /// [`Error::ContextOverflow`] and changes nothing: reset, or ask for fewer tokens.
     Text(String),
     /// New chat turns, rendered with the model's chat template together with the earlier
     /// turns of the conversation (the engine records the assistant's answers), ending with the
     /// assistant prompt.
+    ///
+    /// A conversation that outgrows the context: when the rendered conversation plus
+    /// `max_tokens` do not fit, the oldest turns are dropped (a leading system message stays)
+    /// until they do, and what no longer matches the caches is run again
+    /// ([`Output::dropped_turns`] counts them). When the newest turn alone leaves less room
+    /// than `max_tokens`, the answer fills the context and ends with
+    /// [`StopReason::ContextFull`](crate::generate::StopReason::ContextFull). It is an error
+    /// ([`Error::ContextOverflow`]) only when the newest turn alone does not fit, or when
+    /// `max_tokens` exceeds the whole context. Either way the engine stays usable.
     Chat(Vec<ChatMessage>),
     /// The whole conversation, as an OpenAI-style client sends it with every request: it
     /// replaces the engine's chat turns, and the caches keep whatever the rendered
     /// conversation shares with the tokens they hold (all of it when the request extends the
-    /// previous conversation, nothing when it is another one).
+    /// previous conversation, nothing when it is another one). Too long a conversation is
+    /// handled as for [`Prompt::Chat`].
     Conversation(Vec<ChatMessage>),
     /// Token ids, used as they are.
     Tokens(Vec<u32>),
@@ -201,6 +213,9 @@ pub struct Output {
     /// Generated text: every streamed piece joined (special tokens give no text).
     pub text: String,
     pub stop: StopReason,
+    /// The oldest chat turns dropped so that the conversation fits the context (see
+    /// [`Prompt::Chat`]); 0 for other prompts.
+    pub dropped_turns: usize,
     /// `prompt_tokens` counts the tokens actually run before the first new one (new prompt
     /// tokens plus any the cache lacked).
     pub stats: Stats,
@@ -597,7 +612,7 @@ impl Engine {
             self.reset();
         }
         let saved_history = self.history.clone();
-        let saved_messages = self.messages.len();
+        let saved_messages = self.messages.clone();
         let result = self.generate_inner(req, on_token);
         if let Err(Error::Gpu(e)) = &result {
             // the tokens streamed so far stand; this call fails, later ones run on the CPU
@@ -618,7 +633,7 @@ impl Engine {
         if result.is_err() {
             // every write went past the valid prefixes, so they still hold
             self.history = saved_history;
-            self.messages.truncate(saved_messages);
+            self.messages = saved_messages;
             self.sync_caches();
         }
         result
@@ -636,29 +651,51 @@ impl Engine {
 
     /// The new prompt tokens; for a chat turn, also lowers the history to what the rendered
     /// conversation shares with it.
-    fn new_tokens(&mut self, prompt: &Prompt) -> Result<Vec<u32>> {
+    /// With the number of chat turns dropped to fit `max_tokens` more in the context.
+    fn new_tokens(&mut self, prompt: &Prompt, max_tokens: usize) -> Result<(Vec<u32>, usize)> {
         Ok(match prompt {
-            Prompt::Tokens(t) => t.clone(),
-            Prompt::Text(s) if self.history.is_empty() => self.model.encode_prompt(s)?,
-            Prompt::Text(s) => self.model.tokenizer.encode(s)?,
+            Prompt::Tokens(t) => (t.clone(), 0),
+            Prompt::Text(s) if self.history.is_empty() => (self.model.encode_prompt(s)?, 0),
+            Prompt::Text(s) => (self.model.tokenizer.encode(s)?, 0),
             Prompt::Chat(new) => {
                 let mut all = self.messages.clone();
                 all.extend(new.iter().cloned());
-                let (full, common) = self.render_chat(all)?;
-                full[common..].to_vec()
+                let (full, common, dropped) = self.render_chat(all, max_tokens)?;
+                (full[common..].to_vec(), dropped)
             }
             Prompt::Conversation(all) => {
-                let (full, common) = self.render_chat(all.clone())?;
-                full[common..].to_vec()
+                let (full, common, dropped) = self.render_chat(all.clone(), max_tokens)?;
+                (full[common..].to_vec(), dropped)
             }
         })
     }
 
-    /// Renders `all` as the conversation's chat turns, lowers the history to the tokens it
-    /// shares with the rendering, and returns the rendering with that shared length.
-    fn render_chat(&mut self, all: Vec<ChatMessage>) -> Result<(Vec<u32>, usize)> {
+    /// Renders `all` as the conversation's chat turns, dropping the oldest (after a leading
+    /// system message) while the rendering and `max_tokens` more do not fit the context and
+    /// more than the newest turn is left; lowers the history to the tokens it shares with the
+    /// rendering. Returns the rendering, that shared length and the turns dropped.
+    fn render_chat(
+        &mut self,
+        mut all: Vec<ChatMessage>,
+        max_tokens: usize,
+    ) -> Result<(Vec<u32>, usize, usize)> {
         let t = self.model.require_chat_template()?;
-        let full = self.model.encode_prompt(&t.render(&all, true)?)?;
+        let capacity = self.context_size();
+        let keep = usize::from(all.first().is_some_and(|m| m.role == "system"));
+        let mut dropped = 0;
+        let full = loop {
+            let full = self.model.encode_prompt(&t.render(&all, true)?)?;
+            if full.len().saturating_add(max_tokens) <= capacity || all.len() <= keep + 1 {
+                break full;
+            }
+            // a turn is a user message and what answers it: the rest starts with a user
+            all.remove(keep);
+            dropped += 1;
+            while all.len() > keep + 1 && all[keep].role != "user" {
+                all.remove(keep);
+                dropped += 1;
+            }
+        };
         let common = full
             .iter()
             .zip(&self.history)
@@ -666,7 +703,7 @@ impl Engine {
             .count();
         self.history.truncate(common);
         self.messages = all;
-        Ok((full, common))
+        Ok((full, common, dropped))
     }
 
     fn generate_inner(
@@ -674,9 +711,8 @@ impl Engine {
         req: &GenerateRequest,
         on_token: &mut dyn FnMut(TokenEvent) -> bool,
     ) -> Result<Output> {
-        let opts = &req.options;
-        opts.sampling.validate()?;
-        let new = self.new_tokens(&req.prompt)?;
+        req.options.sampling.validate()?;
+        let (new, dropped_turns) = self.new_tokens(&req.prompt, req.options.max_tokens)?;
         // a chat turn may have shortened the history: drop what the caches hold past it
         // before the new tokens take those places
         self.sync_caches();
@@ -684,6 +720,18 @@ impl Engine {
         if self.history.is_empty() {
             return Err(Error::InvalidArgument("the prompt is empty".into()));
         }
+        // a chat answer whose turn left less room than asked for fills the context
+        let chat = matches!(req.prompt, Prompt::Chat(_) | Prompt::Conversation(_));
+        let room = self.context_size().saturating_sub(self.history.len());
+        let fills_context = chat
+            && req.options.max_tokens > room
+            && room > 0
+            && req.options.max_tokens <= self.context_size();
+        let mut options = req.options.clone();
+        if fills_context {
+            options.max_tokens = room;
+        }
+        let opts = &options;
         // The last `tail` tokens go to the decoding loop: it needs the scores of the last one,
         // and its repetition penalty looks back only over the tokens it was given.
         let n = self.history.len();
@@ -719,6 +767,7 @@ impl Engine {
                 tokens: Vec::new(),
                 text: String::new(),
                 stop: StopReason::Cancelled,
+                dropped_turns,
                 stats,
                 spec: None,
                 memory_budget: budget,
@@ -800,7 +849,11 @@ impl Engine {
             context_tokens: n,
             tokens: generation.tokens,
             text,
-            stop: generation.stop,
+            stop: match generation.stop {
+                StopReason::MaxTokens if fills_context => StopReason::ContextFull,
+                other => other,
+            },
+            dropped_turns,
             stats,
             spec,
             memory_budget: budget,

@@ -83,6 +83,9 @@ pub enum LlmcadStopReason {
     MaxTokens = 1,
     /// The callback returned nonzero, or llmcad_cancel was called.
     Cancelled = 2,
+    /// A chat turn (`chat` nonzero) filled the context before max_tokens; the next turn
+    /// drops the oldest ones (see llmcad_generate).
+    ContextFull = 3,
 }
 
 /// Engine options. Fill with llmcad_options_init, then set `target` (and what you need).
@@ -488,6 +491,13 @@ fn lock(e: &LlmcadEngine) -> Result<std::sync::MutexGuard<'_, Engine>, Fail> {
 /// `out_stats` (may be NULL) receives the statistics. Stopping by the callback or by
 /// llmcad_cancel is a success with `stop` LLMCAD_STOP_REASON_CANCELLED.
 ///
+/// A conversation that outgrows the context: a chat turn whose conversation plus
+/// `max_tokens` do not fit drops the oldest turns (a first system message stays) and runs the
+/// rest again; when the new turn alone leaves less room than `max_tokens`, the answer fills
+/// the context and ends with LLMCAD_STOP_REASON_CONTEXT_FULL. A raw prompt (`chat` 0) that
+/// does not fit, a turn that alone does not fit, or `max_tokens` beyond the whole context
+/// fail with LLMCAD_STATUS_ERR_CONTEXT_OVERFLOW and change nothing: reset or ask for fewer.
+///
 /// # Safety
 /// `engine` came from llmcad_engine_new; `prompt` is NUL-terminated; `params` and
 /// `out_stats` are NULL or valid; `callback` is safe to call with `user`.
@@ -554,6 +564,7 @@ pub unsafe extern "C" fn llmcad_generate(
                     StopReason::EndOfSequence => LlmcadStopReason::Eos,
                     StopReason::MaxTokens => LlmcadStopReason::MaxTokens,
                     StopReason::Cancelled => LlmcadStopReason::Cancelled,
+                    StopReason::ContextFull => LlmcadStopReason::ContextFull,
                 } as i32,
                 target_passes: st.target_passes as u32,
                 draft_tokens: spec.map_or(0, |s| s.draft_tokens as u32),

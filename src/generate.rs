@@ -35,6 +35,9 @@ pub enum StopReason {
     MaxTokens,
     /// The token callback asked to stop.
     Cancelled,
+    /// A chat turn filled the context before `max_tokens` (see [`crate::engine::Prompt::Chat`]
+    /// for the policy): the next turn drops the oldest ones.
+    ContextFull,
 }
 
 impl StopReason {
@@ -43,6 +46,7 @@ impl StopReason {
             StopReason::EndOfSequence => "eos",
             StopReason::MaxTokens => "max_tokens",
             StopReason::Cancelled => "cancelled",
+            StopReason::ContextFull => "context_full",
         }
     }
 }

@@ -239,6 +239,79 @@ fn chat_turns_continue_the_rendered_conversation() {
     assert_eq!(e.history(), fresh.history());
 }
 
+/// A chat that outgrows the context drops its oldest turns and goes on; a turn that alone
+/// leaves too little room fills the context and says so; the engine stays usable.
+fn long_chat_stays_within_the_context(mut o: EngineOptions) {
+    o.context = Some(96);
+    let mut e = Engine::load(o).unwrap();
+    let context = e.context_size();
+    let chat = |text: &str| {
+        Prompt::Chat(vec![ChatMessage::new(
+            "user",
+            format!("{text} the cat sat on the mat"),
+        )])
+    };
+    let system = Prompt::Chat(vec![ChatMessage::new("system", "Be brief.")]);
+    run(&mut e, &req(system, 2));
+    let mut dropped = 0;
+    for turn in 0..12 {
+        let out = run(&mut e, &req(chat(&format!("turn {turn}:")), 16));
+        assert_eq!(out.stop, StopReason::MaxTokens);
+        assert_eq!(out.tokens.len(), 16);
+        assert!(
+            e.history().len() <= context,
+            "{} > {context}",
+            e.history().len()
+        );
+        dropped += out.dropped_turns;
+    }
+    assert!(dropped > 0, "twelve turns of ~30 tokens fit in {context}");
+    // what the engine holds is what the template renders for the turns it kept (the system
+    // message among them)
+    let kept = e.history().to_vec();
+    let text = e.tokenizer().decode(&kept).unwrap();
+    assert!(text.contains("Be brief."), "{text}");
+    assert!(!text.contains("turn 0:"), "{text}");
+
+    // a turn that alone leaves less room than asked for: the answer fills the context
+    let out = run(&mut e, &req(chat("and then"), context - 8));
+    assert_eq!(out.stop, StopReason::ContextFull);
+    assert!(!out.tokens.is_empty() && out.context_tokens + out.tokens.len() <= context);
+    // more than the whole context, or a raw prompt that does not fit: an error that changes
+    // nothing
+    let before = e.history().to_vec();
+    assert!(matches!(
+        e.generate(&req(chat("hi"), context + 1), &mut |_| true),
+        Err(Error::ContextOverflow { .. })
+    ));
+    assert!(matches!(
+        e.generate(&req(Prompt::Text("the cat ".repeat(60)), 8), &mut |_| true),
+        Err(Error::ContextOverflow { .. })
+    ));
+    assert_eq!(e.history(), before);
+    // and the chat goes on
+    let out = run(&mut e, &req(chat("again"), 8));
+    assert_eq!(out.stop, StopReason::MaxTokens);
+    assert!(out.dropped_turns > 0);
+}
+
+#[test]
+fn long_chat_stays_within_the_context_target_only() {
+    long_chat_stays_within_the_context(opts(&tiny_pair(DType::F32).0));
+}
+
+#[test]
+fn long_chat_stays_within_the_context_tree_speculation() {
+    long_chat_stays_within_the_context(spec_opts());
+}
+
+#[test]
+fn long_chat_stays_within_the_context_chain_speculation() {
+    let mut o = spec_opts();
+    o.spec.as_mut().unwrap().mode = llmcad::spec::SpecMode::Chain { k: 3 };
+    long_chat_stays_within_the_context(o);
+}
+
 #[test]
 fn cancel_from_another_thread_stops_at_the_next_token() {
     for o in [opts(&tiny_f32().gguf), spec_opts()] {

@@ -468,3 +468,40 @@ fn two_engines_in_one_process() {
         llmcad_engine_free(b);
     }
 }
+
+#[test]
+fn a_long_chat_drops_its_oldest_turns_and_a_full_context_is_a_stop_reason() {
+    let path = CString::new(s(&tiny_f32().gguf)).unwrap();
+    let mut o = options(&path);
+    o.context = 96;
+    let e = unsafe { llmcad_engine_new(&o) };
+    assert!(!e.is_null(), "{}", last_error());
+    let chat = |text: &str, n: u32| {
+        let prompt = CString::new(text).unwrap();
+        let mut stats = LlmcadStats::default();
+        let st = unsafe {
+            llmcad_generate(
+                e,
+                prompt.as_ptr(),
+                1,
+                &params(n),
+                None,
+                std::ptr::null_mut(),
+                &mut stats,
+            )
+        };
+        assert_eq!(st, LlmcadStatus::Ok, "{}", last_error());
+        stats
+    };
+    // twelve turns of ~30 tokens in a context of 96
+    for turn in 0..12 {
+        let stats = chat(&format!("turn {turn}: the cat sat on the mat"), 16);
+        assert_eq!(stats.stop, LlmcadStopReason::MaxTokens as i32);
+        assert_eq!(stats.generated_tokens, 16);
+    }
+    let stats = chat("and then", 90);
+    assert_eq!(stats.stop, LlmcadStopReason::ContextFull as i32);
+    assert!(stats.generated_tokens > 0 && stats.generated_tokens < 90);
+    assert_eq!(chat("again", 8).stop, LlmcadStopReason::MaxTokens as i32);
+    unsafe { llmcad_engine_free(e) };
+}

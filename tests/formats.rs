@@ -176,6 +176,26 @@ fn truncated_gguf_is_refused() {
     }
 }
 
+/// An array count is checked against the bytes its elements need before anything is
+/// allocated: 60 u64 values cannot come from 100 bytes (a count of one byte per element would
+/// pass, and the reader would reserve room for all 60 first).
+#[test]
+fn gguf_array_counts_are_checked_against_their_element_size() {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata
+    b.extend(1u64.to_le_bytes());
+    b.push(b'a');
+    b.extend(9u32.to_le_bytes()); // array
+    b.extend(10u32.to_le_bytes()); // of u64
+    b.extend(60u64.to_le_bytes());
+    b.extend([0u8; 100]);
+    let p = scratch_dir().join("array-count.gguf");
+    std::fs::write(&p, &b).unwrap();
+    expect_err(&p, &["a 60 cannot fit in the 100 bytes"]);
+}
+
 /// Finds the tensor-info record of `name` in a GGUF and returns the offset of its type field.
 fn tensor_type_offset(bytes: &[u8], name: &str) -> usize {
     let needle = [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();

@@ -17,7 +17,8 @@ python3 -c "import gguf" 2>/dev/null || python3 -m pip install --quiet gguf
 python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet openai
 # the Vulkan loader complains on every start without a runtime directory
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-cargo test --release --locked --no-fail-fast "$@"
+# the fuzz targets (tests/fuzz/) run 30 s each on the committed corpus
+LLMCAD_FUZZ_SECONDS=30 cargo test --release --locked --no-fail-fast "$@"
 # The mobile GPU floor: the GPU suite (kernels, forward pass, SmolLM2 exactness) again under
 # WebGPU's default limits with no optional features.
 export LLMCAD_GPU_LIMITS=webgpu-default

@@ -413,8 +413,21 @@ impl<'a> Reader<'a> {
             9 if depth < 4 => {
                 let elem_ty = self.u32(key)?;
                 let n = self.u64(key)?;
-                self.check_count(n, 1, key)?;
-                let mut items = Vec::with_capacity(n as usize);
+                // the count is checked against the bytes its elements need before anything is
+                // allocated for them, and the allocation itself may fail as an error
+                let min_bytes = match elem_ty {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 | 10..=12 => 8,
+                    9 => 4 + 8,
+                    _ => return Err(format_err!("metadata {key}: unknown value type {elem_ty}")),
+                };
+                self.check_count(n, min_bytes, key)?;
+                let mut items = Vec::new();
+                items.try_reserve_exact(n as usize).map_err(|_| {
+                    format_err!("metadata {key}: no memory for an array of {n} values")
+                })?;
                 for _ in 0..n {
                     items.push(self.value(elem_ty, key, depth + 1)?);
                 }

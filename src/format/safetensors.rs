@@ -4,32 +4,37 @@
 use super::{map_file, Bytes, RawTensor};
 use crate::error::{format_err, unsupported, Result};
 use crate::quant::DType;
+use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Every tensor of one safetensors file.
 pub fn read_file(path: &Path) -> Result<Vec<RawTensor>> {
-    let map = map_file(path)?;
+    parse(map_file(path)?, &path.display().to_string())
+}
+
+/// Every tensor of a mapped safetensors file; `name` names it in errors.
+pub fn parse(map: Arc<Mmap>, name: &str) -> Result<Vec<RawTensor>> {
     let st = SafeTensors::deserialize(&map)
-        .map_err(|e| format_err!("{}: not a valid safetensors file: {e}", path.display()))?;
+        .map_err(|e| format_err!("{name}: not a valid safetensors file: {e}"))?;
     let base = map.as_ptr() as usize;
     let mut out = Vec::new();
-    for (name, view) in st.tensors() {
+    for (tensor, view) in st.tensors() {
         let dtype = match view.dtype() {
             Dtype::F32 => DType::F32,
             Dtype::F16 => DType::F16,
             Dtype::BF16 => DType::BF16,
             other => {
                 return Err(unsupported!(
-                    "{}: tensor {name} has dtype {other:?}; llmcad reads F32, F16 and BF16 \
-                     safetensors (quantizing on load makes Q8_0/Q4_0 from them)",
-                    path.display()
+                    "{name}: tensor {tensor} has dtype {other:?}; llmcad reads F32, F16 and \
+                     BF16 safetensors (quantizing on load makes Q8_0/Q4_0 from them)"
                 ))
             }
         };
         let data = view.data();
         out.push(RawTensor {
-            name,
+            name: tensor,
             dtype,
             shape: view.shape().to_vec(),
             data: Bytes::Mapped {

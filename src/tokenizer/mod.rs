@@ -42,10 +42,16 @@ impl Tokenizer {
     /// special token in front of a single sequence (as `transformers` does).
     pub fn from_hf_files(path: &Path, config: Option<&serde_json::Value>) -> Result<Self> {
         let bytes = crate::format::read_required(path)?;
-        let json: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        Self::from_hf_bytes(&bytes, config).map_err(|e| match e {
+            Error::Tokenizer(m) => Error::Tokenizer(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// [`Tokenizer::from_hf_files`] on the bytes of a `tokenizer.json`.
+    pub fn from_hf_bytes(bytes: &[u8], config: Option<&serde_json::Value>) -> Result<Self> {
+        let json: serde_json::Value = serde_json::from_slice(bytes).map_err(tok_err)?;
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)?;
         let add_bos = config
             .and_then(|c| c.get("add_bos_token"))
             .and_then(|v| v.as_bool())

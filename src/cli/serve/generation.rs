@@ -93,7 +93,9 @@ impl Generation {
                     let reason = match output.stop {
                         _ if self.stopped_by_string => "stop",
                         StopReason::EndOfSequence => "stop",
-                        StopReason::MaxTokens | StopReason::Cancelled => "length",
+                        StopReason::MaxTokens | StopReason::Cancelled | StopReason::ContextFull => {
+                            "length"
+                        }
                     };
                     return Some(Ok(Piece::End(Finish {
                         reason,
