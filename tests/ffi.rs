@@ -73,13 +73,17 @@ fn lib_dir() -> PathBuf {
     dir
 }
 
-/// examples/c/stream.c compiled against include/llmcad.h and the cdylib.
+/// examples/c/stream.c compiled against include/llmcad.h and the cdylib, with $CC (`cc` if
+/// unset), or $LLMCAD_CROSS_CC when the tests are cross-compiled (tests/run.sh: the aarch64
+/// run under qemu uses aarch64-linux-gnu-gcc).
 fn c_example() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| {
         let lib = lib_dir();
         let exe = scratch_dir().join("stream");
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let cc = std::env::var("LLMCAD_CROSS_CC")
+            .or_else(|_| std::env::var("CC"))
+            .unwrap_or_else(|_| "cc".into());
         let o = Command::new(&cc)
             .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-o"])
             .arg(&exe)
@@ -101,9 +105,21 @@ fn c_example() -> &'static Path {
     })
 }
 
-/// Runs the C example; returns the token ids of each turn and its stderr.
+/// Runs the C example (through $LLMCAD_CROSS_RUNNER, an emulator command line such as
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu`, when set); returns the token ids of each turn and
+/// its stderr.
 fn run_c(args: &[&str]) -> (Vec<Vec<u32>>, String) {
-    let o = Command::new(c_example()).args(args).output().unwrap();
+    let runner = std::env::var("LLMCAD_CROSS_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let mut c = match words.next() {
+        Some(emulator) => {
+            let mut c = Command::new(emulator);
+            c.args(words).arg(c_example());
+            c
+        }
+        None => Command::new(c_example()),
+    };
+    let o = c.args(args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{args:?}: {err}");
     let ids = String::from_utf8_lossy(&o.stdout)

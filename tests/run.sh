@@ -29,8 +29,10 @@ cargo test --release --locked --no-fail-fast --test qwen "$@" -- on_the_gpu
 cargo test --release --locked --no-fail-fast --test cli --test engine "$@" -- gpu_target device_loss
 unset LLMCAD_GPU_LIMITS
 
-# The NEON kernels (phones are ARM): the quant tests again, built for aarch64 and run under qemu
-# (every weight type against the scalar reference's bits and an f64 reference).
+# Phones are ARM: the CPU suite again, built once for aarch64 and run under qemu at two CPU
+# levels, so that the kernel dispatch goes both ways: baseline NEON (cortex-a53) and `max`
+# (dotprod and i8mm); the kernel tests also at cortex-a76 (dotprod without i8mm). The C example
+# is cross-compiled and run under qemu too.
 if [ "$(uname -m)" = x86_64 ]; then
   if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
     as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -39,7 +41,44 @@ if [ "$(uname -m)" = x86_64 ]; then
       gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null
   fi
   rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1
+  arm=(--release --locked --target aarch64-unknown-linux-gnu)
   export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu max -L /usr/aarch64-linux-gnu"
-  cargo test --release --locked --no-fail-fast --target aarch64-unknown-linux-gnu --lib "$@" -- quant::
+  export LLMCAD_CROSS_CC=aarch64-linux-gnu-gcc
+  cargo build "${arm[@]}" --lib
+  cargo test "${arm[@]}" --no-run --lib --test formats --test tokenizer --test engine \
+    --test ffi --test smollm2
+  log=$(mktemp)
+  start=$SECONDS
+  for level in cortex-a53:neon max:neon-i8mm; do
+    cpu=${level%%:*}
+    export LLMCAD_EXPECT_SIMD=${level#*:}
+    emulator="qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu"
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=$emulator LLMCAD_CROSS_RUNNER=$emulator
+    echo "aarch64 under qemu -cpu $cpu: expecting the $LLMCAD_EXPECT_SIMD kernels"
+    echo "aarch64 under qemu: GPU tests skipped (no Vulkan adapter under emulation): the lib's" \
+      "gpu:: tests are not run, the GPU cases of the other tests return early (LLMCAD_SKIP_GPU=1)"
+    export LLMCAD_SKIP_GPU=1
+    cargo test "${arm[@]}" --no-fail-fast --lib "$@" -- --skip gpu:: 2>&1 | tee -a "$log"
+    # SmolLM2 decodes at a few tokens/s under emulation: its chat tests in engine and ffi are
+    # left to the x86 run, and so is tests/spec.rs (over 5 minutes emulated); the exactness tests
+    # below take SmolLM2's first reference and few tokens
+    echo "aarch64 under qemu: tests/spec.rs and the real-model tests of engine and ffi skipped" \
+      "(too slow emulated; they run on x86)"
+    cargo test "${arm[@]}" --no-fail-fast --test formats --test tokenizer --test engine \
+      --test ffi "$@" -- --skip real_model 2>&1 | tee -a "$log"
+    # SmolLM2's first reference on the default (q16) path; the f32 path and the committed
+    # cross-architecture tokens take over 7 minutes emulated and run on x86 only for now
+    LLMCAD_SMOLLM2_PROMPTS=1 cargo test "${arm[@]}" --no-fail-fast --test smollm2 "$@" -- \
+      default_path_reproduces 2>&1 | tee -a "$log"
+    unset LLMCAD_SKIP_GPU
+  done
+  export LLMCAD_EXPECT_SIMD=neon-dotprod
+  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu"
+  echo "aarch64 under qemu -cpu cortex-a76: the kernel tests, expecting the neon-dotprod kernels"
+  cargo test "${arm[@]}" --no-fail-fast --lib "$@" -- quant:: 2>&1 | tee -a "$log"
+  awk '/^test result:/ { p += $4; f += $6; i += $8 }
+    END { printf "aarch64 under qemu (all CPU levels): %d passed, %d failed, %d ignored\n", p, f, i }' \
+    "$log"
+  echo "aarch64 under qemu took $((SECONDS - start)) s"
+  rm -f "$log"
 fi

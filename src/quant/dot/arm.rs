@@ -3,6 +3,14 @@
 //! (`scalar::add_sub_block`), so these kernels give the scalar kernels' bits on the quantized
 //! paths.
 //!
+//! On CPUs with the ARMv8.2 dot-product extension (`dotprod`, every phone core since about
+//! 2018), the products of 8-bit activations are summed with SDOT, four i8·i8 products per i32
+//! lane in one instruction; the sums are the same integers, so the bits are too. 16-bit
+//! activations keep the widening multiplies (SDOT takes only 8-bit operands). With the ARMv8.6
+//! int8 matrix multiply (`i8mm`), passes over several tokens of 8-bit activations (tree
+//! verification, prefill) take two weight rows and two tokens at a time: SMMLA gives the four
+//! sums of 8 products in one instruction, again the same integers.
+//!
 //! Every quantized type is decoded with NEON, 32 weights (one sub-block, see `blocks.rs`) at a
 //! time, into two i8x16; its scales come out as a `SubBlock` (with `q` unused) computed exactly
 //! as `blocks::sub_block` computes them. The integer sums are exact and cannot overflow:
@@ -11,8 +19,9 @@
 //! i64 (`vaddlvq_s32`), as the scalar reference sums in i64.
 
 use super::super::blocks::{scale_min_k4, scales_q3_k};
-use super::{matmul_by_dots, scalar, ActInt, QActs};
+use super::{matmul_by_dots, scalar, ActInt, QActs, QRow, Simd};
 use crate::quant::{dequantize_row, read_f16, DType, SubBlock, QK, QK_K};
+use std::any::Any;
 use std::arch::aarch64::*;
 use std::ops::Range;
 
@@ -47,7 +56,7 @@ const fn dtype_of(t: u8) -> DType {
 
 /// Calls `$f::<CODE, ..>($args)` for the code of the quantized type `$dtype`.
 macro_rules! by_type {
-    ($dtype:expr, $f:ident::<_ $(, $g:ty)*>($($args:expr),*)) => {
+    ($dtype:expr, $f:ident::<_ $(, $g:tt)*>($($args:expr),*)) => {
         match $dtype {
             DType::Q8_0 => $f::<Q8_0 $(, $g)*>($($args),*),
             DType::Q4_0 => $f::<Q4_0 $(, $g)*>($($args),*),
@@ -249,6 +258,23 @@ unsafe fn prod8(w: int8x16_t, a: *const i8) -> int32x4_t {
     vpadalq_s16(p, vmull_high_s8(w, a))
 }
 
+/// As `prod8`, with SDOT (ARMv8.2 dotprod): four products per lane. Inline assembly because
+/// the `vdotq_s32` intrinsic is not stable on the MSRV; only called (inlined) inside
+/// `#[target_feature(enable = "dotprod")]` functions.
+#[inline(always)]
+unsafe fn prod8_sdot(w: int8x16_t, a: *const i8) -> int32x4_t {
+    let a = vld1q_s8(a);
+    let mut acc = vdupq_n_s32(0);
+    std::arch::asm!(
+        "sdot {acc:v}.4s, {w:v}.16b, {a:v}.16b",
+        acc = inout(vreg) acc,
+        w = in(vreg) w,
+        a = in(vreg) a,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    acc
+}
+
 /// Products of 16 weights with 16 i16 activations summed into 4 i32 lanes.
 #[inline(always)]
 unsafe fn prod16(w: int8x16_t, a: *const i16) -> int32x4_t {
@@ -261,12 +287,13 @@ unsafe fn prod16(w: int8x16_t, a: *const i16) -> int32x4_t {
 }
 
 /// `scalar::sub_block_isums` with NEON: `(Σ sc[h]·q·a, Σ mq[h]·a)` over the 32 activations at
-/// `a` (i8 or i16 as `Q::WIDE` says).
+/// `a` (i8 or i16 as `Q::WIDE` says); 8-bit products with SDOT if `DOT`.
 ///
 /// # Safety
-/// `a` points at 32 activations.
+/// `a` points at 32 activations; with `DOT`, the CPU has dotprod and the caller is compiled
+/// with it.
 #[inline(always)]
-unsafe fn isums<const T: u8, Q: ActInt>(
+unsafe fn isums<const T: u8, Q: ActInt, const DOT: bool>(
     s: &SubBlock,
     w: (int8x16_t, int8x16_t),
     a: *const Q,
@@ -274,6 +301,9 @@ unsafe fn isums<const T: u8, Q: ActInt>(
     let (p0, p1) = if Q::WIDE {
         let a = a as *const i16;
         (prod16(w.0, a), prod16(w.1, a.add(16)))
+    } else if DOT {
+        let a = a as *const i8;
+        (prod8_sdot(w.0, a), prod8_sdot(w.1, a.add(16)))
     } else {
         let a = a as *const i8;
         (prod8(w.0, a), prod8(w.1, a.add(16)))
@@ -305,8 +335,17 @@ unsafe fn isums<const T: u8, Q: ActInt>(
     (isum, msum)
 }
 
-/// Same arithmetic as `scalar::dot_q`, with NEON decoding and integer sums.
-fn dot_q<const T: u8, Q: ActInt>(w: &[u8], qs: &[Q], d: &[f32], s: &[f32]) -> f32 {
+/// Same arithmetic as `scalar::dot_q`, with NEON decoding and integer sums (SDOT if `DOT`).
+///
+/// # Safety
+/// With `DOT`, the CPU has dotprod and the caller is compiled with it (`dot_q_sdot`).
+#[inline(always)]
+unsafe fn dot_q<const T: u8, Q: ActInt, const DOT: bool>(
+    w: &[u8],
+    qs: &[Q],
+    d: &[f32],
+    s: &[f32],
+) -> f32 {
     let dtype = dtype_of(T);
     let (bb, per) = (dtype.block_bytes(), dtype.block_len() / QK);
     let blocks = w.len() / bb;
@@ -319,19 +358,168 @@ fn dot_q<const T: u8, Q: ActInt>(w: &[u8], qs: &[Q], d: &[f32], s: &[f32]) -> f3
         }
         for j in 0..per {
             let b = i * per + j;
-            // SAFETY: blk is a whole block and j < per; qs holds the 32 values of block b
-            let (sb, isum, msum) = unsafe {
-                let (sb, wl, wh) = decode::<T>(blk, j, &sc3);
-                let (isum, msum) = isums::<T, Q>(&sb, (wl, wh), qs.as_ptr().add(b * QK));
-                (sb, isum, msum)
-            };
+            // blk is a whole block and j < per; qs holds the 32 values of block b
+            let (sb, wl, wh) = decode::<T>(blk, j, &sc3);
+            let (isum, msum) = isums::<T, Q, DOT>(&sb, (wl, wh), qs.as_ptr().add(b * QK));
             scalar::add_sub_block(&mut acc, &sb, isum, msum, d[b], s[b]);
         }
     }
     acc
 }
 
+/// SMMLA (ARMv8.6 i8mm): `acc` (2×2 i32, row-major) += `w` (2×8 i8, two weight rows) times
+/// `a` (2×8 i8, two activation rows) transposed. Inline assembly because the intrinsic is not
+/// stable on the MSRV; only called (inlined) inside `#[target_feature(enable = "i8mm")]`
+/// functions.
+#[inline(always)]
+unsafe fn smmla(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    std::arch::asm!(
+        "smmla {acc:v}.4s, {w:v}.16b, {a:v}.16b",
+        acc = inout(vreg) acc,
+        w = in(vreg) w,
+        a = in(vreg) a,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    acc
+}
+
+/// The four dots of 16 weights of two rows (`w0`, `w1`) with 16 activations of two tokens
+/// (`a0`, `a1`), lanes `(w0·a0, w0·a1, w1·a0, w1·a1)`: two SMMLA of 8 elements each.
+#[inline(always)]
+unsafe fn mm16(w0: int8x16_t, w1: int8x16_t, a0: int8x16_t, a1: int8x16_t) -> int32x4_t {
+    let (w0, w1) = (vreinterpretq_s64_s8(w0), vreinterpretq_s64_s8(w1));
+    let (a0, a1) = (vreinterpretq_s64_s8(a0), vreinterpretq_s64_s8(a1));
+    let lo = smmla(
+        vdupq_n_s32(0),
+        vreinterpretq_s8_s64(vzip1q_s64(w0, w1)),
+        vreinterpretq_s8_s64(vzip1q_s64(a0, a1)),
+    );
+    smmla(
+        lo,
+        vreinterpretq_s8_s64(vzip2q_s64(w0, w1)),
+        vreinterpretq_s8_s64(vzip2q_s64(a0, a1)),
+    )
+}
+
+/// Two weight rows times two tokens of 8-bit activations with SMMLA: `out[r][t]` is
+/// `dot_q(w[r], a[t])` bit for bit (the same integer sums per sub-block, the same float steps
+/// in the same order).
+///
+/// # Safety
+/// The CPU has i8mm and dotprod.
+#[target_feature(enable = "i8mm,dotprod")]
+unsafe fn dot_q_2x2<const T: u8>(w: [&[u8]; 2], a: [QRow<'_, i8>; 2]) -> [[f32; 2]; 2] {
+    let dtype = dtype_of(T);
+    let (bb, per) = (dtype.block_bytes(), dtype.block_len() / QK);
+    let blocks = w[0].len() / bb;
+    let nb = blocks * per;
+    assert!(w[1].len() == w[0].len());
+    assert!(a
+        .iter()
+        .all(|a| a.qs.len() >= nb * QK && a.d.len() >= nb && a.s.len() >= nb));
+    let mut acc = [[0f32; 2]; 2];
+    let mut sc3 = [[0u8; 16]; 2];
+    for i in 0..blocks {
+        let blk = [&w[0][i * bb..(i + 1) * bb], &w[1][i * bb..(i + 1) * bb]];
+        if T == Q3_K {
+            sc3 = [scales_q3_k(&blk[0][96..108]), scales_q3_k(&blk[1][96..108])];
+        }
+        for j in 0..per {
+            let b = i * per + j;
+            let (s0, w0l, w0h) = decode::<T>(blk[0], j, &sc3[0]);
+            let (s1, w1l, w1h) = decode::<T>(blk[1], j, &sc3[1]);
+            let (p0, p1) = (a[0].qs.as_ptr().add(b * QK), a[1].qs.as_ptr().add(b * QK));
+            let (a0l, a0h) = (vld1q_s8(p0), vld1q_s8(p0.add(16)));
+            let (a1l, a1h) = (vld1q_s8(p1), vld1q_s8(p1.add(16)));
+            let lo = mm16(w0l, w1l, a0l, a1l);
+            let hi = mm16(w0h, w1h, a0h, a1h);
+            // per lane at most 16·128·128 per half, times a scale of at most 128 (Q6_K): i32
+            let v = match T {
+                Q2_K | Q3_K | Q6_K => {
+                    let sc = |h: usize| {
+                        let (x, y) = (s0.sc[h] as i32, s1.sc[h] as i32);
+                        vld1q_s32([x, x, y, y].as_ptr())
+                    };
+                    vmlaq_s32(vmulq_s32(lo, sc(0)), hi, sc(1))
+                }
+                _ => vaddq_s32(lo, hi),
+            };
+            let mut isum = [0i32; 4];
+            vst1q_s32(isum.as_mut_ptr(), v);
+            // Q2_K's minimums: the activation sums of each half, per token
+            let halves = [
+                [vaddlvq_s8(a0l) as i64, vaddlvq_s8(a0h) as i64],
+                [vaddlvq_s8(a1l) as i64, vaddlvq_s8(a1h) as i64],
+            ];
+            for (r, s) in [&s0, &s1].into_iter().enumerate() {
+                for t in 0..2 {
+                    let msum = if T == Q2_K {
+                        s.mq[0] as i64 * halves[t][0] + s.mq[1] as i64 * halves[t][1]
+                    } else {
+                        0
+                    };
+                    let (d, sa) = (a[t].d[b], a[t].s[b]);
+                    scalar::add_sub_block(&mut acc[r][t], s, isum[2 * r + t] as i64, msum, d, sa);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// The 8-bit-activation matmul with SMMLA: rows and tokens in pairs (2×2 tiles), the odd last
+/// row or token with SDOT.
+///
+/// # Safety
+/// The CPU has i8mm and dotprod.
+unsafe fn matmul_q8_i8mm<const T: u8>(
+    w: &[u8],
+    rows: Range<usize>,
+    acts: &QActs<i8>,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let rb = dtype_of(T).row_bytes(acts.cols);
+    let n_t = acts.rows();
+    let row = |r: usize| &w[r * rb..(r + 1) * rb];
+    let (r_end, t_end) = (rows.start + rows.len() / 2 * 2, n_t / 2 * 2);
+    for r in (rows.start..r_end).step_by(2) {
+        for t in (0..t_end).step_by(2) {
+            let v = dot_q_2x2::<T>([row(r), row(r + 1)], [acts.row(t), acts.row(t + 1)]);
+            for (i, vr) in v.iter().enumerate() {
+                for (k, &x) in vr.iter().enumerate() {
+                    out[(t + k) * out_stride + r + i - rows.start] = x;
+                }
+            }
+        }
+    }
+    let sdot = |r: usize, t: usize| {
+        let a = acts.row(t);
+        dot_q_sdot::<T, i8>(row(r), a.qs, a.d, a.s)
+    };
+    for r in rows.clone() {
+        let ts = if r < r_end { t_end..n_t } else { 0..n_t };
+        for t in ts {
+            out[t * out_stride + r - rows.start] = sdot(r, t);
+        }
+    }
+}
+
+/// `dot_q` compiled for dotprod: SDOT for 8-bit activations (16-bit ones as without).
+///
+/// # Safety
+/// The CPU has dotprod.
+#[target_feature(enable = "dotprod")]
+unsafe fn dot_q_sdot<const T: u8, Q: ActInt>(w: &[u8], qs: &[Q], d: &[f32], s: &[f32]) -> f32 {
+    dot_q::<T, Q, true>(w, qs, d, s)
+}
+
+/// The quantized-path matmul with the kernels `simd` (`Neon`, `NeonDotprod` or `NeonI8mm`,
+/// available on this CPU): SMMLA tiles for passes over several tokens of 8-bit activations
+/// with i8mm, SDOT dots with dotprod, NEON dots otherwise.
 pub fn matmul_q<Q: ActInt>(
+    simd: Simd,
     dtype: DType,
     w: &[u8],
     rows: Range<usize>,
@@ -339,20 +527,36 @@ pub fn matmul_q<Q: ActInt>(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    by_type!(dtype, matmul_q_t::<_, Q>(w, rows, acts, out, out_stride))
+    by_type!(
+        dtype,
+        matmul_q_t::<_, Q>(simd, w, rows, acts, out, out_stride)
+    )
 }
 
 fn matmul_q_t<const T: u8, Q: ActInt>(
+    simd: Simd,
     w: &[u8],
     rows: Range<usize>,
     acts: &QActs<Q>,
     out: &mut [f32],
     out_stride: usize,
 ) {
+    let q8 = (acts as &dyn Any).downcast_ref::<QActs<i8>>();
+    if let (Simd::NeonI8mm, Some(acts), 2..) = (simd, q8, acts.rows()) {
+        // SAFETY: NeonI8mm is available only with i8mm and dotprod
+        return unsafe { matmul_q8_i8mm::<T>(w, rows, acts, out, out_stride) };
+    }
+    let dotprod = matches!(simd, Simd::NeonDotprod | Simd::NeonI8mm);
     let rb = dtype_of(T).row_bytes(acts.cols);
     matmul_by_dots(w, rb, rows, acts.rows(), out, out_stride, |wr, t| {
         let a = acts.row(t);
-        dot_q::<T, Q>(wr, a.qs, a.d, a.s)
+        if dotprod {
+            // SAFETY: the caller checked that the CPU has dotprod
+            unsafe { dot_q_sdot::<T, Q>(wr, a.qs, a.d, a.s) }
+        } else {
+            // SAFETY: without DOT, NEON only (always present)
+            unsafe { dot_q::<T, Q, false>(wr, a.qs, a.d, a.s) }
+        }
     });
 }
 
@@ -420,7 +624,6 @@ pub fn matmul_f32(
 #[cfg(test)]
 mod tests {
     use super::super::testing::{acts, random_blocks, Rng};
-    use super::super::{QRow, Simd};
     use super::*;
     use crate::quant::{sub_block, sub_blocks};
 
@@ -461,7 +664,8 @@ mod tests {
     }
 
     fn neon_dot<Q: ActInt>(dtype: DType, w: &[u8], a: QRow<'_, Q>) -> f32 {
-        by_type!(dtype, dot_q::<_, Q>(w, a.qs, a.d, a.s))
+        // SAFETY: NEON only
+        unsafe { by_type!(dtype, dot_q::<_, Q, false>(w, a.qs, a.d, a.s)) }
     }
 
     /// The NEON dots give the scalar reference's bits for every quantized type, on random raw
@@ -530,6 +734,12 @@ mod tests {
                 "{dtype}: {g} vs {e} (norm {norm})"
             );
         }
-        assert_eq!(Simd::best(), Simd::Neon);
+        let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        let want = match (dotprod, std::arch::is_aarch64_feature_detected!("i8mm")) {
+            (true, true) => Simd::NeonI8mm,
+            (true, false) => Simd::NeonDotprod,
+            _ => Simd::Neon,
+        };
+        assert_eq!(Simd::best(), want);
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! Kernels: a portable scalar reference (`scalar`), AVX2+FMA+F16C on x86-64 (`x86`), AVX-512
 //! VNNI with rows in lanes on x86-64 (`avx512`), AMX tiles for passes over many tokens on
-//! x86-64 (`amx`), NEON on aarch64 (`arm`). The best one the CPU
+//! x86-64 (`amx`), NEON on aarch64, with the dot-product instruction SDOT (ARMv8.2 dotprod)
+//! and the matrix multiply SMMLA (ARMv8.6 i8mm) where the CPU has them (`arm`). The best one the CPU
 //! supports is chosen once (`Simd::active`); `LLMCAD_CPU_SIMD=scalar` (or `avx2`) forces a lesser
 //! one.
 //!
@@ -158,22 +159,38 @@ pub enum Simd {
     Amx,
     /// aarch64 NEON.
     Neon,
+    /// aarch64 NEON with the ARMv8.2 dot-product instructions: SDOT for the integer sums of
+    /// 8-bit activations, the NEON kernels for the rest.
+    NeonDotprod,
+    /// aarch64 with the ARMv8.6 int8 matrix multiply besides dotprod: SMMLA on 2×2 tiles (two
+    /// weight rows, two tokens) for passes over several tokens of 8-bit activations, the
+    /// dotprod kernels for the rest.
+    NeonI8mm,
 }
 
 impl Simd {
     /// The fastest kernels this CPU runs.
     pub fn best() -> Simd {
-        [Simd::Amx, Simd::Avx512Vnni, Simd::Avx2, Simd::Neon]
-            .into_iter()
-            .find(|s| s.available())
-            .unwrap_or(Simd::Scalar)
+        [
+            Simd::Amx,
+            Simd::Avx512Vnni,
+            Simd::Avx2,
+            Simd::NeonI8mm,
+            Simd::NeonDotprod,
+            Simd::Neon,
+        ]
+        .into_iter()
+        .find(|s| s.available())
+        .unwrap_or(Simd::Scalar)
     }
 
     /// Every kernel set, best first.
-    pub const ALL: [Simd; 5] = [
+    pub const ALL: [Simd; 7] = [
         Simd::Amx,
         Simd::Avx512Vnni,
         Simd::Avx2,
+        Simd::NeonI8mm,
+        Simd::NeonDotprod,
         Simd::Neon,
         Simd::Scalar,
     ];
@@ -216,6 +233,13 @@ impl Simd {
             Simd::Amx => amx::available(),
             #[cfg(target_arch = "aarch64")]
             Simd::Neon => true,
+            #[cfg(target_arch = "aarch64")]
+            Simd::NeonDotprod => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[cfg(target_arch = "aarch64")]
+            Simd::NeonI8mm => {
+                std::arch::is_aarch64_feature_detected!("dotprod")
+                    && std::arch::is_aarch64_feature_detected!("i8mm")
+            }
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -237,6 +261,8 @@ impl Simd {
             Simd::Avx512Vnni => "avx512vnni",
             Simd::Amx => "amx",
             Simd::Neon => "neon",
+            Simd::NeonDotprod => "neon-dotprod",
+            Simd::NeonI8mm => "neon-i8mm",
         }
     }
 }
@@ -319,7 +345,9 @@ pub fn matmul_q_with<Q: ActInt>(
             }
         },
         #[cfg(target_arch = "aarch64")]
-        Simd::Neon => arm::matmul_q(dtype, w, rows, acts, out, out_stride),
+        Simd::Neon | Simd::NeonDotprod | Simd::NeonI8mm => {
+            arm::matmul_q(simd, dtype, w, rows, acts, out, out_stride)
+        }
         _ => matmul_by_dots(
             w,
             dtype.row_bytes(cols),
@@ -386,7 +414,9 @@ pub fn matmul_f32_with(
             x86::matmul_f32(dtype, w, cols, rows, x, out, out_stride)
         },
         #[cfg(target_arch = "aarch64")]
-        Simd::Neon => arm::matmul_f32(dtype, w, cols, rows, x, out, out_stride),
+        Simd::Neon | Simd::NeonDotprod | Simd::NeonI8mm => {
+            arm::matmul_f32(dtype, w, cols, rows, x, out, out_stride)
+        }
         _ => matmul_by_dots(
             w,
             dtype.row_bytes(cols),
@@ -655,22 +685,36 @@ mod tests {
         }
     }
 
-    /// The AVX-512 and AMX kernels give the scalar reference's bits for the types they cover, on
-    /// random raw blocks and 8- and 16-bit activations that reach the integer extremes, for any
-    /// number of tokens (register chunks of 8, 4, 2, 1, sweeps of 64, tiles of 16) and any row
-    /// range.
-    #[cfg(target_arch = "x86_64")]
+    /// The types whose quantized-path kernels in `simd` give the scalar reference's bits (the
+    /// AVX2 kernels round differently).
+    fn bit_exact_types(simd: Simd) -> Vec<DType> {
+        let all = DType::ALL.into_iter().filter(|d| d.is_quantized());
+        match simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512Vnni | Simd::Amx => all.filter(|&d| avx512::supports(d)).collect(),
+            Simd::Neon | Simd::NeonDotprod | Simd::NeonI8mm => all.collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The AVX-512, AMX, NEON, NEON-dotprod and NEON-i8mm kernels give the scalar reference's bits for the
+    /// types they cover, on random raw blocks and 8- and 16-bit activations that reach the
+    /// integer extremes, for any number of tokens (register chunks of 8, 4, 2, 1, sweeps of 64,
+    /// tiles of 16) and any row range.
     #[test]
-    fn avx512_matmuls_give_the_scalar_bits() {
+    fn simd_matmuls_give_the_scalar_bits() {
         use super::testing::{acts, random_blocks, Rng};
-        let sets: Vec<Simd> = [Simd::Avx512Vnni, Simd::Amx]
+        let sets: Vec<Simd> = Simd::all_available()
             .into_iter()
-            .filter(|s| s.available())
+            .filter(|&s| !bit_exact_types(s).is_empty())
             .collect();
         if sets.is_empty() {
-            eprintln!("no AVX-512 VNNI on this CPU: nothing to check");
+            eprintln!(
+                "no bit-exact SIMD kernels (AVX-512 VNNI, NEON) on this CPU: nothing to check"
+            );
             return;
         }
+        eprintln!("kernel sets checked: {sets:?}");
         fn check<Q: ActInt>(
             simd: Simd,
             dtype: DType,
@@ -716,11 +760,27 @@ mod tests {
         }
         let mut rng = Rng(5);
         for simd in sets {
-            for dtype in DType::ALL.into_iter().filter(|&d| avx512::supports(d)) {
+            for dtype in bit_exact_types(simd) {
                 for _ in 0..3 {
                     check(simd, dtype, &mut rng, |v| v as i8, -128, 127);
                     check(simd, dtype, &mut rng, |v| v as i16, -32768, 32767);
                 }
+            }
+        }
+    }
+
+    /// The dispatcher picks the kernel set expected of this CPU: tests/run.sh names it in
+    /// LLMCAD_EXPECT_SIMD for each emulated ARM CPU, so that the dotprod and i8mm kernels are
+    /// proven to run where the CPU has them, and the plain NEON ones where it has not.
+    #[test]
+    fn dispatcher_picks_the_expected_kernels() {
+        let active = Simd::active();
+        eprintln!("kernels in use: {}", active.name());
+        match std::env::var("LLMCAD_EXPECT_SIMD") {
+            Ok(want) => assert_eq!(active.name(), want),
+            Err(_) => {
+                eprintln!("NOTICE: LLMCAD_EXPECT_SIMD unset: checking only that the best set runs");
+                assert_eq!(Simd::best(), Simd::all_available()[0]);
             }
         }
     }
