@@ -171,17 +171,10 @@ pub enum Simd {
 impl Simd {
     /// The fastest kernels this CPU runs.
     pub fn best() -> Simd {
-        [
-            Simd::Amx,
-            Simd::Avx512Vnni,
-            Simd::Avx2,
-            Simd::NeonI8mm,
-            Simd::NeonDotprod,
-            Simd::Neon,
-        ]
-        .into_iter()
-        .find(|s| s.available())
-        .unwrap_or(Simd::Scalar)
+        Simd::ALL
+            .into_iter()
+            .find(|s| s.available())
+            .unwrap_or(Simd::Scalar)
     }
 
     /// Every kernel set, best first.
