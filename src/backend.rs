@@ -315,6 +315,12 @@ pub trait Backend: Send {
         false
     }
 
+    /// The time a pass spends reading streamed weights from storage, whatever its node count
+    /// (ms, averaged over the passes so far); `None` when no weights stream.
+    fn streamed_io_ms(&self) -> Option<f64> {
+        None
+    }
+
     /// Runs `batch`; its K/V land in cache slots `kv_len()..kv_len() + batch.len()`.
     fn forward(&mut self, batch: &Batch, want: Want) -> Result<Logits>;
 

@@ -1070,6 +1070,11 @@ impl Backend for GpuBackend {
         self.is_streaming().then(|| self.stats.to_json())
     }
 
+    fn streamed_io_ms(&self) -> Option<f64> {
+        (self.is_streaming() && self.stats.passes > 0)
+            .then(|| self.stats.per_pass(self.stats.io_time).as_secs_f64() * 1e3)
+    }
+
     fn config(&self) -> &ModelConfig {
         &self.cfg
     }

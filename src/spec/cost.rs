@@ -118,6 +118,9 @@ pub struct PassTimes {
     /// Sizes seen in this process; a size not in it holds a value from an earlier one.
     #[serde(skip)]
     fresh: BTreeSet<usize>,
+    /// The part of every pass spent reading streamed weights (ms), when the verifier streams.
+    #[serde(skip)]
+    io_ms: Option<f64>,
 }
 
 impl PassTimes {
@@ -131,12 +134,19 @@ impl PassTimes {
                 .filter(|&(n, ms)| n > 0 && ms.is_finite() && ms > 0.0)
                 .collect(),
             fresh: BTreeSet::new(),
+            io_ms: None,
         }
     }
 
     /// Whether a one-node pass time is known (speculation needs it to weigh a tree).
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
+    }
+
+    /// Tells how much of every pass goes to reading streamed weights: nodes cost only in the
+    /// rest of the pass, so until a second size is seen the prior charges them a share of that.
+    pub fn set_streamed_io(&mut self, io_ms: Option<f64>) {
+        self.io_ms = io_ms.filter(|ms| ms.is_finite() && *ms > 0.0);
     }
 
     /// Folds in one pass of `n` nodes that took `ms`.
@@ -157,13 +167,13 @@ impl PassTimes {
     /// been seen). Kept times count only where they are below what this process's own passes
     /// suggest, so that a kept curve too steep cannot stop the trees that would show it wrong.
     pub fn ms(&self, n: usize) -> f64 {
-        let all = estimate(&self.points, n);
+        let all = estimate(&self.points, n, self.io_ms);
         if self.fresh.is_empty() || self.fresh.len() == self.points.len() {
             return all;
         }
         let fresh: BTreeMap<usize, f64> =
             self.fresh.iter().map(|&k| (k, self.points[&k])).collect();
-        all.min(estimate(&fresh, n))
+        all.min(estimate(&fresh, n, self.io_ms))
     }
 
     /// The sizes seen and their times.
@@ -172,8 +182,9 @@ impl PassTimes {
     }
 }
 
-/// `PassTimes::ms` over `points`.
-fn estimate(points: &BTreeMap<usize, f64>, n: usize) -> f64 {
+/// `PassTimes::ms` over `points`, for a verifier that spends `io_ms` of each pass reading
+/// streamed weights.
+fn estimate(points: &BTreeMap<usize, f64>, n: usize, io_ms: Option<f64>) -> f64 {
     let below = points.range(..=n).next_back();
     let above = points.range(n..).next();
     let one = match (points.get(&1), points.first_key_value()) {
@@ -184,10 +195,12 @@ fn estimate(points: &BTreeMap<usize, f64>, n: usize) -> f64 {
     // past the largest size seen, its chord from one node (floored: a flat start says little
     // about how soon a compute-bound verifier turns steep); until a second size is seen, the prior
     let (&largest, &at_largest) = points.last_key_value().expect("points is not empty");
+    let floor = MIN_NODE_SHARE * one;
     let slope = if largest > 1 {
-        ((at_largest - one) / (largest - 1) as f64).max(MIN_NODE_SHARE * one)
+        ((at_largest - one) / (largest - 1) as f64).max(floor)
     } else {
-        PRIOR_NODE_SHARE * one
+        // a pass waiting on storage adds its nodes' compute under the wait
+        (PRIOR_NODE_SHARE * (one - io_ms.unwrap_or(0.0)).max(0.0)).max(floor)
     };
     match (below, above) {
         (Some((&n0, &t0)), Some((&n1, &t1))) if n1 > n0 => {
@@ -284,6 +297,11 @@ impl CostModel {
     /// The pass times learned so far.
     pub fn pass_times(&self) -> &PassTimes {
         &self.verify
+    }
+
+    /// Tells how much of each verification pass goes to reading streamed weights.
+    pub fn set_streamed_io(&mut self, io_ms: Option<f64>) {
+        self.verify.set_streamed_io(io_ms);
     }
 
     /// Learns from one verification pass over `nodes` nodes.
@@ -386,6 +404,12 @@ mod tests {
         );
         // one size seen: a quarter of a one-node pass per node
         assert_eq!(times(&[(1, 10.0)]).ms(5), 10.0 + 4.0 * 2.5);
+        // ... of the part that does not wait on streamed weights (at least a 64th of the pass)
+        let mut streamed = times(&[(1, 10.0)]);
+        streamed.set_streamed_io(Some(6.0));
+        assert_eq!(streamed.ms(5), 10.0 + 4.0 * 1.0);
+        streamed.set_streamed_io(Some(9.9));
+        assert_eq!(streamed.ms(5), 10.0 + 4.0 * 10.0 / 64.0);
         assert_eq!(PassTimes::default().ms(8), 0.0);
     }
 
