@@ -216,7 +216,8 @@ const EXACT_MODES: [(&str, Precision); 2] =
 /// The greedy tokens of the first two chat references (up to 16 tokens), in every exact mode, equal the
 /// committed ones, whichever architecture and kernel set runs this (x86-64 in CI, aarch64 under
 /// qemu at two CPU levels): a kernel change that alters one architecture's rounding is caught.
-/// `LLMCAD_BLESS=1` rewrites the file from this machine's output.
+/// `LLMCAD_BLESS=1` rewrites the file from this machine's output; `LLMCAD_EXACT_MODES=q16`
+/// checks only those modes (the f32 path takes minutes under emulation).
 #[test]
 fn greedy_tokens_are_the_same_on_every_architecture() {
     let Some(m) = target() else { return };
@@ -262,7 +263,18 @@ fn greedy_tokens_are_the_same_on_every_architecture() {
         a.iter().map(|x| x.as_u64().unwrap() as u32).collect()
     };
     let cases = expected["cases"].as_array().unwrap();
+    let asked = std::env::var("LLMCAD_EXACT_MODES").ok();
     for &(mode, precision) in &EXACT_MODES {
+        if asked
+            .as_ref()
+            .is_some_and(|a| !a.split(',').any(|m| m == mode))
+        {
+            println!(
+                "{mode}: not checked (LLMCAD_EXACT_MODES={})",
+                asked.as_ref().unwrap()
+            );
+            continue;
+        }
         let mut b = cpu(m, precision, 2);
         let mine: Vec<_> = cases.iter().filter(|c| c["mode"] == mode).collect();
         assert!(!mine.is_empty(), "{EXPECTED_TOKENS} has no {mode} case");
