@@ -219,11 +219,11 @@ pub fn generate_speculative(
         // never draft past what is left to generate or what the target's cache holds
         shape.max_depth = shape.max_depth.min(remaining - 1);
         shape.max_nodes = shape.max_nodes.min(target.kv_capacity() - committed);
-        // trees sized by cost: speculate only while it pays (or while work drafted during
-        // the last verification is waiting)
         if let Some(c) = cost.as_mut() {
             c.set_streamed_io(target.streamed_io_ms());
         }
+        // trees sized by cost: speculate only while it pays (or while work drafted during
+        // the last verification is waiting)
         let drafting = drafter.has_carry() || cost.as_mut().is_none_or(|c| c.should_draft());
         // the fallback decides when drafting stops; leaves the drafter already proposed cost
         // only verification, which the cost model weighs when trees are sized by cost
