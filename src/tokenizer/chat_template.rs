@@ -8,6 +8,8 @@ use crate::error::{Error, Result};
 use minijinja::value::Value;
 use minijinja::{context, Environment, ErrorKind};
 
+mod namespace;
+
 /// One chat turn.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChatMessage {
@@ -73,7 +75,7 @@ impl ChatTemplate {
             .lstrip_blocks(true)
             .build()
             .map_err(template_err)?;
-        env.set_syntax(syntax);
+        env.set_syntax(syntax.clone());
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(RECURSION_LIMIT);
         env.add_function(
@@ -83,8 +85,12 @@ impl ChatTemplate {
             },
         );
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
-        env.add_template_owned(NAME, source.to_string())
-            .map_err(template_err)?;
+        namespace::register(&mut env);
+        env.add_template_owned(
+            NAME,
+            namespace::rewrite_attribute_assignments(source, syntax),
+        )
+        .map_err(template_err)?;
         Ok(ChatTemplate {
             env,
             source_len: source.len(),
