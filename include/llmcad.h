@@ -37,6 +37,9 @@ typedef enum LlmcadStatus {
   LLMCAD_STATUS_ERR_BUSY = 9,
   // An internal error (a caught panic); the engine was reset.
   LLMCAD_STATUS_ERR_PANIC = 10,
+  // Memory ran out (the KV cache for the context asked for, or reading a model file):
+  // ask for a smaller context or a smaller model.
+  LLMCAD_STATUS_ERR_OUT_OF_MEMORY = 11,
 } LlmcadStatus;
 
 // Where the target model runs (`LlmcadOptions.device`).

@@ -37,6 +37,9 @@ pub enum Error {
     InvalidArgument(String),
     #[error("GPU: {0}")]
     Gpu(String),
+    /// An allocation was refused (the message says what for and how to need less).
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     #[error("cancelled")]
     Cancelled,
 }

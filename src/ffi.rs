@@ -49,6 +49,9 @@ pub enum LlmcadStatus {
     ErrBusy = 9,
     /// An internal error (a caught panic); the engine was reset.
     ErrPanic = 10,
+    /// Memory ran out (the KV cache for the context asked for, or reading a model file):
+    /// ask for a smaller context or a smaller model.
+    ErrOutOfMemory = 11,
 }
 
 /// Where the target model runs (`LlmcadOptions.device`).
@@ -214,6 +217,7 @@ impl From<Error> for Fail {
             Error::ContextOverflow { .. } => LlmcadStatus::ErrContextOverflow,
             Error::InvalidArgument(_) | Error::Cancelled => LlmcadStatus::ErrInvalidArgument,
             Error::Gpu(_) => LlmcadStatus::ErrGpu,
+            Error::OutOfMemory(_) => LlmcadStatus::ErrOutOfMemory,
         };
         Fail(code, e.to_string())
     }

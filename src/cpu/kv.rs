@@ -40,9 +40,18 @@ impl KvCache {
                 hint: String::new(),
             });
         }
+        let floats = need.saturating_mul(self.kv_dim);
+        let total_mb = floats.saturating_mul(8 * self.k.len()) >> 20;
         for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
-            if buf.len() < need * self.kv_dim {
-                buf.resize(need * self.kv_dim, 0.0);
+            if buf.len() < floats {
+                // fallible, so that a context the device cannot hold is an error, not an abort
+                buf.try_reserve(floats - buf.len()).map_err(|_| {
+                    Error::OutOfMemory(format!(
+                        "the KV cache cannot grow to {need} tokens ({total_mb} MB); ask for a smaller \
+                         context"
+                    ))
+                })?;
+                buf.resize(floats, 0.0);
             }
         }
         Ok(())
@@ -88,5 +97,25 @@ impl KvCache {
         }
         self.len = base + keep.len();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_too_big_for_memory_is_an_error() {
+        let mut small = KvCache::new(2, 4, 8);
+        small.reserve(8).unwrap();
+        assert_eq!(small.layer(1).0.len(), 32);
+        assert!(matches!(
+            small.reserve(9),
+            Err(Error::ContextOverflow { .. })
+        ));
+        // 2^61 floats per row: more bytes than an allocation may have
+        let mut huge = KvCache::new(2, 1 << 61, 8);
+        let e = huge.reserve(1).unwrap_err();
+        assert!(matches!(e, Error::OutOfMemory(_)), "{e}");
     }
 }

@@ -90,7 +90,11 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
         }
         other => other?,
     };
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(usize::try_from(size).unwrap_or(usize::MAX))
+        .map_err(|_| Error::OutOfMemory(format!("{}: {size} bytes", path.display())))?;
     std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| Error::io(path, e))?;
     Ok(Some(bytes))
 }

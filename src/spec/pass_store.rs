@@ -63,10 +63,11 @@ fn file_name(key: &str) -> String {
 /// The times kept at `path`; nothing when there are none or the file is unreadable (it is
 /// only a head start).
 pub fn load(path: &Path) -> PassTimes {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    // a FIFO or device put in the cache's place is refused rather than read without end
+    let Ok(Some(bytes)) = crate::format::read_optional(path) else {
         return PassTimes::default();
     };
-    serde_json::from_str(&text).unwrap_or_else(|e| {
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
         log::warn!("ignoring {}: {e}", path.display());
         PassTimes::default()
     })
@@ -107,6 +108,11 @@ mod tests {
         save(&path, &times).unwrap();
         assert_eq!(load(&path).points(), times.points());
         std::fs::write(&path, "{not json").unwrap();
+        assert_eq!(load(&path), PassTimes::default());
+        // a FIFO in the file's place would block a plain read until a writer comes
+        std::fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&path).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
         assert_eq!(load(&path), PassTimes::default());
         assert_eq!(PassStore::Off.file("x"), None);
         std::fs::remove_dir_all(dir).unwrap();
