@@ -31,6 +31,7 @@ use crate::generate::{check_context, generate, GenerateOptions, Stats, StopReaso
 use crate::gpu::{self, DeviceOptions, GpuBackend, GpuOptions};
 use crate::memory::MemoryBudget;
 use crate::model::{LoadOptions, Model};
+use crate::progress::LoadProgress;
 use crate::quant::DType;
 use crate::spec::cost::PassTimes;
 use crate::spec::frequent::frequent_tokens;
@@ -100,8 +101,8 @@ pub struct EngineOptions {
     pub memory_budget: MemoryBudget,
     /// Emulated storage bandwidth (bytes/s) for weights streamed under the budget (GPU target).
     pub io_bandwidth: Option<f64>,
-    /// Progress bars on stderr while loading (only when it is a terminal).
-    pub progress: bool,
+    /// Told as each tensor of the target, then of the drafter, is loaded.
+    pub progress: Option<LoadProgress>,
     /// Where the verifier's learned pass times are kept between processes.
     pub pass_store: PassStore,
 }
@@ -124,7 +125,7 @@ impl EngineOptions {
             spec: None,
             memory_budget: MemoryBudget::Auto,
             io_bandwidth: None,
-            progress: false,
+            progress: None,
             pass_store: PassStore::Default,
         }
     }
@@ -467,7 +468,7 @@ impl Engine {
                 path,
                 &LoadOptions {
                     quantize,
-                    progress: opts.progress,
+                    progress: opts.progress.clone(),
                 },
             )
         };

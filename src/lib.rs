@@ -13,7 +13,7 @@ pub mod generate;
 pub mod gpu;
 pub mod memory;
 pub mod model;
-mod progress;
+pub mod progress;
 pub mod quant;
 pub mod sampling;
 pub mod spec;

@@ -1,18 +1,35 @@
-//! Progress bars for slow steps (loading, quantizing), drawn only on an interactive stderr.
+//! Load progress, reported to whoever loads a model: the CLI draws a bar on its terminal, an
+//! app updates its own UI. The library itself never draws.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
+use crate::quant::DType;
+use std::sync::Arc;
 
-/// A bar labelled `what`; hidden when `enabled` is false or stderr is not a terminal.
-pub fn bar(enabled: bool, what: &str) -> ProgressBar {
-    if !enabled || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
+/// Where a model load stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadStatus {
+    pub tensors_done: usize,
+    pub tensors: usize,
+    /// The block type matrices are being quantized to on the way (`LoadOptions::quantize`).
+    pub quantizing_to: Option<DType>,
+}
+
+/// A callback that receives the [`LoadStatus`] as each tensor is loaded (from the loading
+/// thread; with a drafter, its load follows the target's).
+#[derive(Clone)]
+pub struct LoadProgress(Arc<dyn Fn(LoadStatus) + Send + Sync>);
+
+impl LoadProgress {
+    pub fn new(report: impl Fn(LoadStatus) + Send + Sync + 'static) -> Self {
+        LoadProgress(Arc::new(report))
     }
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} {bar:40} {pos}/{len} tensors {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(what.to_string());
-    bar
+
+    pub(crate) fn report(&self, status: LoadStatus) {
+        (self.0)(status)
+    }
+}
+
+impl std::fmt::Debug for LoadProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoadProgress(..)")
+    }
 }

@@ -6,10 +6,12 @@ use common::*;
 use llmcad::backend::{Backend, Batch, Want};
 use llmcad::cpu::Precision;
 use llmcad::model::{LoadOptions, Model};
+use llmcad::progress::LoadProgress;
 use llmcad::quant::DType;
 use llmcad::synthetic::{write_model, write_tiny, TinySpec};
 use llmcad::Error;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 fn logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
     let mut b = cpu(m, Precision::F32, 2);
@@ -69,15 +71,30 @@ fn quantize_on_load_matches_a_quantized_gguf() {
     };
     let f32m = write_tiny(scratch_dir(), "q-f32", &spec, DType::Q8_0, DType::F32).unwrap();
     let q_gguf = load(&f32m.gguf);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
     let q_hf = Model::load(
         &f32m.hf_dir,
         &LoadOptions {
             quantize: Some(DType::Q8_0),
-            progress: false,
+            progress: Some(LoadProgress::new(move |s| record.lock().unwrap().push(s))),
         },
     )
     .unwrap();
     assert!(q_hf.weights.layers[0].wq.dtype == DType::Q8_0);
+    // the caller is told of every tensor, in order, and of the quantization
+    let seen = seen.lock().unwrap();
+    let total = seen.last().map(|s| s.tensors).unwrap_or(0);
+    assert!(
+        total > 2 && seen.iter().all(|s| s.tensors == total),
+        "{seen:?}"
+    );
+    let done: Vec<usize> = seen.iter().map(|s| s.tensors_done).collect();
+    assert!(
+        done.windows(2).all(|w| w[0] <= w[1]) && done.last() == Some(&total),
+        "{done:?}"
+    );
+    assert!(seen.iter().all(|s| s.quantizing_to == Some(DType::Q8_0)));
     let a = logits(&q_gguf, &TOKENS);
     let b = logits(&q_hf, &TOKENS);
     assert!(rel_err(&a, &b) < 1e-6, "{}", rel_err(&a, &b));
@@ -94,7 +111,7 @@ fn quantize_on_load_matches_a_quantized_gguf() {
         &f32m.hf_dir,
         &LoadOptions {
             quantize: Some(DType::Q4_0),
-            progress: false,
+            progress: None,
         },
     )
     .unwrap();
@@ -105,7 +122,7 @@ fn quantize_on_load_matches_a_quantized_gguf() {
     let with = |path: &Path, to| {
         let opts = LoadOptions {
             quantize: Some(to),
-            progress: false,
+            progress: None,
         };
         Model::load(path, &opts).unwrap()
     };

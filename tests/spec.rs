@@ -56,7 +56,7 @@ fn family(dtype: DType) -> &'static Family {
                     &m.hf_dir,
                     &LoadOptions {
                         quantize,
-                        progress: false,
+                        progress: None,
                     },
                 )
                 .unwrap()

@@ -15,6 +15,7 @@ macro_rules! outln {
 mod bench;
 mod generate;
 mod info;
+mod progress;
 #[cfg(feature = "server")]
 mod serve;
 
@@ -99,7 +100,8 @@ impl EngineArgs {
         opts.threads = self.run.threads;
         opts.context = self.run.ctx_size;
         opts.precision = self.run.precision();
-        opts.progress = true;
+        let (bar, progress) = progress::load_bar();
+        opts.progress = Some(progress);
         opts.memory_budget = self.memory_budget;
         opts.io_bandwidth = self.io_bandwidth;
         if let Some((drafter, spec)) = self.spec.spec_options()? {
@@ -107,7 +109,9 @@ impl EngineArgs {
             opts.draft_quantize = self.spec.draft_quantize;
             opts.draft_threads = self.spec.draft_threads;
         }
-        let engine = Engine::load(opts)?;
+        let engine = Engine::load(opts);
+        bar.finish_and_clear();
+        let engine = engine?;
         for w in engine.warnings() {
             eprintln!("warning: {w}");
         }
@@ -135,13 +139,16 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<Model> {
-        Ok(Model::load(
+        let (bar, progress) = progress::load_bar();
+        let model = Model::load(
             &self.model,
             &LoadOptions {
                 quantize: self.quantize,
-                progress: true,
+                progress: Some(progress),
             },
-        )?)
+        );
+        bar.finish_and_clear();
+        Ok(model?)
     }
 }
 

@@ -11,6 +11,7 @@ use crate::error::{format_err, unsupported, Error, Result};
 use crate::format::gguf::GgufFile;
 use crate::format::hf_dir::HfDir;
 use crate::format::safetensors;
+use crate::progress::{LoadProgress, LoadStatus};
 use crate::quant::DType;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use std::path::{Path, PathBuf};
@@ -22,8 +23,8 @@ pub struct LoadOptions {
     /// Quantize matrices stored with more bits per weight (float or quantized) to this block
     /// type while loading (`--quantize`).
     pub quantize: Option<DType>,
-    /// Show a progress bar on stderr (only when it is a terminal).
-    pub progress: bool,
+    /// Told as each tensor is loaded.
+    pub progress: Option<LoadProgress>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,22 +227,21 @@ impl Model {
 
 fn load_weights(mut loader: WeightLoader<'_>, opts: &LoadOptions) -> Result<ModelWeights> {
     loader.quantize_to = opts.quantize;
-    let bar = crate::progress::bar(opts.progress, "loading");
-    let tick = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    };
-    if let Some(q) = opts.quantize {
-        if !q.is_quantized() {
-            return Err(Error::InvalidArgument(format!(
-                "quantizing on load takes a block type (q8_0, q4_0, q4_1), not {q}"
-            )));
-        }
-        bar.set_message(format!("quantizing to {q}"));
+    if let Some(q) = opts.quantize.filter(|q| !q.is_quantized()) {
+        return Err(Error::InvalidArgument(format!(
+            "quantizing on load takes a block type (q8_0, q4_0, q4_1), not {q}"
+        )));
     }
-    let w = loader.load(&tick);
-    bar.finish_and_clear();
-    w
+    let tick = |tensors_done: usize, tensors: usize| {
+        if let Some(p) = &opts.progress {
+            p.report(LoadStatus {
+                tensors_done,
+                tensors,
+                quantizing_to: opts.quantize,
+            });
+        }
+    };
+    loader.load(&tick)
 }
 
 /// The vocabulary the tokenizer knows must cover the model's embedding rows the other way
