@@ -1,6 +1,6 @@
-//! The library that apps link carries no server stack: built without default features, its
-//! dependency tree has no tokio, axum or hyper (the `server` feature brings them, for the
-//! binary's `llmcad serve`).
+//! The library that apps link carries the engine alone: built without default features, its
+//! dependency tree has no server stack (tokio, axum, hyper: the `server` feature brings them,
+//! for `llmcad serve`) and none of the command line's crates (the `cli` feature's).
 
 use std::process::Command;
 
@@ -27,20 +27,23 @@ fn library_dependencies(features: &[&str]) -> Vec<String> {
 }
 
 const SERVER_STACK: [&str; 3] = ["tokio", "axum", "hyper"];
+const CLI_STACK: [&str; 5] = ["clap", "env_logger", "indicatif", "plotters", "anyhow"];
 
 #[test]
-fn the_library_without_default_features_has_no_server_stack() {
+fn the_library_without_default_features_has_no_server_or_cli_stack() {
     let deps = library_dependencies(&["--no-default-features"]);
     assert!(deps.iter().any(|d| d == "futures"), "{deps:?}");
-    for name in SERVER_STACK {
+    for name in SERVER_STACK.iter().chain(&CLI_STACK) {
         assert!(!deps.iter().any(|d| d == name), "{name} in {deps:?}");
     }
-    // and the check sees them when the feature is on
-    let deps = library_dependencies(&["--features", "server"]);
-    for name in SERVER_STACK {
-        assert!(
-            deps.iter().any(|d| d == name),
-            "{name} missing from {deps:?}"
-        );
+    // and the check sees them when the features are on
+    for (feature, stack) in [("server", &SERVER_STACK[..]), ("cli", &CLI_STACK[..])] {
+        let deps = library_dependencies(&["--no-default-features", "--features", feature]);
+        for name in stack {
+            assert!(
+                deps.iter().any(|d| d == name),
+                "{name} missing from {deps:?} with {feature}"
+            );
+        }
     }
 }
