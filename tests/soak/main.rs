@@ -201,7 +201,7 @@ fn soak(s: &Setup, canceller: &Canceller, total: usize) -> (Tally, Vec<Sample>) 
     let mut engines = 0;
     while t.tokens < total || engines < 2 * WARM_UP_ENGINES {
         let mode = modes[engines % modes.len()];
-        let through_c = (engines / modes.len()) % 2 == 0;
+        let through_c = (engines / modes.len()).is_multiple_of(2);
         let mut keep = Vec::new();
         let mut d = if through_c {
             Driver::c(&s.c_options(mode, &mut keep))
@@ -219,7 +219,7 @@ fn soak(s: &Setup, canceller: &Canceller, total: usize) -> (Tally, Vec<Sample>) 
                 };
                 let mut p = s.params(max);
                 p.reset = i32::from(turn == 0);
-                p.ignore_eos = i32::from(rng.next_u32() % 2 == 0);
+                p.ignore_eos = i32::from(rng.next_u32().is_multiple_of(2));
                 if rng.next_u32() % 4 == 0 {
                     p.temperature = 0.8;
                     p.seed = rng.next_u64();
