@@ -265,8 +265,10 @@ fn byte_level_bpe(g: &GgufFile, vocab: Vocab) -> Result<(tokenizers::Tokenizer, 
     if dropped > 0 {
         log::warn!("GGUF vocabulary: {dropped} merges ignored (malformed or out of vocabulary)");
     }
+    // no word cache: see `Tokenizer::wrap`
     let model = BPE::builder()
         .vocab_and_merges(vocab, merges)
+        .cache_capacity(0)
         .ignore_merges(kind.ignore_merges)
         .build()
         .map_err(tok_err)?;
@@ -339,6 +341,7 @@ fn sentencepiece_bpe(
     let unk_id = g.get_u64("tokenizer.ggml.unknown_token_id")?.unwrap_or(0) as usize;
     let mut builder = BPE::builder()
         .vocab_and_merges(vocab, merges)
+        .cache_capacity(0)
         .byte_fallback(has_bytes)
         .fuse_unk(true);
     if let Some(unk) = tokens.get(unk_id) {

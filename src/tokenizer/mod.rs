@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::gguf::GgufFile;
 use std::collections::HashSet;
 use std::path::Path;
+use tokenizers::models::ModelWrapper;
 
 pub(crate) fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
@@ -59,7 +60,17 @@ impl Tokenizer {
         Ok(Self::wrap(inner, add_bos))
     }
 
-    fn wrap(inner: tokenizers::Tokenizer, add_bos: bool) -> Self {
+    fn wrap(mut inner: tokenizers::Tokenizer, add_bos: bool) -> Self {
+        // tokenizers keeps a BPE's word cache in a thread-local map keyed by the instance and
+        // never evicts a dropped instance's entries: each engine loaded and freed would leave
+        // up to 10,000 words behind on every thread that encoded with it (tests/soak found
+        // it). Without the cache, what stays is one empty entry per instance and thread
+        // (none for GGUF vocabularies, built without one).
+        if let ModelWrapper::BPE(bpe) = inner.get_model() {
+            let mut bpe = bpe.clone();
+            bpe.resize_cache(0);
+            inner.with_model(bpe);
+        }
         let special = inner
             .get_added_tokens_decoder()
             .into_iter()
