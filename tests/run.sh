@@ -46,7 +46,7 @@ if [ "$(uname -m)" = x86_64 ]; then
   export LLMCAD_CROSS_CC=aarch64-linux-gnu-gcc
   cargo build "${arm[@]}" --lib
   cargo test "${arm[@]}" --no-run --lib --test formats --test tokenizer --test engine \
-    --test ffi --test smollm2
+    --test ffi --test smollm2 --test spec
   log=$(mktemp)
   start=$SECONDS
   for level in cortex-a53:neon max:neon-i8mm; do
@@ -60,12 +60,14 @@ if [ "$(uname -m)" = x86_64 ]; then
     export LLMCAD_SKIP_GPU=1
     cargo test "${arm[@]}" --no-fail-fast --lib "$@" -- --skip gpu:: 2>&1 | tee -a "$log"
     # SmolLM2 decodes at a few tokens/s under emulation: its chat tests in engine and ffi are
-    # left to the x86 run, and so is tests/spec.rs (over 5 minutes emulated); the exactness tests
-    # below take SmolLM2's first reference and few tokens
-    echo "aarch64 under qemu: tests/spec.rs and the real-model tests of engine and ffi skipped" \
+    # left to the x86 run; the exactness tests below take SmolLM2's first reference and few tokens
+    echo "aarch64 under qemu: the real-model tests of engine and ffi skipped" \
       "(too slow emulated; they run on x86)"
     cargo test "${arm[@]}" --no-fail-fast --test formats --test tokenizer --test engine \
       --test ffi "$@" -- --skip real_model 2>&1 | tee -a "$log"
+    # the tiny-pair speculative tests, every mode and both dtypes on one prompt and fewer
+    # sampling runs (the full size takes 15 minutes emulated; it runs on x86)
+    LLMCAD_SPEC_QUICK=1 cargo test "${arm[@]}" --no-fail-fast --test spec "$@" 2>&1 | tee -a "$log"
     # SmolLM2's first reference and the committed cross-architecture tokens on the default
     # (q16) path; the f32 path takes over 7 minutes emulated and runs on x86 only
     LLMCAD_SMOLLM2_PROMPTS=1 LLMCAD_EXACT_MODES=q16 cargo test "${arm[@]}" --no-fail-fast \

@@ -79,6 +79,14 @@ fn family(dtype: DType) -> &'static Family {
     })
 }
 
+/// `LLMCAD_SPEC_QUICK=1` (the emulated aarch64 run in tests/run.sh, where a run of this file
+/// at full size takes 15 minutes): the lossless tests keep every mode and both dtypes but take
+/// one prompt and one drafter per mode, and the sampling test takes fewer samples
+/// (its built-in check that a wrong distribution fails still has to pass).
+fn quick() -> bool {
+    std::env::var("LLMCAD_SPEC_QUICK").as_deref() == Ok("1")
+}
+
 fn prompts() -> Vec<Vec<u32>> {
     vec![
         vec![1, 40, 50, 60],
@@ -163,12 +171,23 @@ fn greedy_agrees(dtype: DType) {
         ..Default::default()
     };
     let (mut drafted, mut accepted, mut rejected_rounds, mut plain_rounds) = (0, 0, 0, 0);
-    for prompt in prompts() {
-        let want = plain(&f.target, &prompt, &opts);
+    let mut prompts = prompts();
+    if quick() {
+        // the longest prompt (a multi-token prefill)
+        prompts = vec![prompts.swap_remove(2)];
+    }
+    let mut runs = 0;
+    for (pi, prompt) in prompts.iter().enumerate() {
+        let want = plain(&f.target, prompt, &opts);
         assert_eq!(want.len(), 40);
         for (di, d) in f.drafters.iter().enumerate() {
-            for spec in modes() {
-                let got = spec_run(&f.target, d, &prompt, &opts, &spec);
+            for (mi, spec) in modes().into_iter().enumerate() {
+                // quick: the drafters take turns over the modes
+                if quick() && (mi + pi) % f.drafters.len() != di {
+                    continue;
+                }
+                runs += 1;
+                let got = spec_run(&f.target, d, prompt, &opts, &spec);
                 assert_eq!(
                     got.generation.tokens, want,
                     "{dtype} drafter {di} {spec:?} prompt {prompt:?}"
@@ -193,9 +212,10 @@ fn greedy_agrees(dtype: DType) {
         accepted > drafted / 10,
         "{accepted} of {drafted} drafted tokens accepted"
     );
+    // one run in 20 at least (more than 10 of the full 208 runs)
     assert!(
-        rejected_rounds > 10,
-        "only {rejected_rounds} runs saw a rejection"
+        rejected_rounds > runs / 20,
+        "only {rejected_rounds} of {runs} runs saw a rejection"
     );
     assert!(
         plain_rounds > 0,
@@ -302,7 +322,7 @@ fn homogeneity(a: &HashMap<Vec<u32>, usize>, b: &HashMap<Vec<u32>, usize>) -> (f
 #[test]
 fn speculative_sampling_keeps_the_target_distribution() {
     let f = family(DType::F32);
-    let runs = 3000;
+    let runs = if quick() { 400 } else { 3000 };
     let opts = |seed| GenerateOptions {
         max_tokens: 3,
         ignore_eos: true,

@@ -258,21 +258,44 @@ unsafe fn prod8(w: int8x16_t, a: *const i8) -> int32x4_t {
     vpadalq_s16(p, vmull_high_s8(w, a))
 }
 
-/// As `prod8`, with SDOT (ARMv8.2 dotprod): four products per lane. Inline assembly because
-/// the `vdotq_s32` intrinsic is not stable on the MSRV; only called (inlined) inside
-/// `#[target_feature(enable = "dotprod")]` functions.
+/// `acc` (i32x4) += an i8x16 by i8x16 instruction `$insn` (the form `insn acc.4s, w.16b,
+/// a.16b`). Inline assembly because the SDOT and SMMLA intrinsics are not stable on the MSRV;
+/// the functions this makes are only called (inlined) inside `#[target_feature]` functions that
+/// enable their extension.
+macro_rules! i8_accumulate {
+    ($(#[$doc:meta])* $name:ident, $insn:literal) => {
+        $(#[$doc])*
+        #[inline(always)]
+        unsafe fn $name(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+            let mut acc = acc;
+            std::arch::asm!(
+                concat!($insn, " {acc:v}.4s, {w:v}.16b, {a:v}.16b"),
+                acc = inout(vreg) acc,
+                w = in(vreg) w,
+                a = in(vreg) a,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            acc
+        }
+    };
+}
+
+i8_accumulate!(
+    /// SDOT (ARMv8.2 dotprod): lane `i` of `acc` += the dot of bytes `4i..4i+4` of `w` and `a`.
+    sdot,
+    "sdot"
+);
+i8_accumulate!(
+    /// SMMLA (ARMv8.6 i8mm): `acc` (2×2 i32, row-major) += `w` (2×8 i8, two weight rows) times
+    /// `a` (2×8 i8, two activation rows) transposed.
+    smmla,
+    "smmla"
+);
+
+/// As `prod8`, with SDOT: four products per lane. Only inside dotprod functions.
 #[inline(always)]
 unsafe fn prod8_sdot(w: int8x16_t, a: *const i8) -> int32x4_t {
-    let a = vld1q_s8(a);
-    let mut acc = vdupq_n_s32(0);
-    std::arch::asm!(
-        "sdot {acc:v}.4s, {w:v}.16b, {a:v}.16b",
-        acc = inout(vreg) acc,
-        w = in(vreg) w,
-        a = in(vreg) a,
-        options(pure, nomem, nostack, preserves_flags)
-    );
-    acc
+    sdot(vdupq_n_s32(0), w, vld1q_s8(a))
 }
 
 /// Products of 16 weights with 16 i16 activations summed into 4 i32 lanes.
@@ -364,23 +387,6 @@ unsafe fn dot_q<const T: u8, Q: ActInt, const DOT: bool>(
             scalar::add_sub_block(&mut acc, &sb, isum, msum, d[b], s[b]);
         }
     }
-    acc
-}
-
-/// SMMLA (ARMv8.6 i8mm): `acc` (2×2 i32, row-major) += `w` (2×8 i8, two weight rows) times
-/// `a` (2×8 i8, two activation rows) transposed. Inline assembly because the intrinsic is not
-/// stable on the MSRV; only called (inlined) inside `#[target_feature(enable = "i8mm")]`
-/// functions.
-#[inline(always)]
-unsafe fn smmla(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
-    let mut acc = acc;
-    std::arch::asm!(
-        "smmla {acc:v}.4s, {w:v}.16b, {a:v}.16b",
-        acc = inout(vreg) acc,
-        w = in(vreg) w,
-        a = in(vreg) a,
-        options(pure, nomem, nostack, preserves_flags)
-    );
     acc
 }
 
