@@ -20,7 +20,7 @@
 
 use super::super::blocks::{scale_min_k4, scales_q3_k};
 use super::{matmul_by_dots, scalar, ActInt, QActs, QRow, Simd};
-use crate::quant::{dequantize_row, read_f16, DType, SubBlock, QK, QK_K};
+use crate::quant::{dequantize_row, read_f16, DType, SubBlock, QK};
 use std::any::Any;
 use std::arch::aarch64::*;
 use std::ops::Range;
@@ -566,34 +566,35 @@ fn matmul_q_t<const T: u8, Q: ActInt>(
     });
 }
 
-/// Exact path: weights dequantized per block (as `dequantize_row`; 32 elements for the float
-/// and legacy types, 256 for the K-quants), four f32x4 accumulators over each 32 elements,
-/// fixed final order; a scalar tail for float rows not a multiple of 32.
-fn dot_f32(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
+/// The whole blocks of a row (32 elements for the float and legacy types, 256 for the
+/// K-quants), dequantized as `dequantize_row` does, into `out`.
+fn dequantize_blocks(dtype: DType, w: &[u8], cols: usize, out: &mut Vec<f32>) {
     let bl = dtype.block_len().max(QK);
-    let nb = x.len() / bl;
-    let bb = dtype.row_bytes(bl);
-    let mut tmp = [0f32; QK_K];
-    let tmp = &mut tmp[..bl];
-    // SAFETY: NEON is part of aarch64; loads stay inside `tmp` and `x` (bl a multiple of 32)
+    let n = cols / bl * bl;
+    out.resize(n, 0.0);
+    dequantize_row(dtype, &w[..dtype.row_bytes(n)], out);
+}
+
+/// Exact path: the dot of a dequantized row `wd` (whole blocks, see [`dequantize_blocks`])
+/// with `x`, four f32x4 accumulators over each 32 elements, fixed final order; a scalar tail
+/// from the weight bytes `w` for float rows not a multiple of 32.
+fn dot_f32(dtype: DType, w: &[u8], wd: &[f32], x: &[f32]) -> f32 {
+    // SAFETY: NEON is part of aarch64; loads stay inside `wd` and `x` (a multiple of 32 long)
     let mut acc = unsafe {
         let mut acc = [vdupq_n_f32(0.0); 4];
-        for b in 0..nb {
-            dequantize_row(dtype, &w[b * bb..(b + 1) * bb], tmp);
-            for c in 0..bl / QK {
-                let tp = tmp.as_ptr().add(c * QK);
-                let xp = x.as_ptr().add(b * bl + c * QK);
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let lo = vmulq_f32(vld1q_f32(tp.add(4 * j)), vld1q_f32(xp.add(4 * j)));
-                    *a = vaddq_f32(
-                        *a,
-                        vfmaq_f32(
-                            lo,
-                            vld1q_f32(tp.add(16 + 4 * j)),
-                            vld1q_f32(xp.add(16 + 4 * j)),
-                        ),
-                    );
-                }
+        for c in 0..wd.len() / QK {
+            let tp = wd.as_ptr().add(c * QK);
+            let xp = x.as_ptr().add(c * QK);
+            for (j, a) in acc.iter_mut().enumerate() {
+                let lo = vmulq_f32(vld1q_f32(tp.add(4 * j)), vld1q_f32(xp.add(4 * j)));
+                *a = vaddq_f32(
+                    *a,
+                    vfmaq_f32(
+                        lo,
+                        vld1q_f32(tp.add(16 + 4 * j)),
+                        vld1q_f32(xp.add(16 + 4 * j)),
+                    ),
+                );
             }
         }
         vaddvq_f32(vaddq_f32(
@@ -601,8 +602,8 @@ fn dot_f32(dtype: DType, w: &[u8], x: &[f32]) -> f32 {
             vaddq_f32(acc[2], acc[3]),
         ))
     };
-    if nb * bl < x.len() {
-        acc += scalar::dot_f32(dtype, &w[nb * bb..], &x[nb * bl..]);
+    if wd.len() < x.len() {
+        acc += scalar::dot_f32(dtype, &w[dtype.row_bytes(wd.len())..], &x[wd.len()..]);
     }
     acc
 }
@@ -616,15 +617,16 @@ pub fn matmul_f32(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    matmul_by_dots(
-        w,
-        dtype.row_bytes(cols),
-        rows,
-        x.len() / cols,
-        out,
-        out_stride,
-        |wr, t| dot_f32(dtype, wr, &x[t * cols..(t + 1) * cols]),
-    );
+    // each row is dequantized once for all the tokens (a prompt's pass has hundreds)
+    let row_bytes = dtype.row_bytes(cols);
+    let mut wd = Vec::new();
+    for r in rows.clone() {
+        let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+        dequantize_blocks(dtype, wr, cols, &mut wd);
+        for (t, xt) in x.chunks_exact(cols).enumerate() {
+            out[t * out_stride + r - rows.start] = dot_f32(dtype, wr, &wd, xt);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -734,7 +736,7 @@ mod tests {
             let mut wd = vec![0f32; n];
             dequantize_row(dtype, &w, &mut wd);
             let norm: f32 = wd.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
-            let (g, e) = (dot_f32(dtype, &w, &x), scalar::dot_f32(dtype, &w, &x));
+            let (g, e) = (dot_f32(dtype, &w, &wd, &x), scalar::dot_f32(dtype, &w, &x));
             assert!(
                 (g - e).abs() <= 1e-5 * norm,
                 "{dtype}: {g} vs {e} (norm {norm})"
