@@ -152,13 +152,44 @@ impl ChatTemplate {
                 ])
             })
             .collect();
-        t.render(context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos.as_str(),
-            eos_token => self.eos.as_str(),
-        })
-        .map_err(template_err)
+        let mut out = BoundedOutput(Vec::new());
+        t.render_captured_to(
+            context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos.as_str(),
+                eos_token => self.eos.as_str(),
+            },
+            &mut out,
+        )
+        .map_err(template_err)?;
+        String::from_utf8(out.0).map_err(|_| Error::Template("rendered text is not UTF-8".into()))
+    }
+}
+
+/// The most text one render may write: a million tokens' worth, far more than any context
+/// holds. Fuel charges output only after a value is written, so one `{{ value }}` of a lazily
+/// repeated list (up to 100M items in minijinja) could otherwise write 500 MB, over 20 s,
+/// before running out; this cap stops it within a few seconds.
+const MAX_OUTPUT: usize = 4 << 20;
+
+/// The render's output, refusing to grow past [`MAX_OUTPUT`].
+struct BoundedOutput(Vec<u8>);
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + bytes.len() > MAX_OUTPUT {
+            return Err(std::io::Error::other(format!(
+                "the rendered text would exceed {} MB",
+                MAX_OUTPUT >> 20
+            )));
+        }
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
