@@ -167,11 +167,11 @@ impl ChatTemplate {
     }
 }
 
-/// The most text one render may write: a million tokens' worth, far more than any context
+/// The most text one render may write: half a million tokens' worth, more than any context
 /// holds. Fuel charges output only after a value is written, so one `{{ value }}` of a lazily
 /// repeated list (up to 100M items in minijinja) could otherwise write 500 MB, over 20 s,
 /// before running out; this cap stops it within a few seconds.
-const MAX_OUTPUT: usize = 4 << 20;
+const MAX_OUTPUT: usize = 2 << 20;
 
 /// The render's output, refusing to grow past [`MAX_OUTPUT`].
 struct BoundedOutput(Vec<u8>);
