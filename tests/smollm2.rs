@@ -217,7 +217,8 @@ const EXACT_MODES: [(&str, Precision); 2] =
 /// committed ones, whichever architecture and kernel set runs this (x86-64 in CI, aarch64 under
 /// qemu at two CPU levels): a kernel change that alters one architecture's rounding is caught.
 /// `LLMCAD_BLESS=1` rewrites the file from this machine's output; `LLMCAD_EXACT_MODES=q16`
-/// checks only those modes (the f32 path takes minutes under emulation).
+/// checks only those modes and `LLMCAD_SMOLLM2_PROMPTS=1` the first case of each (the f32
+/// path takes minutes under emulation).
 #[test]
 fn greedy_tokens_are_the_same_on_every_architecture() {
     let Some(m) = target() else { return };
@@ -278,6 +279,7 @@ fn greedy_tokens_are_the_same_on_every_architecture() {
         let mut b = cpu(m, precision, 2);
         let mine: Vec<_> = cases.iter().filter(|c| c["mode"] == mode).collect();
         assert!(!mine.is_empty(), "{EXPECTED_TOKENS} has no {mode} case");
+        let mine = &mine[..mine.len().min(reference_limit())];
         for c in mine {
             let n = c["max_tokens"].as_u64().unwrap() as usize;
             let got = greedy(&mut b, &ids(&c["prompt_ids"]), n, &m.config.special.stop);
