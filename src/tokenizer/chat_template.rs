@@ -9,6 +9,7 @@ use minijinja::value::Value;
 use minijinja::{context, Environment, ErrorKind};
 
 mod namespace;
+mod value_size;
 
 /// One chat turn.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,9 +87,12 @@ impl ChatTemplate {
         );
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
         namespace::register(&mut env);
+        value_size::register(&mut env);
+        let checked =
+            value_size::rewrite_value_builders(source, syntax.clone()).map_err(template_err)?;
         env.add_template_owned(
             NAME,
-            namespace::rewrite_attribute_assignments(source, syntax),
+            namespace::rewrite_attribute_assignments(&checked, syntax),
         )
         .map_err(template_err)?;
         Ok(ChatTemplate {

@@ -375,9 +375,18 @@ fn hostile_chat_templates_fail_cleanly() {
         let e = t.render(std::slice::from_ref(&long), true).unwrap_err();
         assert!(matches!(e, Error::Template(_)), "{src}: {e}");
     }
-    // a lazily repeated list, printed: fuel is charged after the write, which the output cap
-    // stops at 2 MB (found by the fuzzer: it wrote 500 MB in 20 s)
+    // a lazily repeated list, printed: minijinja charges no fuel for it until written (found
+    // by the fuzzer: it wrote 500 MB in 20 s); the size check refuses it first
     let t = ChatTemplate::new("{{ ['x'] * 99999999 }}", None, None).unwrap();
+    let e = t.render(&[], true).unwrap_err();
+    assert!(e.to_string().contains("grew past"), "{e}");
+    // output charged as written, within the fuel but over the 2 MB cap
+    let t = ChatTemplate::new(
+        "{% for i in range(99999) %}{{ 'x' * 30 }}{% endfor %}",
+        None,
+        None,
+    )
+    .unwrap();
     let e = t.render(&[], true).unwrap_err();
     assert!(e.to_string().contains("would exceed 2 MB"), "{e}");
 }
