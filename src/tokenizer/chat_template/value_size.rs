@@ -110,7 +110,8 @@ pub fn rewrite_value_builders(source: &str, syntax: SyntaxConfig) -> Result<Stri
     // at one offset: a filter's check, then what closes, then what opens (all opens and all
     // closes are the same text, so their order among themselves does not matter)
     edits.0.sort_by_key(|&(at, edit)| (at, edit));
-    let (filter_check, open) = (format!("|{CHECK}"), format!("{CHECK}(("));
+    // spaced, so that no name next to an insertion runs into it (`f(x)in y`)
+    let (filter_check, open) = (format!("|{CHECK} "), format!(" {CHECK}(("));
     let mut out = String::with_capacity(source.len() + edits.0.len() * open.len());
     let mut copied = 0;
     for (at, edit) in edits.0 {
@@ -393,6 +394,8 @@ mod tests {
             "{% set x = [1, 2] %}{{ x|tojson }} {{ x|map('string')|join }} {{ x|sum * 2 }}",
             // whitespace control and line statements keep their meaning
             "{%- set x = [1] * 2 -%}\n  {{- x -}}  \n{% if x %}\n{{ x + [3] }}\n{% endif %}",
+            // no space between a call or a literal and a keyword (found by the fuzzer)
+            "{{ range(2)in [range(2)] }}{{ 1 in[1] }}{{ 2 if[1]else 3 }}{{ (1,)in[(1,)] }}",
         ];
         for source in benign {
             let theirs = native(source).unwrap_or_else(|e| panic!("{source}: {e:#}"));
