@@ -47,6 +47,14 @@ const FUEL: u64 = 1_000_000;
 /// Well under minijinja's own cap, for the small stacks of an app's threads.
 const RECURSION_LIMIT: usize = 100;
 
+/// The syntax Hugging Face renders chat templates with: `trim_blocks` and `lstrip_blocks`.
+fn syntax() -> std::result::Result<minijinja::syntax::SyntaxConfig, minijinja::Error> {
+    minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .build()
+}
+
 fn template_err(e: minijinja::Error) -> Error {
     if e.kind() == ErrorKind::OutOfFuel {
         return Error::Template(
@@ -71,11 +79,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        let syntax = minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .map_err(template_err)?;
+        let syntax = syntax().map_err(template_err)?;
         env.set_syntax(syntax.clone());
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(RECURSION_LIMIT);

@@ -251,11 +251,7 @@ mod tests {
     use super::*;
 
     fn syntax() -> SyntaxConfig {
-        SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .unwrap()
+        super::super::syntax().unwrap()
     }
 
     fn render(env: &Environment<'static>, source: String) -> Result<String, Error> {

@@ -325,11 +325,7 @@ mod tests {
     use super::*;
 
     fn syntax() -> SyntaxConfig {
-        SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .unwrap()
+        super::super::syntax().unwrap()
     }
 
     fn render(mut env: Environment<'static>, source: String) -> Result<String, Error> {
