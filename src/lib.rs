@@ -1,6 +1,6 @@
 //! llmcad: fast LLM inference for memory-poor devices. A compact drafter on the CPU proposes
 //! token trees, the large target verifies them on the GPU, and the target's weights stream
-//! under a memory budget. See README.md and the design notes for the big picture.
+//! under a memory budget. See README.md, and ARCHITECTURE.md for the big picture.
 
 pub mod backend;
 pub mod cpu;
