@@ -26,7 +26,7 @@ const CHECK: &str = "__llmcad_size_checked";
 /// The most one value may hold: one unit per item (of lists, maps and their keys, at every
 /// depth) and one per 64 bytes of text, so up to a million items or 64 MB of text, far
 /// more than a conversation that fits a context.
-pub const MAX_VALUE_SIZE: u64 = 1 << 20;
+const MAX_VALUE_SIZE: u64 = 1 << 20;
 /// Units of the walk per unit of fuel: the walk is about as cheap as the copying that fuel
 /// charges per 64 bytes.
 const UNITS_PER_FUEL: u64 = 16;
@@ -70,8 +70,10 @@ fn size_checked(state: &State, value: Value) -> Result<Value, Error> {
                     .into_iter()
                     .flatten()
                     .try_for_each(|(key, item)| {
+                        // a key can be a list too
                         take(&key)?;
                         take(&item)?;
+                        stack.push(key);
                         stack.push(item);
                         Ok(())
                     })
@@ -421,6 +423,8 @@ mod tests {
             "{% macro f(l, n) %}{% if n %}{{ f(l + l, n - 1) }}{% else %}{{ l|length }}{% endif %}\
              {% endmacro %}{{ f([1], 60) }}",
             "{% set s = 'x' * 9999999 %}{{ [s, s, s, s, s, s, s, s]|string|length }}",
+            "{% set a = range(99999)|list %}{% set m = {(a, a, a, a): 1} %}\
+             {% set n = {(m, m, m, m): 1} %}{{ ({(n, n, n, n): 1} ~ '')|length }}",
         ];
         for source in hostile {
             let e = checked(source).unwrap_err();
