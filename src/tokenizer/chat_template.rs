@@ -176,9 +176,9 @@ impl ChatTemplate {
 }
 
 /// The most text one render may write: half a million tokens' worth, more than any context
-/// holds. Fuel charges output only after a value is written, so one `{{ value }}` of a lazily
-/// repeated list (up to 100M items in minijinja) could otherwise write 500 MB, over 20 s,
-/// before running out; this cap stops it within a few seconds.
+/// holds. Fuel charges output only after it is written, and the fuel allows about 64 MB; no
+/// chat template needs more than this. (Values too big to print are refused before, by
+/// `value_size`.)
 const MAX_OUTPUT: usize = 2 << 20;
 
 /// The render's output, refusing to grow past [`MAX_OUTPUT`].
