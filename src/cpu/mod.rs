@@ -1,8 +1,9 @@
-//! The CPU backend: a Llama-family forward pass with a KV cache, multi-threaded, over batches
-//! of nodes with explicit positions and masks. It runs the drafter, and the target when there
+//! The CPU backend: the model recipe's ops (`forward.rs`) with a KV cache, multi-threaded,
+//! over batches of nodes with explicit positions and masks. It runs the drafter, and the target when there
 //! is no GPU.
 
 mod attention;
+mod forward;
 mod kv;
 mod matmul;
 pub mod ops;
@@ -11,15 +12,14 @@ pub mod pool;
 pub use matmul::Precision;
 pub use pool::ThreadPool;
 
-use crate::backend::{Backend, Batch, BatchMask, CacheView, Logits, Rows, Want};
+use crate::backend::{Backend, Batch, Logits, Rows, Want};
 use crate::error::{Error, Result};
 use crate::format::Bytes;
-use crate::model::{Matrix, ModelConfig, ModelWeights};
+use crate::model::{recipe, Matrix, ModelConfig, ModelWeights};
 use crate::quant::Q8Acts;
-use attention::{AttentionShape, Prefix, Visibility};
+use forward::CpuPass;
 use kv::KvCache;
 use matmul::{linear_many, Input};
-use ops::{rms_norm, swiglu, RopeTable};
 use std::sync::Arc;
 
 #[derive(Clone, Debug)]
@@ -105,7 +105,6 @@ impl CpuBackend {
     fn hidden_states(&mut self, batch: &Batch, rows: Rows) -> Result<Vec<f32>> {
         batch.validate(self.kv.len())?;
         let c = &self.cfg;
-        let w = &*self.weights;
         let n = batch.len();
         if n == 0 {
             return Err(Error::InvalidArgument("empty batch".into()));
@@ -124,132 +123,21 @@ impl CpuBackend {
             });
         }
         self.kv.reserve(n)?;
-        let base = self.kv.len();
-        let (h, q_dim, kv_dim, ffn) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn);
-
-        let mut x = vec![0f32; n * h];
-        for (row, &t) in x.chunks_exact_mut(h).zip(&batch.tokens) {
-            w.embed.dequantize_row(t as usize, row);
-        }
-        let rope = RopeTable::new(&c.rope, &self.inv_freqs, &batch.positions);
-        let lists: Vec<Vec<usize>>;
-        let vis = match batch.mask {
-            BatchMask::Causal => Visibility::Causal,
-            _ => {
-                lists = (0..n).map(|i| batch.visible(i)).collect();
-                Visibility::Lists(&lists)
-            }
-        };
-        let prefix = match &batch.cache {
-            CacheView::All => Prefix::All,
-            CacheView::Speculative { committed, visible } => Prefix::Partial {
-                committed: *committed,
-                extra: visible,
-            },
-        };
-        let shape = AttentionShape {
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-        };
-
-        let mut xn = vec![0f32; n * h];
-        let (mut q, mut k, mut v) = (
-            vec![0f32; n * q_dim],
-            vec![0f32; n * kv_dim],
-            vec![0f32; n * kv_dim],
+        let mut pass = CpuPass::new(
+            c,
+            &self.weights,
+            &self.pool,
+            self.precision,
+            &mut self.kv,
+            &mut self.q8,
+            batch,
+            rows,
+            &self.inv_freqs,
         );
-        let mut att = vec![0f32; n * q_dim];
-        let mut o = vec![0f32; n * h];
-        let (mut gate, mut up) = (vec![0f32; n * ffn], vec![0f32; n * ffn]);
-        for (li, l) in w.layers.iter().enumerate() {
-            rms_norm(&x, &l.attn_norm, c.rms_eps, &mut xn);
-            let mut input = Input::new(&xn, h, &mut self.q8);
-            linear_many(
-                &self.pool,
-                self.precision,
-                &mut input,
-                &[&l.wq, &l.wk, &l.wv],
-                &mut [&mut q, &mut k, &mut v],
-            );
-            if let Some(b) = &l.bias {
-                add_rows(&mut q, &b.q);
-                add_rows(&mut k, &b.k);
-                add_rows(&mut v, &b.v);
-            }
-            for i in 0..n {
-                rope.apply(
-                    c.rope.layout,
-                    i,
-                    &mut q[i * q_dim..(i + 1) * q_dim],
-                    c.head_dim,
-                );
-                rope.apply(
-                    c.rope.layout,
-                    i,
-                    &mut k[i * kv_dim..(i + 1) * kv_dim],
-                    c.head_dim,
-                );
-                self.kv.write(
-                    li,
-                    base + i,
-                    &k[i * kv_dim..(i + 1) * kv_dim],
-                    &v[i * kv_dim..(i + 1) * kv_dim],
-                );
-            }
-            let (kc, vc) = self.kv.layer(li);
-            attention::attend(
-                &self.pool, &shape, &q, kc, vc, base, &prefix, &vis, &mut att,
-            );
-            let mut input = Input::new(&att, q_dim, &mut self.q8);
-            linear_many(
-                &self.pool,
-                self.precision,
-                &mut input,
-                &[&l.wo],
-                &mut [&mut o],
-            );
-            add_into(&mut x, &o);
-
-            rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut xn);
-            let mut input = Input::new(&xn, h, &mut self.q8);
-            linear_many(
-                &self.pool,
-                self.precision,
-                &mut input,
-                &[&l.w_gate, &l.w_up],
-                &mut [&mut gate, &mut up],
-            );
-            swiglu(&mut gate, &up);
-            let mut input = Input::new(&gate, ffn, &mut self.q8);
-            linear_many(
-                &self.pool,
-                self.precision,
-                &mut input,
-                &[&l.w_down],
-                &mut [&mut o],
-            );
-            add_into(&mut x, &o);
-        }
+        recipe::forward(c, &mut pass)?;
+        let hidden = pass.into_hidden();
         self.kv.advance(n);
-
-        let x = match rows {
-            Rows::Last => x[(n - 1) * h..].to_vec(),
-            Rows::All => x,
-        };
-        let mut out = vec![0f32; x.len()];
-        rms_norm(&x, &w.norm, c.rms_eps, &mut out);
-        Ok(out)
-    }
-}
-
-fn add_into(x: &mut [f32], y: &[f32]) {
-    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
-}
-
-fn add_rows(x: &mut [f32], bias: &[f32]) {
-    for row in x.chunks_exact_mut(bias.len()) {
-        add_into(row, bias);
+        Ok(hidden)
     }
 }
 

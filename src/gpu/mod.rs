@@ -13,6 +13,7 @@
 pub mod budget;
 mod device;
 mod fault;
+mod forward;
 pub mod kernels;
 pub mod roofline;
 pub mod shaders;
@@ -25,10 +26,11 @@ pub use kernels::{AttentionArgs, Gpu, GpuMatrix, MatmulArgs, Recorder};
 pub use uploader::{StreamStats, UploadMode};
 
 use crate::backend::{Backend, Batch, CacheView, Logits, Rows, Want};
-use crate::cpu::ops::RopeTable;
 use crate::error::{Error, Result};
-use crate::model::{Matrix, ModelConfig, ModelWeights, RopeLayout};
-use kernels::{chunk_layouts, pack_rows, row_range_layouts, Timing};
+use crate::model::recipe::{self, Mat};
+use crate::model::{Matrix, ModelConfig, ModelWeights};
+use forward::{GpuPass, PassInputs};
+use kernels::{chunk_layouts, row_range_layouts, Timing};
 use shaders::WFormat;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +92,18 @@ impl LayerMats {
             &self.w_up,
             &self.w_down,
         ]
+    }
+
+    fn get(&self, m: Mat) -> &GpuMatrix {
+        match m {
+            Mat::Q => &self.wq,
+            Mat::K => &self.wk,
+            Mat::V => &self.wv,
+            Mat::O => &self.wo,
+            Mat::Gate => &self.w_gate,
+            Mat::Up => &self.w_up,
+            Mat::Down => &self.w_down,
+        }
     }
 
     fn from_slot(unit: &Unit, buf: &wgpu::Buffer) -> LayerMats {
@@ -606,14 +620,6 @@ impl GpuBackend {
         n
     }
 
-    fn head(&self) -> Option<&GpuMatrix> {
-        if self.head_is_embed {
-            self.embed.as_ref()
-        } else {
-            self.head.as_ref()
-        }
-    }
-
     fn ensure_scratch(&mut self, n: usize) -> Result<()> {
         if self.scratch.as_ref().is_some_and(|s| s.cap >= n) {
             return Ok(());
@@ -688,233 +694,39 @@ impl GpuBackend {
     /// current one computes. Returns the last recorder (for the readback) and the row count.
     fn record_and_submit(&mut self, batch: &Batch, want: Want) -> Result<(Recorder, usize)> {
         self.check_batch(batch)?;
-        let n = batch.len();
-        self.ensure_scratch(n)?;
-        let c = &self.cfg;
-        let g = &self.gpu;
-        let s = self.scratch.as_ref().expect("scratch");
-        let base = self.len;
-        let h = c.hidden;
-        let streaming = self.stream.is_some();
+        self.ensure_scratch(batch.len())?;
         if let Some(t) = &mut self.timing {
             t.next = 0;
         }
-
-        // per-pass inputs
-        let tokens = g.upload(&batch.tokens, "tokens");
-        let rope = RopeTable::new(&c.rope, &self.inv_freqs, &batch.positions);
-        let cos = g.upload(&rope.cos, "cos");
-        let sin = g.upload(&rope.sin, "sin");
-        let mut vis_off = Vec::with_capacity(n + 1);
-        let mut vis = Vec::new();
-        for i in 0..n {
-            vis_off.push(vis.len() as u32);
-            vis.extend(batch.visible(i).into_iter().map(|j| j as u32));
-        }
-        vis_off.push(vis.len() as u32);
-        let vis_off = g.upload(&vis_off, "vis_off");
-        let vis = g.upload(&vis, "vis");
-        let half_split = c.rope.layout == RopeLayout::HalfSplit;
-
-        let mut rec = Recorder::default();
-        match &self.embed {
-            Some(e) => g.embed(&mut rec, e, &tokens, n, &s.x)?,
-            None => {
-                let gather = self
-                    .gather
-                    .as_mut()
-                    .expect("gather without a resident table");
-                let t0 = Instant::now();
-                let bytes = gather_rows(g, gather, &batch.tokens, &s.x, self.timing.as_mut())?;
-                self.stats.io_time += t0.elapsed();
-                self.stats.bytes_streamed += bytes;
-            }
-        }
-        let mm = |rec: &mut Recorder,
-                  m: &GpuMatrix,
-                  x: &wgpu::Buffer,
-                  y: &wgpu::Buffer,
-                  accumulate: bool,
-                  bias: Option<&wgpu::Buffer>|
-         -> Result<()> {
-            g.matmul(
-                rec,
-                m,
-                &MatmulArgs {
-                    x,
-                    x_off: 0,
-                    x_stride: m.cols,
-                    n,
-                    y,
-                    y_off: 0,
-                    y_stride: m.rows,
-                    accumulate,
-                    bias,
-                },
-            )
+        let inputs = PassInputs::upload(&self.gpu, &self.cfg, batch, &self.inv_freqs);
+        let resident_head = if self.head_is_embed {
+            self.embed.as_ref()
+        } else {
+            self.head.as_ref()
         };
-        // streaming state: the next unit to load, units whose compute was submitted
-        let (mut next_load, mut submitted) = (0usize, 0usize);
-        let depth = self.stream.as_ref().map_or(1, |st| st.uploader.depth());
-        let n_units = self.stream.as_ref().map_or(0, |st| st.units.len());
-        let mut load_upto =
-            |stream: &mut Option<Stream>, stats: &mut StreamStats, upto: usize| -> Result<()> {
-                let Some(st) = stream.as_mut() else {
-                    return Ok(());
-                };
-                while next_load < n_units && next_load < upto {
-                    let unit = &st.units[next_load].1;
-                    let (io, stall) = st.uploader.load(g, next_load % depth, unit)?;
-                    stats.io_time += io;
-                    stats.stall_time += stall;
-                    stats.bytes_streamed += unit.file_bytes;
-                    next_load += 1;
-                }
-                Ok(())
-            };
-        // submits `rec` when streaming (after which the next units may load)
-        let flush = |rec: &mut Recorder,
-                     timing: Option<&mut Timing>,
-                     unit: Option<usize>,
-                     stream: &mut Option<Stream>|
-         -> Result<Option<wgpu::SubmissionIndex>> {
-            if stream.is_none() || rec.is_empty() {
-                return Ok(None);
-            }
-            let index = g.submit_timed(std::mem::take(rec), timing)?;
-            if let (Some(u), Some(st)) = (unit, stream.as_mut()) {
-                st.uploader.used(u % depth, index.clone());
-            }
-            Ok(Some(index))
-        };
-        flush(&mut rec, self.timing.as_mut(), None, &mut self.stream)?;
-        load_upto(&mut self.stream, &mut self.stats, depth)?;
-
-        let mut unit_idx = 0usize;
-        for li in 0..self.layers.len() {
-            let l = &self.layers[li];
-            let slot_mats;
-            let (mats, unit) = match &l.mats {
-                Some(m) => (m, None),
-                None => {
-                    let st = self.stream.as_ref().expect("a streamed layer needs a ring");
-                    debug_assert!(matches!(st.units[unit_idx].0, Streamed::Layer(i) if i == li));
-                    slot_mats = LayerMats::from_slot(
-                        &st.units[unit_idx].1,
-                        st.uploader.dst(unit_idx % depth),
-                    );
-                    unit_idx += 1;
-                    (&slot_mats, Some(unit_idx - 1))
-                }
-            };
-            if let Some(u) = unit {
-                load_upto(&mut self.stream, &mut self.stats, u + 1)?;
-            }
-            g.rms_norm(&mut rec, &s.x, 0, &l.attn_norm, c.rms_eps, &s.xn, 0, n, h)?;
-            let b = l.bias.as_ref();
-            mm(&mut rec, &mats.wq, &s.xn, &s.q, false, b.map(|b| &b[0]))?;
-            mm(&mut rec, &mats.wk, &s.xn, &s.k, false, b.map(|b| &b[1]))?;
-            mm(&mut rec, &mats.wv, &s.xn, &s.v, false, b.map(|b| &b[2]))?;
-            let half = rope.half;
-            g.rope(
-                &mut rec, &s.q, n, c.n_heads, c.head_dim, half, half_split, &cos, &sin,
-            )?;
-            g.rope(
-                &mut rec,
-                &s.k,
-                n,
-                c.n_kv_heads,
-                c.head_dim,
-                half,
-                half_split,
-                &cos,
-                &sin,
-            )?;
-            let kv_dim = c.kv_dim();
-            let off = (base * kv_dim * 4) as u64;
-            let bytes = (n * kv_dim * 4) as u64;
-            rec.copy(&s.k, 0, &l.k_cache, off, bytes);
-            rec.copy(&s.v, 0, &l.v_cache, off, bytes);
-            g.attention(
-                &mut rec,
-                &AttentionArgs {
-                    q: &s.q,
-                    k_cache: &l.k_cache,
-                    v_cache: &l.v_cache,
-                    vis_off: &vis_off,
-                    vis: &vis,
-                    out: &s.att,
-                    n,
-                    base,
-                    n_heads: c.n_heads,
-                    n_kv_heads: c.n_kv_heads,
-                    head_dim: c.head_dim,
-                },
-            )?;
-            mm(&mut rec, &mats.wo, &s.att, &s.x, true, None)?;
-            g.rms_norm(&mut rec, &s.x, 0, &l.ffn_norm, c.rms_eps, &s.xn, 0, n, h)?;
-            mm(&mut rec, &mats.w_gate, &s.xn, &s.gate, false, None)?;
-            mm(&mut rec, &mats.w_up, &s.xn, &s.up, false, None)?;
-            g.swiglu(&mut rec, &s.gate, &s.up, n * c.ffn)?;
-            mm(&mut rec, &mats.w_down, &s.gate, &s.x, true, None)?;
-            flush(&mut rec, self.timing.as_mut(), unit, &mut self.stream)?;
-            if unit.is_some() {
-                submitted += 1;
-            }
-            load_upto(&mut self.stream, &mut self.stats, submitted + depth)?;
-        }
-        let (first, rows) = match want.rows {
-            Rows::Last => (n - 1, 1),
-            Rows::All => (0, n),
-        };
-        g.rms_norm(
-            &mut rec,
-            &s.x,
-            first * h,
+        let mut pass = GpuPass::new(
+            &self.gpu,
+            &self.cfg,
+            batch,
+            self.scratch.as_ref().expect("scratch"),
+            &self.layers,
+            self.embed.as_ref(),
+            &mut self.gather,
             &self.norm,
-            c.rms_eps,
-            &s.xn,
-            0,
-            rows,
-            h,
-        )?;
-        let head_args = MatmulArgs {
-            x: &s.xn,
-            x_off: 0,
-            x_stride: h,
-            n: rows,
-            y: &s.logits,
-            y_off: 0,
-            y_stride: c.vocab,
-            accumulate: false,
-            bias: None,
+            &mut self.stream,
+            &mut self.stats,
+            &mut self.timing,
+            self.len,
+            want.rows,
+            inputs,
+        );
+        recipe::forward(&self.cfg, &mut pass)?;
+        let rec = pass.head(resident_head, &self.weights.head)?;
+        self.len += batch.len();
+        let rows = match want.rows {
+            Rows::Last => 1,
+            Rows::All => batch.len(),
         };
-        match self.head() {
-            Some(head) => g.matmul(&mut rec, head, &head_args)?,
-            None => {
-                let w = &self.weights.head;
-                while unit_idx < n_units {
-                    let u = unit_idx;
-                    load_upto(&mut self.stream, &mut self.stats, u + 1)?;
-                    let st = self.stream.as_ref().expect("streamed head");
-                    let m = &st.units[u].1.mats[0];
-                    let part = GpuMatrix::view(
-                        m.format,
-                        w.rows,
-                        w.cols,
-                        st.uploader.dst(u % depth),
-                        &m.parts,
-                    );
-                    g.matmul(&mut rec, &part, &head_args)?;
-                    flush(&mut rec, self.timing.as_mut(), Some(u), &mut self.stream)?;
-                    submitted += 1;
-                    unit_idx += 1;
-                    load_upto(&mut self.stream, &mut self.stats, submitted + depth)?;
-                }
-            }
-        }
-        debug_assert!(!streaming || (unit_idx == n_units && next_load == n_units));
-        self.len += n;
         Ok((rec, rows))
     }
 
@@ -1186,52 +998,4 @@ fn gather_bytes(embed: &Matrix) -> u64 {
         .map(|l| l.iter().map(|l| l.bytes as u64).sum::<u64>())
         .unwrap_or(0)
         .max(16)
-}
-
-/// Embeds `tokens` into `x` from rows gathered out of the model file, `GATHER_ROWS` per
-/// submit. Returns the bytes read.
-fn gather_rows(
-    g: &Gpu,
-    ga: &mut Gather,
-    tokens: &[u32],
-    x: &wgpu::Buffer,
-    mut timing: Option<&mut Timing>,
-) -> Result<u64> {
-    let m = &ga.table;
-    let format = WFormat::for_dtype(m.dtype, g.ctx.f16);
-    let mut bytes = 0;
-    for (ci, chunk) in tokens.chunks(GATHER_ROWS).enumerate() {
-        let mut data = Vec::with_capacity(chunk.len() * m.row_bytes());
-        for &t in chunk {
-            data.extend_from_slice(m.row(t as usize));
-        }
-        bytes += data.len() as u64;
-        let sub = Matrix {
-            name: m.name.clone(),
-            dtype: m.dtype,
-            rows: chunk.len(),
-            cols: m.cols,
-            data: data.into(),
-        };
-        let layouts = row_range_layouts(&sub, 0, sub.rows, u64::MAX >> 1)?;
-        let total: usize = layouts.iter().map(|l| l.bytes).sum();
-        ga.scratch.clear();
-        ga.scratch.resize(total, 0);
-        let mut parts = Vec::with_capacity(layouts.len());
-        let mut off = 0;
-        for l in layouts {
-            pack_rows(&sub, &l, &mut ga.scratch[off..off + l.bytes]);
-            parts.push((l, off as u64));
-            off += l.bytes;
-        }
-        debug_assert!(parts.len() == 1);
-        g.ctx.queue.write_buffer(&ga.buf, 0, &ga.scratch);
-        let ids: Vec<u32> = (0..chunk.len() as u32).collect();
-        let ids = g.upload(&ids, "gather ids");
-        let table = GpuMatrix::view(format, sub.rows, sub.cols, &ga.buf, &parts);
-        let mut rec = Recorder::default();
-        g.embed_at(&mut rec, &table, &ids, chunk.len(), x, ci * GATHER_ROWS)?;
-        g.submit_timed(rec, timing.as_deref_mut())?;
-    }
-    Ok(bytes)
 }

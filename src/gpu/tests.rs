@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::cpu::ops;
-use crate::model::Matrix;
+use crate::model::{Matrix, RopeLayout, RopeTable};
 use crate::quant::{dequantize_row, matmul_f32, quantize_row, DType};
 use crate::sampling::SamplerRng;
 

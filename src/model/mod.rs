@@ -2,9 +2,12 @@
 //! Hugging Face directory.
 
 pub mod config;
+pub mod recipe;
+pub mod rope;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig, RopeConfig, RopeLayout, RopeScaling, SpecialTokens};
+pub use rope::RopeTable;
 pub use weights::{quantize_matrix, LayerWeights, Matrix, ModelWeights};
 
 use crate::error::{format_err, unsupported, Error, Result};

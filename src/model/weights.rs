@@ -1,6 +1,7 @@
 //! The weights of a Llama-family decoder, gathered by role from either file format.
 
 use super::config::ModelConfig;
+use super::recipe::{Mat, Norm};
 use crate::error::{format_err, Result};
 use crate::format::{Bytes, RawTensor};
 use crate::quant::{dequantize_row, quantize_row, DType};
@@ -70,6 +71,29 @@ pub struct QkvBias {
 }
 
 impl LayerWeights {
+    pub fn mat(&self, m: Mat) -> &Matrix {
+        match m {
+            Mat::Q => &self.wq,
+            Mat::K => &self.wk,
+            Mat::V => &self.wv,
+            Mat::O => &self.wo,
+            Mat::Gate => &self.w_gate,
+            Mat::Up => &self.w_up,
+            Mat::Down => &self.w_down,
+        }
+    }
+
+    /// The bias added after `m`, if the layer has one.
+    pub fn bias(&self, m: Mat) -> Option<&[f32]> {
+        let b = self.bias.as_ref()?;
+        match m {
+            Mat::Q => Some(&b.q),
+            Mat::K => Some(&b.k),
+            Mat::V => Some(&b.v),
+            _ => None,
+        }
+    }
+
     pub fn matrices(&self) -> [&Matrix; 7] {
         [
             &self.wq,
@@ -95,6 +119,14 @@ pub struct ModelWeights {
 }
 
 impl ModelWeights {
+    pub fn norm_weights(&self, norm: Norm) -> &[f32] {
+        match norm {
+            Norm::Attn(l) => &self.layers[l].attn_norm,
+            Norm::Ffn(l) => &self.layers[l].ffn_norm,
+            Norm::Output => &self.norm,
+        }
+    }
+
     /// Every matrix once (the tied head is not counted twice).
     pub fn matrices(&self) -> Vec<&Matrix> {
         let mut m = vec![&self.embed];
