@@ -25,6 +25,7 @@ export LLMCAD_GPU_LIMITS=webgpu-default
 cargo test --release --locked --no-fail-fast --lib "$@" -- gpu::
 cargo test --release --locked --no-fail-fast --test gpu --test streaming "$@"
 cargo test --release --locked --no-fail-fast --test qwen "$@" -- on_the_gpu
+cargo test --release --locked --no-fail-fast --test families "$@" -- on_the_gpu
 # injected GPU faults (adapter, device, pipeline, allocation, device loss) under the floor too
 cargo test --release --locked --no-fail-fast --test cli --test engine "$@" -- gpu_target device_loss
 unset LLMCAD_GPU_LIMITS

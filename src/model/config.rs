@@ -294,7 +294,14 @@ impl ModelConfig {
             None if n_heads > 0 => hidden / n_heads,
             None => 0,
         };
-        let scaling = match get("rope_scaling") {
+        // transformers 5 writes the theta and the scaling together as "rope_parameters"; earlier
+        // versions wrote "rope_theta" and "rope_scaling"
+        let rope_params = get("rope_parameters");
+        let theta = rope_params
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Json::as_f64)
+            .unwrap_or_else(|| opt_f("rope_theta", 10000.0));
+        let scaling = match rope_params.or_else(|| get("rope_scaling")) {
             None => RopeScaling::None,
             Some(s) => {
                 let ty = s
@@ -306,7 +313,7 @@ impl ModelConfig {
                     s.get(k)
                         .and_then(Json::as_f64)
                         .map(|v| v as f32)
-                        .ok_or_else(|| config_err!("config.json: rope_scaling needs \"{k}\""))
+                        .ok_or_else(|| config_err!("config.json: rope scaling needs \"{k}\""))
                 };
                 match ty {
                     "default" => RopeScaling::None,
@@ -321,7 +328,7 @@ impl ModelConfig {
                     },
                     other => {
                         return Err(crate::error::unsupported!(
-                            "config.json: rope_scaling type {other:?}"
+                            "config.json: rope scaling type {other:?}"
                         ))
                     }
                 }
@@ -339,7 +346,7 @@ impl ModelConfig {
             max_context: req("max_position_embeddings")?,
             rms_eps: opt_f("rms_norm_eps", 1e-6) as f32,
             rope: RopeConfig {
-                theta: opt_f("rope_theta", 10000.0) as f32,
+                theta: theta as f32,
                 layout: RopeLayout::HalfSplit,
                 dims: head_dim,
                 scaling,

@@ -1,0 +1,219 @@
+//! Every supported model family against an independent reference: the tiny random models in
+//! tests/models/ (made by `tests/models/make_tiny_models.py` with Hugging Face `transformers`,
+//! and converted to GGUF by llama.cpp's own `convert_hf_to_gguf.py`). For each family and both
+//! file formats: the logits of every prompt position match transformers', greedy decoding gives
+//! its tokens, the GPU gives the CPU's, and speculation with the family's tiny drafter is
+//! lossless.
+
+mod common;
+
+use common::*;
+use llmcad::backend::{Backend, Batch, Logits, Rows, Want};
+use llmcad::cpu::Precision;
+use llmcad::generate::GenerateOptions;
+use llmcad::model::Model;
+use llmcad::spec::{generate_speculative, SpecMode, SpecOptions};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Largest difference allowed between llmcad's logits and transformers' (both float32 over
+/// float32 weights; the reference is rounded to 6 significant digits), relative to the largest
+/// reference logit of the row and at least 1.
+const LOGIT_TOLERANCE: f32 = 1e-4;
+
+#[derive(Deserialize)]
+struct Reference {
+    prompt_ids: Vec<u32>,
+    /// One row per prompt position.
+    logits: Vec<Vec<f32>>,
+    greedy_ids: Vec<u32>,
+}
+
+fn dir(family: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/models")
+        .join(family)
+}
+
+fn reference(family: &str) -> Reference {
+    let path = dir(family).join("reference.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The family's target from its GGUF and from its Hugging Face directory.
+fn targets(family: &str) -> [Model; 2] {
+    [
+        load(&dir(family).join("target.gguf")),
+        load(&dir(family).join("target")),
+    ]
+}
+
+fn prompt_logits(b: &mut dyn Backend, prompt: &[u32]) -> Vec<f32> {
+    let want = Want {
+        rows: Rows::All,
+        top_k: None,
+    };
+    match b.forward(&Batch::chain(prompt, 0), want).unwrap() {
+        Logits::Dense { data, .. } => data,
+        other => panic!("dense logits expected, got {other:?}"),
+    }
+}
+
+/// Checks every row of `got` against the reference; returns the largest relative difference.
+fn compare_logits(what: &str, got: &[f32], r: &Reference) -> f32 {
+    let vocab = r.logits[0].len();
+    assert_eq!(got.len(), r.logits.len() * vocab, "{what}");
+    let mut worst = 0f32;
+    for (pos, (row, want)) in got.chunks_exact(vocab).zip(&r.logits).enumerate() {
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = row
+            .iter()
+            .zip(want)
+            .map(|(g, w)| {
+                if g.is_finite() {
+                    (g - w).abs()
+                } else {
+                    f32::INFINITY
+                }
+            })
+            .fold(0f32, f32::max)
+            / scale;
+        assert!(
+            diff <= LOGIT_TOLERANCE,
+            "{what}: position {pos} differs from transformers by {diff:e} (relative)"
+        );
+        worst = worst.max(diff);
+    }
+    worst
+}
+
+fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize) -> Vec<u32> {
+    let opts = GenerateOptions {
+        max_tokens: n,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    llmcad::generate::generate(b, prompt, &[], &opts, &mut |_| true)
+        .unwrap()
+        .tokens
+}
+
+/// Logits and greedy tokens on the CPU, from both formats, at every activation precision the
+/// float32 weights take (they all multiply in f32).
+fn matches_transformers_on_the_cpu(family: &str) {
+    let r = reference(family);
+    for m in targets(family) {
+        let what = format!("{family} ({:?})", m.format);
+        let mut b = cpu(&m, Precision::default(), 2);
+        let worst = compare_logits(&what, &prompt_logits(&mut b, &r.prompt_ids), &r);
+        eprintln!("{what}: largest relative logit difference {worst:e}");
+        let mut b = cpu(&m, Precision::default(), 2);
+        let tokens = greedy(&mut b, &r.prompt_ids, r.greedy_ids.len());
+        assert_eq!(tokens, r.greedy_ids, "{what}: greedy tokens");
+    }
+}
+
+/// The GPU gives the reference's logits and greedy tokens (tests/run.sh runs this again under
+/// WebGPU's default limits).
+fn matches_transformers_on_the_gpu(family: &str) {
+    let r = reference(family);
+    for m in targets(family) {
+        let what = format!("{family} ({:?}) on the GPU", m.format);
+        let Some(mut g) = gpu_target(&m, 64) else {
+            return;
+        };
+        compare_logits(&what, &prompt_logits(&mut g, &r.prompt_ids), &r);
+        let mut g = gpu_target(&m, 64).unwrap();
+        let tokens = greedy(&mut g, &r.prompt_ids, r.greedy_ids.len());
+        assert_eq!(tokens, r.greedy_ids, "{what}: greedy tokens");
+    }
+}
+
+/// Tree and chain speculation with the family's one-layer drafter give the target-only tokens.
+fn speculation_is_lossless(family: &str) {
+    let r = reference(family);
+    let t = load(&dir(family).join("target.gguf"));
+    let d = load(&dir(family).join("draft.gguf"));
+    assert!(llmcad::spec::check_pair(&t, &d).unwrap().is_empty());
+    let n = 24;
+    let want = greedy(&mut cpu(&t, Precision::default(), 1), &r.prompt_ids, n);
+    let opts = GenerateOptions {
+        max_tokens: n,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    for spec in [
+        SpecOptions {
+            max_nodes: Some(8),
+            ..SpecOptions::default()
+        },
+        SpecOptions {
+            mode: SpecMode::Chain { k: 3 },
+            ..SpecOptions::default()
+        },
+    ] {
+        let mut tb = cpu(&t, Precision::default(), 2);
+        let mut db = cpu(&d, Precision::default(), 1);
+        let out = generate_speculative(
+            &mut tb,
+            &mut db,
+            &r.prompt_ids,
+            &[],
+            &opts,
+            &spec,
+            &mut |_| true,
+        )
+        .unwrap();
+        assert_eq!(out.generation.tokens, want, "{family} with {spec:?}");
+    }
+}
+
+macro_rules! family_tests {
+    ($($family:ident),*) => {$(
+        mod $family {
+            #[test]
+            fn matches_transformers_on_the_cpu() {
+                super::matches_transformers_on_the_cpu(stringify!($family));
+            }
+
+            #[test]
+            fn matches_transformers_on_the_gpu() {
+                super::matches_transformers_on_the_gpu(stringify!($family));
+            }
+
+            #[test]
+            fn speculation_is_lossless() {
+                super::speculation_is_lossless(stringify!($family));
+            }
+        }
+    )*};
+}
+
+family_tests!(llama3, qwen2);
+
+/// Families whose fixtures exist but which llmcad does not run yet are refused at load time,
+/// naming the architecture, from either format.
+#[test]
+fn unsupported_families_are_refused_by_name() {
+    for (family, gguf_name, hf_name) in [
+        ("gemma2", "\"gemma2\"", "\"Gemma2ForCausalLM\""),
+        ("gemma3", "\"gemma3\"", "\"Gemma3ForCausalLM\""),
+        ("phi3", "\"phi3\"", "\"Phi3ForCausalLM\""),
+    ] {
+        for (path, name) in [
+            (dir(family).join("target.gguf"), gguf_name),
+            (dir(family).join("target"), hf_name),
+        ] {
+            let err = Model::load(&path, &Default::default())
+                .err()
+                .unwrap_or_else(|| panic!("{} loaded", path.display()))
+                .to_string();
+            assert!(
+                err.contains(name) && err.contains("llmcad runs"),
+                "{}: {err}",
+                path.display()
+            );
+        }
+    }
+}
