@@ -68,6 +68,8 @@ fn gguf_name(hf: &str) -> Option<String> {
         "self_attn.q_proj.bias" => "attn_q.bias",
         "self_attn.k_proj.bias" => "attn_k.bias",
         "self_attn.v_proj.bias" => "attn_v.bias",
+        "self_attn.q_norm.weight" => "attn_q_norm.weight",
+        "self_attn.k_norm.weight" => "attn_k_norm.weight",
         "post_attention_layernorm.weight" => "ffn_norm.weight",
         "mlp.gate_proj.weight" => "ffn_gate.weight",
         "mlp.up_proj.weight" => "ffn_up.weight",
@@ -101,7 +103,8 @@ pub fn write_gguf(
 ) -> Result<()> {
     let arch = match cfg.arch {
         crate::model::Arch::Qwen2 => "qwen2",
-        _ => "llama",
+        crate::model::Arch::Qwen3 => "qwen3",
+        crate::model::Arch::Llama | crate::model::Arch::Mistral => "llama",
     };
     let mut w = GgufWriter::default();
     let k = |s: &str| format!("{arch}.{s}");
@@ -196,6 +199,7 @@ pub fn write_hf_dir(
         crate::model::Arch::Llama => "LlamaForCausalLM",
         crate::model::Arch::Mistral => "MistralForCausalLM",
         crate::model::Arch::Qwen2 => "Qwen2ForCausalLM",
+        crate::model::Arch::Qwen3 => "Qwen3ForCausalLM",
     };
     let config = serde_json::json!({
         "architectures": [arch],
@@ -312,6 +316,10 @@ pub fn model_tensors(m: &crate::model::Model) -> Vec<F32Tensor> {
             out.push(vec1(p("self_attn.q_proj.bias"), &b.q));
             out.push(vec1(p("self_attn.k_proj.bias"), &b.k));
             out.push(vec1(p("self_attn.v_proj.bias"), &b.v));
+        }
+        if let Some(n) = &l.qk_norm {
+            out.push(vec1(p("self_attn.q_norm.weight"), &n.q));
+            out.push(vec1(p("self_attn.k_norm.weight"), &n.k));
         }
         out.push(vec1(p("post_attention_layernorm.weight"), &l.ffn_norm));
         out.push(mat(p("mlp.gate_proj.weight"), &l.w_gate, None));

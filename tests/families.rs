@@ -190,7 +190,7 @@ macro_rules! family_tests {
     )*};
 }
 
-family_tests!(llama3, qwen2);
+family_tests!(llama3, qwen2, qwen3);
 
 /// Families whose fixtures exist but which llmcad does not run yet are refused at load time,
 /// naming the architecture, from either format.

@@ -108,7 +108,14 @@ impl LayerOps for CpuPass<'_> {
     fn rms_norm(&mut self, w: Norm, x: Act, out: Act) -> Result<()> {
         let weight = self.weights.norm_weights(w);
         let mut dst = std::mem::take(&mut self.acts[out as usize]);
-        let src = &self.acts[x as usize];
+        let mut copy = Vec::new();
+        let src = if x == out {
+            copy = self.spare.pop().unwrap_or_default();
+            copy.clone_from(&dst);
+            &copy
+        } else {
+            &self.acts[x as usize]
+        };
         // the output norm runs over the returned rows only
         let src = match (w, self.rows) {
             (Norm::Output, Rows::Last) => &src[src.len() - weight.len()..],
@@ -117,6 +124,7 @@ impl LayerOps for CpuPass<'_> {
         dst.resize(src.len(), 0.0);
         rms_norm(src, weight, self.cfg.rms_eps, &mut dst);
         self.acts[out as usize] = dst;
+        self.spare.push(copy);
         Ok(())
     }
 

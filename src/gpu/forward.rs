@@ -271,15 +271,36 @@ impl LayerOps for GpuPass<'_> {
     }
 
     fn rms_norm(&mut self, w: Norm, x: Act, out: Act) -> Result<()> {
-        let (h, eps) = (self.cfg.hidden, self.cfg.rms_eps);
-        let (weight, first, rows) = match w {
-            Norm::Attn(l) => (&self.layers[l].attn_norm, 0, self.n()),
-            Norm::Ffn(l) => (&self.layers[l].ffn_norm, 0, self.n()),
-            Norm::Output => (self.norm, self.n() - self.rows_out(), self.rows_out()),
+        let c = self.cfg;
+        let (n, h) = (self.n(), c.hidden);
+        let qk_norm = |l: usize, i: usize| &self.layers[l].qk_norm.as_ref().expect("qk norm")[i];
+        // (weight, its length, first row, rows)
+        let (weight, len, first, rows) = match w {
+            Norm::Attn(l) => (&self.layers[l].attn_norm, h, 0, n),
+            Norm::Ffn(l) => (&self.layers[l].ffn_norm, h, 0, n),
+            Norm::QHeads(l) => (qk_norm(l, 0), c.head_dim, 0, n * c.n_heads),
+            Norm::KHeads(l) => (qk_norm(l, 1), c.head_dim, 0, n * c.n_kv_heads),
+            Norm::Output => (self.norm, h, n - self.rows_out(), self.rows_out()),
         };
-        let (src, dst) = (self.buf(x), self.buf(out));
-        self.g
-            .rms_norm(&mut self.rec, src, first * h, weight, eps, dst, 0, rows, h)
+        let (mut src, dst) = (self.buf(x), self.buf(out));
+        if x == out {
+            // a kernel may not read and write one buffer
+            self.rec
+                .copy(src, 0, &self.s.tmp, 0, (rows * len * 4) as u64);
+            src = &self.s.tmp;
+        }
+        let first = first * len;
+        self.g.rms_norm(
+            &mut self.rec,
+            src,
+            first,
+            weight,
+            c.rms_eps,
+            dst,
+            0,
+            rows,
+            len,
+        )
     }
 
     fn linear(&mut self, layer: usize, x: Act, outs: &[(Mat, Act)], write: Write) -> Result<()> {

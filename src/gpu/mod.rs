@@ -131,6 +131,8 @@ struct GpuLayer {
     /// Resident matrices; `None` when the layer streams.
     mats: Option<LayerMats>,
     bias: Option<[wgpu::Buffer; 3]>,
+    /// Per-head query and key norms (Qwen3).
+    qk_norm: Option<[wgpu::Buffer; 2]>,
     k_cache: wgpu::Buffer,
     v_cache: wgpu::Buffer,
 }
@@ -146,6 +148,8 @@ struct Scratch {
     att: wgpu::Buffer,
     gate: wgpu::Buffer,
     up: wgpu::Buffer,
+    /// A copy of an activation normalized in place.
+    tmp: wgpu::Buffer,
     logits: wgpu::Buffer,
     ids: wgpu::Buffer,
     vals: wgpu::Buffer,
@@ -282,6 +286,9 @@ impl GpuBackend {
             small += small_bytes(l.attn_norm.len()) + small_bytes(l.ffn_norm.len());
             if let Some(b) = &l.bias {
                 small += small_bytes(b.q.len()) + small_bytes(b.k.len()) + small_bytes(b.v.len());
+            }
+            if let Some(n) = &l.qk_norm {
+                small += small_bytes(n.q.len()) + small_bytes(n.k.len());
             }
         }
         let all_layers: u64 = layer_bytes.iter().sum();
@@ -458,6 +465,10 @@ impl GpuBackend {
                         gpu.upload(&b.v, "bv"),
                     ]
                 }),
+                qk_norm: l
+                    .qk_norm
+                    .as_ref()
+                    .map(|n| [gpu.upload(&n.q, "q_norm"), gpu.upload(&n.k, "k_norm")]),
                 k_cache: gpu.buffer(kv_bytes, "k_cache"),
                 v_cache: gpu.buffer(kv_bytes, "v_cache"),
             };
@@ -465,9 +476,9 @@ impl GpuBackend {
             if let Some(m) = &layer.mats {
                 allocated += m.all().iter().map(|m| m.byte_len()).sum::<u64>();
             }
-            if let Some(b) = &layer.bias {
-                allocated += b.iter().map(|b| b.size()).sum::<u64>();
-            }
+            let bias = layer.bias.iter().flatten();
+            let small = bias.chain(layer.qk_norm.iter().flatten());
+            allocated += small.map(|b| b.size()).sum::<u64>();
             layers.push(layer);
         }
         let tied = w.tied_head && w.head.dtype == w.embed.dtype;
@@ -652,6 +663,7 @@ impl GpuBackend {
             att: f(cap_rows(c.q_dim()) * c.q_dim(), "att")?,
             gate: f(cap_rows(c.ffn) * c.ffn, "gate")?,
             up: f(cap_rows(c.ffn) * c.ffn, "up")?,
+            tmp: f(cap_rows(c.q_dim()) * c.q_dim().max(c.kv_dim()), "tmp")?,
             logits: f(cap_rows(c.vocab) * c.vocab, "logits")?,
             ids: f(cap * 128, "ids")?,
             vals: f(cap * 64, "vals")?,

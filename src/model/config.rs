@@ -96,6 +96,8 @@ pub enum Arch {
     Llama,
     Mistral,
     Qwen2,
+    /// Qwen2 without the q/k/v bias, with an RMSNorm over each query and key head.
+    Qwen3,
 }
 
 impl Arch {
@@ -104,7 +106,13 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
         }
+    }
+
+    /// Each query and key head is RMS-normalized before RoPE.
+    pub fn qk_norm(self) -> bool {
+        self == Arch::Qwen3
     }
 }
 
@@ -185,10 +193,11 @@ impl ModelConfig {
         let (arch, layout) = match arch_name {
             "llama" => (Arch::Llama, RopeLayout::Interleaved),
             "qwen2" => (Arch::Qwen2, RopeLayout::HalfSplit),
+            "qwen3" => (Arch::Qwen3, RopeLayout::HalfSplit),
             other => {
                 return Err(crate::error::unsupported!(
                     "GGUF architecture {other:?}; llmcad runs \"llama\" (Llama 2/3, Mistral, \
-                     SmolLM, TinyLlama) and \"qwen2\""
+                     SmolLM, TinyLlama), \"qwen2\" and \"qwen3\""
                 ))
             }
         };
@@ -268,10 +277,11 @@ impl ModelConfig {
             "LlamaForCausalLM" | "llama" => Arch::Llama,
             "MistralForCausalLM" | "mistral" => Arch::Mistral,
             "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
+            "Qwen3ForCausalLM" | "qwen3" => Arch::Qwen3,
             other => {
                 return Err(crate::error::unsupported!(
                     "config.json architecture {other:?}; llmcad runs LlamaForCausalLM, \
-                     MistralForCausalLM and Qwen2ForCausalLM"
+                     MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM"
                 ))
             }
         };

@@ -59,6 +59,10 @@ pub enum Norm {
     Attn(usize),
     /// Before the FFN in `layer`.
     Ffn(usize),
+    /// Over each query head in `layer` (`head_dim` long).
+    QHeads(usize),
+    /// Over each key head in `layer`.
+    KHeads(usize),
     /// After the last layer, over the rows the pass returns only.
     Output,
 }
@@ -80,7 +84,7 @@ pub trait LayerOps {
     fn begin_layer(&mut self, layer: usize) -> Result<()>;
     /// After a layer's last op (a streaming backend submits the layer's work here).
     fn end_layer(&mut self, layer: usize) -> Result<()>;
-    /// `out = x / rms(x) · w`, row by row.
+    /// `out = x / rms(x) · w`, over rows as long as `w` (`x` may be `out`).
     fn rms_norm(&mut self, w: Norm, x: Act, out: Act) -> Result<()>;
     /// For each `(m, out)`: `out = x · mᵀ`, plus `m`'s bias when the layer has one. The
     /// matrices share the input, so a backend may quantize it once for all of them.
@@ -95,8 +99,8 @@ pub trait LayerOps {
     fn swiglu(&mut self) -> Result<()>;
 }
 
-/// The pass of a Llama-family decoder (llama, mistral, qwen2): pre-norm attention and SwiGLU
-/// FFN blocks, each added to the residual stream, then the output norm. The head is the
+/// The pass of a Llama-family decoder (llama, mistral, qwen2, qwen3): pre-norm attention and
+/// SwiGLU FFN blocks, each added to the residual stream, then the output norm. The head is the
 /// backend's: it decides which rows and which vocabulary to compute.
 pub fn forward(cfg: &ModelConfig, ops: &mut impl LayerOps) -> Result<()> {
     ops.embed()?;
@@ -105,6 +109,10 @@ pub fn forward(cfg: &ModelConfig, ops: &mut impl LayerOps) -> Result<()> {
         ops.rms_norm(Norm::Attn(layer), Act::X, Act::Xn)?;
         let qkv = [(Mat::Q, Act::Q), (Mat::K, Act::K), (Mat::V, Act::V)];
         ops.linear(layer, Act::Xn, &qkv, Write::Set)?;
+        if cfg.arch.qk_norm() {
+            ops.rms_norm(Norm::QHeads(layer), Act::Q, Act::Q)?;
+            ops.rms_norm(Norm::KHeads(layer), Act::K, Act::K)?;
+        }
         ops.rope(Act::Q, cfg.n_heads)?;
         ops.rope(Act::K, cfg.n_kv_heads)?;
         ops.kv_write(layer)?;

@@ -57,10 +57,18 @@ pub struct LayerWeights {
     pub wo: Matrix,
     /// q/k/v biases (Qwen2 only).
     pub bias: Option<QkvBias>,
+    /// RMSNorm weights over each query and key head (`head_dim` long; Qwen3).
+    pub qk_norm: Option<QkNorm>,
     pub ffn_norm: Vec<f32>,
     pub w_gate: Matrix,
     pub w_up: Matrix,
     pub w_down: Matrix,
+}
+
+#[derive(Clone, Debug)]
+pub struct QkNorm {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
 }
 
 #[derive(Clone, Debug)]
@@ -123,6 +131,8 @@ impl ModelWeights {
         match norm {
             Norm::Attn(l) => &self.layers[l].attn_norm,
             Norm::Ffn(l) => &self.layers[l].ffn_norm,
+            Norm::QHeads(l) => &self.layers[l].qk_norm.as_ref().expect("Qwen3 q norm").q,
+            Norm::KHeads(l) => &self.layers[l].qk_norm.as_ref().expect("Qwen3 k norm").k,
             Norm::Output => &self.norm,
         }
     }
@@ -147,6 +157,7 @@ impl ModelWeights {
             .map(|l| {
                 l.attn_norm.len()
                     + l.ffn_norm.len()
+                    + l.qk_norm.as_ref().map_or(0, |n| n.q.len() + n.k.len())
                     + l.bias
                         .as_ref()
                         .map_or(0, |b| b.q.len() + b.k.len() + b.v.len())
@@ -211,6 +222,8 @@ enum Role {
     QBias,
     KBias,
     VBias,
+    QNorm,
+    KNorm,
     FfnNorm,
     Gate,
     Up,
@@ -235,6 +248,8 @@ impl Naming {
                     QBias => blk("attn_q.bias"),
                     KBias => blk("attn_k.bias"),
                     VBias => blk("attn_v.bias"),
+                    QNorm => blk("attn_q_norm.weight"),
+                    KNorm => blk("attn_k_norm.weight"),
                     FfnNorm => blk("ffn_norm.weight"),
                     Gate => blk("ffn_gate.weight"),
                     Up => blk("ffn_up.weight"),
@@ -255,6 +270,8 @@ impl Naming {
                     QBias => blk("self_attn.q_proj.bias"),
                     KBias => blk("self_attn.k_proj.bias"),
                     VBias => blk("self_attn.v_proj.bias"),
+                    QNorm => blk("self_attn.q_norm.weight"),
+                    KNorm => blk("self_attn.k_norm.weight"),
                     FfnNorm => blk("post_attention_layernorm.weight"),
                     Gate => blk("mlp.gate_proj.weight"),
                     Up => blk("mlp.up_proj.weight"),
@@ -324,6 +341,14 @@ impl<'a> WeightLoader<'a> {
                             q: self.vector(Role::QBias, i, q)?,
                             k: self.vector(Role::KBias, i, kv)?,
                             v: self.vector(Role::VBias, i, kv)?,
+                        })
+                    } else {
+                        None
+                    },
+                    qk_norm: if c.arch.qk_norm() {
+                        Some(QkNorm {
+                            q: self.vector(Role::QNorm, i, c.head_dim)?,
+                            k: self.vector(Role::KNorm, i, c.head_dim)?,
                         })
                     } else {
                         None
