@@ -79,6 +79,11 @@ fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{part}"))
 }
 
+/// Phi-3 stores q/k/v and gate/up fused, and its LongRoPE factors as tensors: not written yet.
+fn phi3_unsupported() -> Error {
+    Error::Unsupported("llmcad convert does not write phi3 models yet".into())
+}
+
 fn encode(dtype: DType, t: &F32Tensor) -> (DType, Vec<u8>) {
     // 1-D tensors (norms, biases) and rows that do not fill blocks stay F32, as in llama.cpp
     let cols = *t.shape.last().unwrap_or(&1);
@@ -105,6 +110,7 @@ pub fn write_gguf(
         crate::model::Arch::Qwen2 => "qwen2",
         crate::model::Arch::Qwen3 => "qwen3",
         crate::model::Arch::Llama | crate::model::Arch::Mistral => "llama",
+        crate::model::Arch::Phi3 => return Err(phi3_unsupported()),
     };
     let mut w = GgufWriter::default();
     let k = |s: &str| format!("{arch}.{s}");
@@ -200,6 +206,7 @@ pub fn write_hf_dir(
         crate::model::Arch::Mistral => "MistralForCausalLM",
         crate::model::Arch::Qwen2 => "Qwen2ForCausalLM",
         crate::model::Arch::Qwen3 => "Qwen3ForCausalLM",
+        crate::model::Arch::Phi3 => return Err(phi3_unsupported()),
     };
     let config = serde_json::json!({
         "architectures": [arch],

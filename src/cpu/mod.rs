@@ -82,7 +82,7 @@ impl CpuBackend {
             ))
         })?;
         Ok(CpuBackend {
-            inv_freqs: cfg.rope.inv_freqs(),
+            inv_freqs: cfg.rope.inv_freqs(context),
             kv: KvCache::new(cfg.n_layers, cfg.kv_dim(), context),
             pool,
             precision: opts.precision,

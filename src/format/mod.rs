@@ -37,6 +37,21 @@ impl Deref for Bytes {
     }
 }
 
+impl Bytes {
+    /// The bytes in `range` (a window into the same mapping, or a copy of owned bytes).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Bytes {
+        assert!(range.start <= range.end && range.end <= self.len());
+        match self {
+            Bytes::Mapped { map, start, .. } => Bytes::Mapped {
+                map: map.clone(),
+                start: start + range.start,
+                len: range.len(),
+            },
+            Bytes::Owned(v) => Bytes::Owned(v[range].into()),
+        }
+    }
+}
+
 impl From<Vec<u8>> for Bytes {
     fn from(v: Vec<u8>) -> Self {
         Bytes::Owned(v.into())

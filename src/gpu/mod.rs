@@ -554,7 +554,7 @@ impl GpuBackend {
         gpu.ctx.wait()?;
         Ok(GpuBackend {
             passes_started: 0,
-            inv_freqs: cfg.rope.inv_freqs(),
+            inv_freqs: cfg.rope.inv_freqs(capacity),
             kv_tmp: gpu.buffer(4, "kv_tmp"),
             gpu,
             weights,

@@ -375,7 +375,7 @@ fn rope_matches_cpu_in_both_layouts() {
             scaling: RopeScaling::None,
         };
         let positions: Vec<usize> = (0..n).map(|_| (rng.uniform() * 500.0) as usize).collect();
-        let table = RopeTable::new(&cfg, &cfg.inv_freqs(), &positions);
+        let table = RopeTable::new(&cfg, &cfg.inv_freqs(64), &positions);
         let x = randn(&mut rng, n * heads * hd, 1.0);
         let xb = g.upload(&x, "x");
         let (cb, sb) = (g.upload(&table.cos, "cos"), g.upload(&table.sin, "sin"));

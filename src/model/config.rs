@@ -31,6 +31,15 @@ pub enum RopeScaling {
     },
     /// Per-frequency divisors given by the file (GGUF `rope_freqs.weight`).
     Factors(Vec<f32>),
+    /// Phi-3's LongRoPE: per-frequency divisors, `long` for a context past the original one
+    /// (chosen once for the KV cache's capacity, as llama.cpp does), and cos/sin scaled by
+    /// `attn_factor`.
+    LongRope {
+        short: Vec<f32>,
+        long: Vec<f32>,
+        original_context: usize,
+        attn_factor: f32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -43,9 +52,10 @@ pub struct RopeConfig {
 }
 
 impl RopeConfig {
-    /// Inverse frequency of each rotated pair, computed in f32 as the reference implementations
-    /// do (lower precision drifts visibly at long positions).
-    pub fn inv_freqs(&self) -> Vec<f32> {
+    /// Inverse frequency of each rotated pair for a KV cache of `context` tokens, computed in
+    /// f32 as the reference implementations do (lower precision drifts visibly at long
+    /// positions).
+    pub fn inv_freqs(&self, context: usize) -> Vec<f32> {
         let d = self.dims;
         (0..d / 2)
             .map(|i| {
@@ -54,6 +64,19 @@ impl RopeConfig {
                     RopeScaling::None => f,
                     RopeScaling::Linear { factor } => f / factor,
                     RopeScaling::Factors(div) => f / div.get(i).copied().unwrap_or(1.0),
+                    RopeScaling::LongRope {
+                        short,
+                        long,
+                        original_context,
+                        ..
+                    } => {
+                        let div = if context > *original_context {
+                            long
+                        } else {
+                            short
+                        };
+                        f / div.get(i).copied().unwrap_or(1.0)
+                    }
                     RopeScaling::Llama3 {
                         factor,
                         low_freq_factor,
@@ -77,6 +100,14 @@ impl RopeConfig {
             })
             .collect()
     }
+
+    /// The factor cos and sin are multiplied by (LongRoPE's attention scaling; 1 otherwise).
+    pub fn attn_factor(&self) -> f32 {
+        match self.scaling {
+            RopeScaling::LongRope { attn_factor, .. } => attn_factor,
+            _ => 1.0,
+        }
+    }
 }
 
 /// Token ids with a special meaning for generation.
@@ -98,6 +129,8 @@ pub enum Arch {
     Qwen2,
     /// Qwen2 without the q/k/v bias, with an RMSNorm over each query and key head.
     Qwen3,
+    /// Phi-3/3.5: q/k/v and gate/up each stored as one matrix, LongRoPE.
+    Phi3,
 }
 
 impl Arch {
@@ -107,7 +140,13 @@ impl Arch {
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
         }
+    }
+
+    /// q/k/v and gate/up are stored stacked, each as one matrix.
+    pub fn fused_projections(self) -> bool {
+        self == Arch::Phi3
     }
 
     /// Each query and key head is RMS-normalized before RoPE.
@@ -136,6 +175,19 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// A family whose every layer attends over a sliding window (Phi-3's 2047 tokens) runs
+    /// exactly with full attention as long as the context fits the window, so the context is
+    /// limited to it. (Mistral v0.1's window is not applied yet: its context stays as given.)
+    fn limit_to_window(&mut self, window: usize) {
+        if self.arch == Arch::Phi3 && window < self.max_context {
+            log::info!(
+                "{}: the context is limited to the sliding window of {window} tokens",
+                self.arch.name()
+            );
+            self.max_context = window;
+        }
+    }
+
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
     }
@@ -194,10 +246,11 @@ impl ModelConfig {
             "llama" => (Arch::Llama, RopeLayout::Interleaved),
             "qwen2" => (Arch::Qwen2, RopeLayout::HalfSplit),
             "qwen3" => (Arch::Qwen3, RopeLayout::HalfSplit),
+            "phi3" => (Arch::Phi3, RopeLayout::HalfSplit),
             other => {
                 return Err(crate::error::unsupported!(
                     "GGUF architecture {other:?}; llmcad runs \"llama\" (Llama 2/3, Mistral, \
-                     SmolLM, TinyLlama), \"qwen2\" and \"qwen3\""
+                     SmolLM, TinyLlama), \"qwen2\", \"qwen3\" and \"phi3\""
                 ))
             }
         };
@@ -240,7 +293,7 @@ impl ModelConfig {
                     config_err!("GGUF has neither {} nor a token list", key("vocab_size"))
                 })?,
         };
-        let cfg = ModelConfig {
+        let mut cfg = ModelConfig {
             arch,
             n_layers: req("block_count")?,
             hidden,
@@ -262,6 +315,12 @@ impl ModelConfig {
             attn_bias: arch == Arch::Qwen2,
             special: SpecialTokens::default(),
         };
+        if let Some(window) = g
+            .get_u64(&key("attention.sliding_window"))?
+            .filter(|&w| w > 0)
+        {
+            cfg.limit_to_window(window as usize);
+        }
         Ok(cfg)
     }
 
@@ -278,10 +337,11 @@ impl ModelConfig {
             "MistralForCausalLM" | "mistral" => Arch::Mistral,
             "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
             "Qwen3ForCausalLM" | "qwen3" => Arch::Qwen3,
+            "Phi3ForCausalLM" | "phi3" => Arch::Phi3,
             other => {
                 return Err(crate::error::unsupported!(
                     "config.json architecture {other:?}; llmcad runs LlamaForCausalLM, \
-                     MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM"
+                     MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and Phi3ForCausalLM"
                 ))
             }
         };
@@ -325,8 +385,36 @@ impl ModelConfig {
                         .map(|v| v as f32)
                         .ok_or_else(|| config_err!("config.json: rope scaling needs \"{k}\""))
                 };
+                let factors = |k: &str| -> Result<Vec<f32>> {
+                    s.get(k)
+                        .and_then(Json::as_array)
+                        .and_then(|a| a.iter().map(|v| v.as_f64().map(|v| v as f32)).collect())
+                        .ok_or_else(|| config_err!("config.json: rope scaling needs \"{k}\""))
+                };
                 match ty {
                     "default" => RopeScaling::None,
+                    "longrope" | "su" => {
+                        let original = s
+                            .get("original_max_position_embeddings")
+                            .or_else(|| get("original_max_position_embeddings"))
+                            .and_then(Json::as_u64)
+                            .ok_or_else(|| {
+                                config_err!("config.json: LongRoPE needs \"original_max_position_embeddings\"")
+                            })? as f32;
+                        // transformers' default attention factor, from how far the context grew
+                        let grown = req("max_position_embeddings")? as f32 / original;
+                        let attn_factor = match s.get("attention_factor").and_then(Json::as_f64) {
+                            Some(f) => f as f32,
+                            None if grown <= 1.0 => 1.0,
+                            None => (1.0 + grown.ln() / original.ln()).sqrt(),
+                        };
+                        RopeScaling::LongRope {
+                            short: factors("short_factor")?,
+                            long: factors("long_factor")?,
+                            original_context: original as usize,
+                            attn_factor,
+                        }
+                    }
                     "linear" => RopeScaling::Linear {
                         factor: f("factor")?,
                     },
@@ -344,7 +432,7 @@ impl ModelConfig {
                 }
             }
         };
-        let cfg = ModelConfig {
+        let mut cfg = ModelConfig {
             arch,
             n_layers: req("num_hidden_layers")?,
             hidden,
@@ -367,6 +455,9 @@ impl ModelConfig {
                     .unwrap_or(false),
             special: SpecialTokens::default(),
         };
+        if let Some(window) = get("sliding_window").and_then(Json::as_u64) {
+            cfg.limit_to_window(window as usize);
+        }
         Ok(cfg)
     }
 }

@@ -142,14 +142,36 @@ impl Model {
             stop: dedup(stop),
             add_bos: tokenizer.add_bos(),
         };
-        let mut loader = WeightLoader::new(g.tensors.clone(), Naming::Gguf, &config);
-        if let Some(f) = loader.raw("rope_freqs.weight") {
-            let mut factors = vec![0f32; f.numel()];
-            crate::quant::dequantize_row(f.dtype, &f.data, &mut factors);
-            config.rope.scaling = RopeScaling::Factors(factors);
+        let factors = |name: &str| {
+            g.tensors.iter().find(|t| t.name == name).map(|f| {
+                let mut factors = vec![0f32; f.numel()];
+                crate::quant::dequantize_row(f.dtype, &f.data, &mut factors);
+                factors
+            })
+        };
+        if let Some(f) = factors("rope_freqs.weight") {
+            config.rope.scaling = RopeScaling::Factors(f);
+        }
+        if let (Some(short), Some(long)) = (
+            factors("rope_factors_short.weight"),
+            factors("rope_factors_long.weight"),
+        ) {
+            let key = |k: &str| format!("{}.rope.scaling.{k}", config.arch.name());
+            let original_context = g.get_u64(&key("original_context_length"))?.ok_or_else(|| {
+                format_err!(
+                    "LongRoPE factors without {}",
+                    key("original_context_length")
+                )
+            })? as usize;
+            config.rope.scaling = RopeScaling::LongRope {
+                short,
+                long,
+                original_context,
+                attn_factor: g.get_f64(&key("attn_factor"))?.unwrap_or(1.0) as f32,
+            };
         }
         config.validate()?;
-        loader = WeightLoader::new(g.tensors.clone(), Naming::Gguf, &config);
+        let loader = WeightLoader::new(g.tensors.clone(), Naming::Gguf, &config);
         let weights = load_weights(loader, opts)?;
         check_vocab(&config, &tokenizer)?;
         let name = g

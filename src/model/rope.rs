@@ -15,14 +15,15 @@ pub struct RopeTable {
 impl RopeTable {
     pub fn new(rope: &RopeConfig, inv_freqs: &[f32], positions: &[usize]) -> Self {
         let half = rope.dims / 2;
+        let scale = rope.attn_factor();
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
         for &p in positions {
             for &f in inv_freqs {
                 // angle in f32 like the reference implementations; cos/sin rounded from f64
                 let angle = p as f32 * f;
-                cos.push((angle as f64).cos() as f32);
-                sin.push((angle as f64).sin() as f32);
+                cos.push((angle as f64).cos() as f32 * scale);
+                sin.push((angle as f64).sin() as f32 * scale);
             }
         }
         RopeTable { half, cos, sin }
@@ -70,7 +71,7 @@ mod tests {
             scaling: RopeScaling::None,
         };
         let c = cfg(RopeLayout::HalfSplit);
-        let table = RopeTable::new(&c, &c.inv_freqs(), &[5]);
+        let table = RopeTable::new(&c, &c.inv_freqs(64), &[5]);
         let x: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
         let mut half = x.clone();
         table.apply(RopeLayout::HalfSplit, 0, &mut half, 8);

@@ -29,6 +29,18 @@ impl Matrix {
         }
     }
 
+    /// Rows `r0..r1` as a matrix of their own (a fused q/k/v or gate/up matrix split).
+    pub fn rows_range(&self, r0: usize, r1: usize) -> Matrix {
+        let rb = self.row_bytes();
+        Matrix {
+            name: format!("{} (rows {r0}..{r1})", self.name),
+            dtype: self.dtype,
+            rows: r1 - r0,
+            cols: self.cols,
+            data: self.data.slice(r0 * rb..r1 * rb),
+        }
+    }
+
     pub fn row_bytes(&self) -> usize {
         self.dtype.row_bytes(self.cols)
     }
@@ -224,6 +236,10 @@ enum Role {
     VBias,
     QNorm,
     KNorm,
+    /// q, k and v stacked in one matrix (Phi-3).
+    Qkv,
+    /// gate and up stacked in one matrix (Phi-3).
+    GateUp,
     FfnNorm,
     Gate,
     Up,
@@ -250,6 +266,8 @@ impl Naming {
                     VBias => blk("attn_v.bias"),
                     QNorm => blk("attn_q_norm.weight"),
                     KNorm => blk("attn_k_norm.weight"),
+                    Qkv => blk("attn_qkv.weight"),
+                    GateUp => blk("ffn_up.weight"),
                     FfnNorm => blk("ffn_norm.weight"),
                     Gate => blk("ffn_gate.weight"),
                     Up => blk("ffn_up.weight"),
@@ -272,6 +290,8 @@ impl Naming {
                     VBias => blk("self_attn.v_proj.bias"),
                     QNorm => blk("self_attn.q_norm.weight"),
                     KNorm => blk("self_attn.k_norm.weight"),
+                    Qkv => blk("self_attn.qkv_proj.weight"),
+                    GateUp => blk("mlp.gate_up_proj.weight"),
                     FfnNorm => blk("post_attention_layernorm.weight"),
                     Gate => blk("mlp.gate_proj.weight"),
                     Up => blk("mlp.up_proj.weight"),
@@ -330,11 +350,39 @@ impl<'a> WeightLoader<'a> {
         let kv = c.kv_dim();
         let layers = (0..c.n_layers)
             .map(|i| {
+                let [wq, wk, wv] = if c.arch.fused_projections() {
+                    let qkv = self.matrix(Role::Qkv, i, q + 2 * kv, c.hidden)?;
+                    let (k0, v0) = (q, q + kv);
+                    let k1 = v0 + kv;
+                    [
+                        qkv.rows_range(0, k0),
+                        qkv.rows_range(k0, v0),
+                        qkv.rows_range(v0, k1),
+                    ]
+                } else {
+                    [
+                        self.matrix(Role::Q, i, q, c.hidden)?,
+                        self.matrix(Role::K, i, kv, c.hidden)?,
+                        self.matrix(Role::V, i, kv, c.hidden)?,
+                    ]
+                };
+                let [w_gate, w_up] = if c.arch.fused_projections() {
+                    let gate_up = self.matrix(Role::GateUp, i, 2 * c.ffn, c.hidden)?;
+                    [
+                        gate_up.rows_range(0, c.ffn),
+                        gate_up.rows_range(c.ffn, 2 * c.ffn),
+                    ]
+                } else {
+                    [
+                        self.matrix(Role::Gate, i, c.ffn, c.hidden)?,
+                        self.matrix(Role::Up, i, c.ffn, c.hidden)?,
+                    ]
+                };
                 let layer = LayerWeights {
                     attn_norm: self.vector(Role::AttnNorm, i, c.hidden)?,
-                    wq: self.matrix(Role::Q, i, q, c.hidden)?,
-                    wk: self.matrix(Role::K, i, kv, c.hidden)?,
-                    wv: self.matrix(Role::V, i, kv, c.hidden)?,
+                    wq,
+                    wk,
+                    wv,
                     wo: self.matrix(Role::O, i, c.hidden, q)?,
                     bias: if c.attn_bias {
                         Some(QkvBias {
@@ -354,8 +402,8 @@ impl<'a> WeightLoader<'a> {
                         None
                     },
                     ffn_norm: self.vector(Role::FfnNorm, i, c.hidden)?,
-                    w_gate: self.matrix(Role::Gate, i, c.ffn, c.hidden)?,
-                    w_up: self.matrix(Role::Up, i, c.ffn, c.hidden)?,
+                    w_gate,
+                    w_up,
                     w_down: self.matrix(Role::Down, i, c.hidden, c.ffn)?,
                 };
                 (0..9).for_each(|_| tick());
