@@ -13,6 +13,7 @@ use llmcad::cpu::{CpuBackend, CpuOptions, Precision};
 use llmcad::generate::GenerateOptions;
 use llmcad::model::Model;
 use llmcad::spec::{generate_speculative, SpecMode, SpecOptions};
+use llmcad::tokenizer::ChatMessage;
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -23,6 +24,10 @@ const LOGIT_TOLERANCE: f32 = 1e-4;
 
 #[derive(Deserialize)]
 struct Reference {
+    /// Text whose encoding by the family's Hugging Face tokenizer is `prompt_ids` (with BOS
+    /// first where the family adds one).
+    #[serde(default)]
+    prompt_text: String,
     prompt_ids: Vec<u32>,
     /// One row per prompt position.
     logits: Vec<Vec<f32>>,
@@ -119,6 +124,31 @@ fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize) -> Vec<u32> {
         .tokens
 }
 
+/// The family's tokenizer, from the GGUF's vocabulary and from tokenizer.json, encodes the
+/// reference prompt as transformers does, and its chat template renders a turn.
+fn tokenizes_like_transformers(family: &str) {
+    let r = reference(family);
+    for m in targets(family) {
+        let ids = m.encode_prompt(&r.prompt_text).unwrap();
+        assert_eq!(
+            ids, r.prompt_ids,
+            "{family} ({:?}): {:?}",
+            m.format, r.prompt_text
+        );
+        let turn = [ChatMessage::new("user", "Hello there")];
+        let chat = m
+            .require_chat_template()
+            .unwrap()
+            .render(&turn, true)
+            .unwrap();
+        assert!(
+            chat.contains("Hello there") && chat.len() > "Hello there".len() + 8,
+            "{family} ({:?}): {chat:?}",
+            m.format
+        );
+    }
+}
+
 /// Logits and greedy tokens on the CPU, from both formats, at every activation precision the
 /// float32 weights take (they all multiply in f32).
 fn matches_transformers_on_the_cpu(family: &str) {
@@ -203,6 +233,11 @@ macro_rules! family_tests {
             }
 
             #[test]
+            fn tokenizes_like_transformers() {
+                super::tokenizes_like_transformers(stringify!($family));
+            }
+
+            #[test]
             fn speculation_is_lossless() {
                 super::speculation_is_lossless(stringify!($family));
             }
@@ -225,6 +260,7 @@ fn phi3_long_factors() {
     let text = std::fs::read_to_string(dir("phi3").join("reference_long.json")).unwrap();
     let long: Long = serde_json::from_str(&text).unwrap();
     let r = Reference {
+        prompt_text: String::new(),
         prompt_ids: long.prompt_ids,
         logits: long.prompt_logits_long_factors,
         greedy_ids: long.greedy_ids_long_factors,

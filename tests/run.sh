@@ -47,7 +47,7 @@ if [ "$(uname -m)" = x86_64 ]; then
   export LLMCAD_CROSS_CC=aarch64-linux-gnu-gcc
   cargo build "${arm[@]}" --lib
   cargo test "${arm[@]}" --no-run --lib --test formats --test tokenizer --test engine \
-    --test ffi --test smollm2 --test spec
+    --test ffi --test smollm2 --test spec --test families
   log=$(mktemp)
   start=$SECONDS
   for level in cortex-a53:neon max:neon-i8mm; do
@@ -69,6 +69,8 @@ if [ "$(uname -m)" = x86_64 ]; then
     # the tiny-pair speculative tests, every mode and both dtypes on one prompt and fewer
     # sampling runs (the full size takes 15 minutes emulated; it runs on x86)
     LLMCAD_SPEC_QUICK=1 cargo test "${arm[@]}" --no-fail-fast --test spec "$@" 2>&1 | tee -a "$log"
+    # every model family against its transformers reference (tiny float32 models: quick)
+    cargo test "${arm[@]}" --no-fail-fast --test families "$@" 2>&1 | tee -a "$log"
     # SmolLM2's first reference and the first committed cross-architecture case on the default
     # (q16) path; the f32 path too at cortex-a53 only (minutes emulated), since every NEON
     # level runs the same f32 kernel (arm::matmul_f32: no dotprod or i8mm in it)

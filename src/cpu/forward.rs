@@ -124,7 +124,9 @@ impl LayerOps for CpuPass<'_> {
         dst.resize(src.len(), 0.0);
         rms_norm(src, weight, self.cfg.rms_eps, &mut dst);
         self.acts[out as usize] = dst;
-        self.spare.push(copy);
+        if x == out {
+            self.spare.push(copy);
+        }
         Ok(())
     }
 
