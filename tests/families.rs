@@ -12,7 +12,7 @@ use llmcad::backend::{Backend, Batch, Logits, Rows, Want};
 use llmcad::cpu::{CpuBackend, CpuOptions, Precision};
 use llmcad::generate::GenerateOptions;
 use llmcad::model::Model;
-use llmcad::spec::{generate_speculative, SpecMode, SpecOptions};
+use llmcad::spec::generate_speculative;
 use llmcad::tokenizer::ChatMessage;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -193,16 +193,7 @@ fn speculation_is_lossless(family: &str) {
         ignore_eos: true,
         ..Default::default()
     };
-    for spec in [
-        SpecOptions {
-            max_nodes: Some(8),
-            ..SpecOptions::default()
-        },
-        SpecOptions {
-            mode: SpecMode::Chain { k: 3 },
-            ..SpecOptions::default()
-        },
-    ] {
+    for spec in tree_and_chain() {
         let mut tb = cpu(&t, Precision::default(), 2);
         let mut db = cpu(&d, Precision::default(), 1);
         let out = generate_speculative(

@@ -168,16 +168,7 @@ fn speculation_with_the_real_pair_is_lossless_on_the_gpu() {
         assert_eq!(on_gpu.last(), Some(&on_cpu), "{}: GPU vs CPU", m.name);
     }
     let want = &on_gpu[0];
-    for spec in [
-        SpecOptions {
-            max_nodes: Some(8),
-            ..SpecOptions::default()
-        },
-        SpecOptions {
-            mode: SpecMode::Chain { k: 3 },
-            ..SpecOptions::default()
-        },
-    ] {
+    for spec in tree_and_chain() {
         let mut g = gpu_target(t, 256).unwrap();
         let mut db = cpu(d, Precision::default(), 2);
         let out = generate_speculative(&mut g, &mut db, &prompt, &[], &opts, &spec, &mut |_| true)

@@ -70,58 +70,32 @@ impl GpuOptions {
     }
 }
 
-/// A layer's seven matrices on the GPU (resident, or views of a streaming slot).
-struct LayerMats {
-    wq: GpuMatrix,
-    wk: GpuMatrix,
-    wv: GpuMatrix,
-    wo: GpuMatrix,
-    w_gate: GpuMatrix,
-    w_up: GpuMatrix,
-    w_down: GpuMatrix,
-}
+/// A layer's seven matrices on the GPU in `Mat` order, as `LayerWeights::matrices` lists them
+/// (resident, or views of a streaming slot).
+struct LayerMats([GpuMatrix; 7]);
 
 impl LayerMats {
-    fn all(&self) -> [&GpuMatrix; 7] {
-        [
-            &self.wq,
-            &self.wk,
-            &self.wv,
-            &self.wo,
-            &self.w_gate,
-            &self.w_up,
-            &self.w_down,
-        ]
+    fn new(mats: Vec<GpuMatrix>) -> LayerMats {
+        LayerMats(
+            mats.try_into()
+                .unwrap_or_else(|_| unreachable!("a layer has seven matrices")),
+        )
+    }
+
+    fn all(&self) -> &[GpuMatrix; 7] {
+        &self.0
     }
 
     fn get(&self, m: Mat) -> &GpuMatrix {
-        match m {
-            Mat::Q => &self.wq,
-            Mat::K => &self.wk,
-            Mat::V => &self.wv,
-            Mat::O => &self.wo,
-            Mat::Gate => &self.w_gate,
-            Mat::Up => &self.w_up,
-            Mat::Down => &self.w_down,
-        }
+        &self.0[m as usize]
     }
 
     fn from_slot(unit: &Unit, buf: &wgpu::Buffer) -> LayerMats {
-        let mut v: Vec<GpuMatrix> = unit
+        let views = unit
             .mats
             .iter()
-            .map(|m| GpuMatrix::view(m.format, m.src.rows, m.src.cols, buf, &m.parts))
-            .collect();
-        let mut next = || v.remove(0);
-        LayerMats {
-            wq: next(),
-            wk: next(),
-            wv: next(),
-            wo: next(),
-            w_gate: next(),
-            w_up: next(),
-            w_down: next(),
-        }
+            .map(|m| GpuMatrix::view(m.format, m.src.rows, m.src.cols, buf, &m.parts));
+        LayerMats::new(views.collect())
     }
 }
 
@@ -438,15 +412,8 @@ impl GpuBackend {
         let mut layer_units: Vec<Option<Unit>> = layer_units.into_iter().map(Some).collect();
         for (i, l) in w.layers.iter().enumerate() {
             let mats = if plan.resident_layers[i] {
-                Some(LayerMats {
-                    wq: up(&l.wq)?,
-                    wk: up(&l.wk)?,
-                    wv: up(&l.wv)?,
-                    wo: up(&l.wo)?,
-                    w_gate: up(&l.w_gate)?,
-                    w_up: up(&l.w_up)?,
-                    w_down: up(&l.w_down)?,
-                })
+                let mats = l.matrices().into_iter().map(up);
+                Some(LayerMats::new(mats.collect::<Result<_>>()?))
             } else {
                 units.push((
                     Streamed::Layer(i),

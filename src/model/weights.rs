@@ -92,15 +92,7 @@ pub struct QkvBias {
 
 impl LayerWeights {
     pub fn mat(&self, m: Mat) -> &Matrix {
-        match m {
-            Mat::Q => &self.wq,
-            Mat::K => &self.wk,
-            Mat::V => &self.wv,
-            Mat::O => &self.wo,
-            Mat::Gate => &self.w_gate,
-            Mat::Up => &self.w_up,
-            Mat::Down => &self.w_down,
-        }
+        self.matrices()[m as usize]
     }
 
     /// The bias added after `m`, if the layer has one.
@@ -114,6 +106,7 @@ impl LayerWeights {
         }
     }
 
+    /// The seven matrices in `Mat` order.
     pub fn matrices(&self) -> [&Matrix; 7] {
         [
             &self.wq,

@@ -231,3 +231,18 @@ pub fn gpu_target(m: &Model, context: usize) -> Option<llmcad::gpu::GpuBackend> 
     };
     gpu_backend(&m.config, &m.weights, &opts)
 }
+
+/// An 8-node tree and a 3-token chain: the speculative modes a short lossless check runs.
+pub fn tree_and_chain() -> [llmcad::spec::SpecOptions; 2] {
+    use llmcad::spec::{SpecMode, SpecOptions};
+    [
+        SpecOptions {
+            max_nodes: Some(8),
+            ..SpecOptions::default()
+        },
+        SpecOptions {
+            mode: SpecMode::Chain { k: 3 },
+            ..SpecOptions::default()
+        },
+    ]
+}
