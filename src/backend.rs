@@ -297,9 +297,30 @@ pub fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
+/// What a backend runs, declared up front: callers choose what to ask of it before a pass,
+/// so that no pass is refused or silently cut short. Every backend runs every `BatchMask`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Batches with a `CacheView::Speculative` (a drafter growing its tree over its own
+    /// cached draft nodes).
+    pub speculative_cache: bool,
+    /// Most candidates per row a `Want::top_k` readback holds.
+    pub max_top_k: usize,
+}
+
+impl Capabilities {
+    /// The readback to ask for when `needed` candidates per row are needed (`None`: all):
+    /// their top-k where the backend returns that many, else every logit.
+    pub fn top_k_for(&self, needed: Option<usize>) -> Option<usize> {
+        needed.filter(|&k| k <= self.max_top_k)
+    }
+}
+
 /// A model ready to run on some device, with its own KV cache.
 pub trait Backend: Send {
     fn config(&self) -> &ModelConfig;
+
+    fn capabilities(&self) -> Capabilities;
 
     /// Human-readable device description, e.g. "cpu (2 threads)".
     fn device_name(&self) -> String;

@@ -191,7 +191,9 @@ pub fn generate(
         prompt_tokens: prompt.len(),
         ..Default::default()
     };
-    let top_k = opts.sampling.candidates_needed();
+    let top_k = backend
+        .capabilities()
+        .top_k_for(opts.sampling.candidates_needed());
     let mut rng = SamplerRng::new(opts.sampling.seed);
     let mut history: Vec<u32> = prompt.to_vec();
     let mut tokens = Vec::new();

@@ -456,3 +456,53 @@ fn long_prefill_and_dense_mask_match_cpu() {
     let e = rel_err(&dense_rows(&a), &dense_rows(&b));
     assert!(e < 1e-4, "dense mask: {e}");
 }
+
+/// The GPU declares what it runs: its top-k readback holds 64 candidates, so sampling that
+/// needs more asks it for every logit and draws from the same distribution as the CPU; and it
+/// cannot draft, which speculation refuses before any pass.
+#[test]
+fn callers_ask_the_gpu_only_what_it_declares() {
+    let m = load(&tiny_f32().gguf);
+    let Some(mut g) = gpu(&m, &opts(false, false, None)) else {
+        return;
+    };
+    let caps = g.capabilities();
+    assert!(!caps.speculative_cache);
+    assert_eq!(caps.top_k_for(Some(100)), None);
+    let gen = llmcad::generate::GenerateOptions {
+        max_tokens: 48,
+        ignore_eos: true,
+        // hot enough that the tokens past the 64th carry real probability
+        sampling: llmcad::sampling::SamplingParams {
+            temperature: 8.0,
+            top_k: 100,
+            seed: 7,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let run = |b: &mut dyn Backend| {
+        llmcad::generate::generate(b, &PROMPT, &[], &gen, &mut |_| true)
+            .unwrap()
+            .tokens
+    };
+    let on_gpu = run(&mut g);
+    assert_eq!(on_gpu, run(&mut cpu(&m, Precision::F32, 2)));
+
+    let mut target = cpu(&m, Precision::F32, 2);
+    let mut drafter = gpu(&m, &opts(false, false, None)).unwrap();
+    let err = llmcad::spec::generate_speculative(
+        &mut target,
+        &mut drafter,
+        &PROMPT,
+        &[],
+        &gen,
+        &Default::default(),
+        &mut |_| true,
+    )
+    .err()
+    .expect("a GPU drafter is refused")
+    .to_string();
+    assert!(err.contains("cannot draft"), "{err}");
+    assert_eq!(drafter.kv_len(), 0, "refused before any pass");
+}

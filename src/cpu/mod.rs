@@ -12,7 +12,7 @@ pub mod pool;
 pub use matmul::Precision;
 pub use pool::ThreadPool;
 
-use crate::backend::{Backend, Batch, Logits, Rows, Want};
+use crate::backend::{Backend, Batch, Capabilities, Logits, Rows, Want};
 use crate::error::{Error, Result};
 use crate::format::Bytes;
 use crate::model::{recipe, Matrix, ModelConfig, ModelWeights};
@@ -144,6 +144,13 @@ impl CpuBackend {
 impl Backend for CpuBackend {
     fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            speculative_cache: true,
+            max_top_k: usize::MAX,
+        }
     }
 
     fn on_cpu(&self) -> bool {

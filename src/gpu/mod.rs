@@ -25,7 +25,7 @@ pub use fault::Fault;
 pub use kernels::{AttentionArgs, Gpu, GpuMatrix, MatmulArgs, Recorder};
 pub use uploader::{StreamStats, UploadMode};
 
-use crate::backend::{Backend, Batch, CacheView, Logits, Rows, Want};
+use crate::backend::{Backend, Batch, CacheView, Capabilities, Logits, Rows, Want};
 use crate::error::{Error, Result};
 use crate::model::recipe::{self, Mat};
 use crate::model::{Matrix, ModelConfig, ModelWeights};
@@ -131,6 +131,8 @@ struct Scratch {
 
 /// Rows of the embedding table gathered per submit when the table is not resident.
 const GATHER_ROWS: usize = 64;
+/// Most candidates per row the top-k readback holds (its kernel's limit).
+const MAX_TOP_K: usize = 64;
 /// Most timestamp queries per pass.
 const MAX_QUERIES: u32 = 4096;
 
@@ -788,7 +790,7 @@ impl GpuBackend {
                 })
             }
             Some(k) => {
-                let k = k.clamp(1, vocab.min(64));
+                let k = k.clamp(1, vocab.min(MAX_TOP_K));
                 g.top_k(&mut rec, &s.logits, 0, rows, vocab, k, &s.ids, &s.vals)?;
                 // one readback: ids then values
                 let bytes = (rows * k * 4) as u64;
@@ -864,6 +866,14 @@ impl Backend for GpuBackend {
     fn streamed_io_ms(&self) -> Option<f64> {
         (self.is_streaming() && self.stats.passes > 0)
             .then(|| self.stats.per_pass(self.stats.io_time).as_secs_f64() * 1e3)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // drafting runs on the CPU backend; the verifier always sees its whole prefix
+            speculative_cache: false,
+            max_top_k: MAX_TOP_K,
+        }
     }
 
     fn config(&self) -> &ModelConfig {

@@ -156,11 +156,19 @@ pub fn generate_speculative(
     }
     check_context(prompt.len(), opts.max_tokens, target)?;
     check_context(prompt.len(), 0, drafter)?;
+    if !drafter.capabilities().speculative_cache {
+        return Err(Error::Unsupported(format!(
+            "the drafter runs on {}, which cannot draft over its own cached tree; run the \
+             drafter on the CPU",
+            drafter.device_name()
+        )));
+    }
     let params = &opts.sampling;
     let mut rng = SamplerRng::new(params.seed);
+    let top_k = target.capabilities().top_k_for(params.candidates_needed());
     let want = Want {
         rows: Rows::All,
-        top_k: params.candidates_needed(),
+        top_k,
     };
     let mut out = SpecGeneration {
         generation: Generation {
@@ -174,12 +182,7 @@ pub fn generate_speculative(
     stats.prompt_tokens = prompt.len();
 
     let t0 = Instant::now();
-    let logits = prefill(
-        target,
-        prompt,
-        opts.prefill_chunk,
-        params.candidates_needed(),
-    )?;
+    let logits = prefill(target, prompt, opts.prefill_chunk, top_k)?;
     let mut history = prompt.to_vec();
     let mut root = next_token(params, &logits, 0, &history, &mut rng);
     stats.prompt_time = t0.elapsed();
