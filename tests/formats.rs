@@ -386,6 +386,25 @@ fn config_with_missing_fields_is_refused() {
     expect_err(&dir, &["config.json", "invalid JSON"]);
 }
 
+/// RoPE scaling from config.json that would turn the rotation into NaN or infinity.
+#[test]
+fn bad_rope_scaling_is_refused() {
+    let scalings = [
+        serde_json::json!({"rope_type": "linear", "factor": 0.0}),
+        serde_json::json!({"rope_type": "longrope", "short_factor": [1.0, 0.0],
+            "long_factor": [1.0, 2.0], "original_max_position_embeddings": 16}),
+        // no original context: the attention factor would be NaN
+        serde_json::json!({"rope_type": "longrope", "short_factor": [1.0],
+            "long_factor": [1.0], "original_max_position_embeddings": 0}),
+    ];
+    for (i, scaling) in scalings.into_iter().enumerate() {
+        let dir = hf_dir_with_config(&format!("bad-rope-{i}"), |cfg| {
+            cfg["rope_scaling"] = scaling;
+        });
+        expect_err(&dir, &["RoPE scaling factors must be positive and finite"]);
+    }
+}
+
 #[test]
 fn wrong_tensor_shape_is_refused() {
     let dir = hf_dir_with_config("bad-shape", |cfg| cfg["intermediate_size"] = 96.into());

@@ -233,6 +233,24 @@ impl ModelConfig {
         if !(self.rope.theta > 0.0 && self.rms_eps >= 0.0) {
             return Err(config_err!("model config: bad rope theta or rms epsilon"));
         }
+        let positive = |f: &f32| f.is_finite() && *f > 0.0;
+        let scaling_ok = match &self.rope.scaling {
+            RopeScaling::None => true,
+            RopeScaling::Linear { factor } => positive(factor),
+            RopeScaling::Llama3 { factor, .. } => positive(factor),
+            RopeScaling::Factors(div) => div.iter().all(positive),
+            RopeScaling::LongRope {
+                short,
+                long,
+                attn_factor,
+                ..
+            } => short.iter().chain(long).all(positive) && positive(attn_factor),
+        };
+        if !scaling_ok {
+            return Err(config_err!(
+                "model config: RoPE scaling factors must be positive and finite"
+            ));
+        }
         Ok(())
     }
 

@@ -315,11 +315,6 @@ impl<'a> WeightLoader<'a> {
         }
     }
 
-    /// A raw tensor by exact name (e.g. GGUF's `rope_freqs.weight`), if present.
-    pub fn raw(&self, name: &str) -> Option<&RawTensor> {
-        self.tensors.get(name)
-    }
-
     /// Gathers every weight; `progress(done, total)` is called as tensors are loaded.
     pub fn load(&self, progress: &dyn Fn(usize, usize)) -> Result<ModelWeights> {
         let c = self.cfg;
