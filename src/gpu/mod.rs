@@ -632,7 +632,12 @@ impl GpuBackend {
             att: f(cap_rows(c.q_dim()) * c.q_dim(), "att")?,
             gate: f(cap_rows(c.ffn) * c.ffn, "gate")?,
             up: f(cap_rows(c.ffn) * c.ffn, "up")?,
-            tmp: f(cap_rows(c.q_dim()) * c.q_dim().max(c.kv_dim()), "tmp")?,
+            // only per-head q/k norms run in place; other models keep a one-float placeholder
+            tmp: if c.arch.qk_norm() {
+                f(cap_rows(c.q_dim()) * c.q_dim().max(c.kv_dim()), "tmp")?
+            } else {
+                f(1, "tmp")?
+            },
             logits: f(cap_rows(c.vocab) * c.vocab, "logits")?,
             ids: f(cap * 128, "ids")?,
             vals: f(cap * 64, "vals")?,
