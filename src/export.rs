@@ -5,7 +5,7 @@
 use crate::error::{format_err, Error, Result};
 use crate::format::gguf::Value;
 use crate::format::gguf_write::{GgufWriter, TensorOut};
-use crate::model::ModelConfig;
+use crate::model::{Arch, ModelConfig};
 use crate::quant::{quantize_row, DType};
 use std::path::Path;
 
@@ -80,8 +80,12 @@ fn gguf_name(hf: &str) -> Option<String> {
 }
 
 /// Phi-3 stores q/k/v and gate/up fused, and its LongRoPE factors as tensors: not written yet.
-fn phi3_unsupported() -> Error {
-    Error::Unsupported("llmcad convert does not write phi3 models yet".into())
+/// The families `convert` writes: those whose tensors need no renaming or refolding.
+fn not_written(arch: Arch) -> Error {
+    Error::Unsupported(format!(
+        "llmcad convert does not write {} models yet",
+        arch.name()
+    ))
 }
 
 fn encode(dtype: DType, t: &F32Tensor) -> (DType, Vec<u8>) {
@@ -107,10 +111,10 @@ pub fn write_gguf(
     vocab: &Vocabulary,
 ) -> Result<()> {
     let arch = match cfg.arch {
-        crate::model::Arch::Qwen2 => "qwen2",
-        crate::model::Arch::Qwen3 => "qwen3",
-        crate::model::Arch::Llama | crate::model::Arch::Mistral => "llama",
-        crate::model::Arch::Phi3 => return Err(phi3_unsupported()),
+        Arch::Qwen2 => "qwen2",
+        Arch::Qwen3 => "qwen3",
+        Arch::Llama | Arch::Mistral => "llama",
+        a @ (Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3) => return Err(not_written(a)),
     };
     let mut w = GgufWriter::default();
     let k = |s: &str| format!("{arch}.{s}");
@@ -202,11 +206,11 @@ pub fn write_hf_dir(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tied = !tensors.iter().any(|t| t.name == "lm_head.weight");
     let arch = match cfg.arch {
-        crate::model::Arch::Llama => "LlamaForCausalLM",
-        crate::model::Arch::Mistral => "MistralForCausalLM",
-        crate::model::Arch::Qwen2 => "Qwen2ForCausalLM",
-        crate::model::Arch::Qwen3 => "Qwen3ForCausalLM",
-        crate::model::Arch::Phi3 => return Err(phi3_unsupported()),
+        Arch::Llama => "LlamaForCausalLM",
+        Arch::Mistral => "MistralForCausalLM",
+        Arch::Qwen2 => "Qwen2ForCausalLM",
+        Arch::Qwen3 => "Qwen3ForCausalLM",
+        a @ (Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3) => return Err(not_written(a)),
     };
     let config = serde_json::json!({
         "architectures": [arch],

@@ -200,6 +200,11 @@ impl TinySpec {
                 scaling: RopeScaling::None,
             },
             attn_bias: self.arch == Arch::Qwen2,
+            attn_scale: 1.0 / (self.head_dim as f32).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+            windows: vec![None; self.n_layers],
+            rope_local: None,
             special: SpecialTokens {
                 bos: Some(1),
                 eos: Some(2),

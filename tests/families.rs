@@ -236,7 +236,7 @@ macro_rules! family_tests {
     )*};
 }
 
-family_tests!(llama3, qwen2, qwen3, phi3);
+family_tests!(llama3, qwen2, qwen3, phi3, gemma2, gemma3);
 
 /// Past its original context Phi-3 rotates with LongRoPE's long factors, for every position
 /// (as llama.cpp does; transformers switches per call, so its reference forced them).
@@ -265,27 +265,47 @@ fn phi3_long_factors() {
     }
 }
 
-/// Families whose fixtures exist but which llmcad does not run yet are refused at load time,
-/// naming the architecture, from either format.
+/// An architecture llmcad does not run is refused at load time, naming it, from either format:
+/// here the gemma2 fixture relabelled as Mamba 2 (a GGUF architecture llama.cpp knows).
 #[test]
-fn unsupported_families_are_refused_by_name() {
-    for (family, gguf_name, hf_name) in [
-        ("gemma2", "\"gemma2\"", "\"Gemma2ForCausalLM\""),
-        ("gemma3", "\"gemma3\"", "\"Gemma3ForCausalLM\""),
-    ] {
-        for (path, name) in [
-            (dir(family).join("target.gguf"), gguf_name),
-            (dir(family).join("target"), hf_name),
-        ] {
-            let err = Model::load(&path, &Default::default())
-                .err()
-                .unwrap_or_else(|| panic!("{} loaded", path.display()))
-                .to_string();
-            assert!(
-                err.contains(name) && err.contains("llmcad runs"),
-                "{}: {err}",
-                path.display()
-            );
+fn unsupported_architectures_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = std::fs::read(dir("gemma2").join("target.gguf")).unwrap();
+    let relabelled = replace_all(&gguf, b"gemma2", b"mamba2");
+    let gguf_path = tmp.path().join("mamba2.gguf");
+    std::fs::write(&gguf_path, relabelled).unwrap();
+    let hf_dir = tmp.path().join("mamba2");
+    std::fs::create_dir(&hf_dir).unwrap();
+    for f in std::fs::read_dir(dir("gemma2").join("target")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, hf_dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let config = std::fs::read_to_string(hf_dir.join("config.json")).unwrap();
+    let config = config.replace("Gemma2ForCausalLM", "Mamba2ForCausalLM");
+    std::fs::write(hf_dir.join("config.json"), config).unwrap();
+    for (path, name) in [(gguf_path, "\"mamba2\""), (hf_dir, "\"Mamba2ForCausalLM\"")] {
+        let err = Model::load(&path, &Default::default())
+            .err()
+            .unwrap_or_else(|| panic!("{} loaded", path.display()))
+            .to_string();
+        assert!(
+            err.contains(name) && err.contains("llmcad runs"),
+            "{}: {err}",
+            path.display()
+        );
+    }
+}
+
+fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let mut i = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from {
+            out[i..i + from.len()].copy_from_slice(to);
+            i += from.len();
+        } else {
+            i += 1;
         }
     }
+    out
 }

@@ -1,9 +1,10 @@
 //! Attention over the KV cache, where every query has its own position and its own view of
 //! the batch: it sees the whole committed prefix plus the batch nodes the mask allows (for a
-//! token tree: its ancestors). Keys are visited in slot order, so a node's result is the same
-//! floating-point computation whether it is verified in a tree or decoded on its own.
+//! token tree: its ancestors), less the keys outside the layer's window. Keys are visited in slot
+//! order, so a node's result is the same floating-point computation whether it is verified in a
+//! tree or decoded on its own.
 
-use super::ops::softmax;
+use super::ops::{softcap, softmax};
 use super::pool::{SharedMut, ThreadPool};
 
 /// Which batch nodes a query sees, besides the prefix.
@@ -14,10 +15,24 @@ pub enum Visibility<'a> {
     Lists(&'a [Vec<usize>]),
 }
 
+/// One layer's attention: its shape and how its scores are formed.
 pub struct AttentionShape {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// q·k is multiplied by this.
+    pub scale: f32,
+    /// Scores are soft-capped to (-cap, cap).
+    pub softcap: Option<f32>,
+    /// A query at position q sees keys at positions k with `q - k < window`.
+    pub window: Option<usize>,
+}
+
+/// A layer's cache: K and V rows, and each slot's position.
+pub struct Keys<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub positions: &'a [usize],
 }
 
 /// The cached slots (before the batch) each query sees.
@@ -31,15 +46,15 @@ pub enum Prefix<'a> {
     },
 }
 
-/// `out[i]` (n_heads × head_dim) = attention of query `q[i]` over its cached slots (`prefix`)
-/// and the visible batch slots `base + j`.
+/// `out[i]` (n_heads × head_dim) = attention of query `q[i]`, at position `q_pos[i]`, over its
+/// cached slots (`prefix`) and the visible batch slots `base + j`.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     pool: &ThreadPool,
     shape: &AttentionShape,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    q_pos: &[usize],
+    keys: &Keys<'_>,
     base: usize,
     prefix: &Prefix<'_>,
     vis: &Visibility<'_>,
@@ -50,7 +65,7 @@ pub fn attend(
     let q_dim = shape.n_heads * hd;
     let group = shape.n_heads / shape.n_kv_heads;
     let n_tokens = q.len() / q_dim;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let (k_cache, v_cache) = (keys.k, keys.v);
     let jobs = n_tokens * shape.n_heads;
     let out = SharedMut::new(out);
     pool.for_each_item(jobs, |(scores, slots): &mut (Vec<f32>, Vec<usize>), job| {
@@ -68,13 +83,19 @@ pub fn attend(
             Visibility::Causal => slots.extend(base..=base + i),
             Visibility::Lists(l) => slots.extend(l[i].iter().map(|j| base + j)),
         }
+        if let Some(w) = shape.window {
+            slots.retain(|&s| q_pos[i].abs_diff(keys.positions[s]) < w);
+        }
         let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
         scores.clear();
         scores.extend(
             slots.iter().map(|&s| {
-                dot(qh, &k_cache[s * kv_dim + g * hd..s * kv_dim + (g + 1) * hd]) * scale
+                dot(qh, &k_cache[s * kv_dim + g * hd..s * kv_dim + (g + 1) * hd]) * shape.scale
             }),
         );
+        if let Some(cap) = shape.softcap {
+            softcap(scores, cap);
+        }
         softmax(scores);
         // SAFETY: each (token, head) job owns its own head_dim slice of the output
         let o = unsafe { out.slice(i * q_dim + h * hd..i * q_dim + (h + 1) * hd) };

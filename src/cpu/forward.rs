@@ -1,14 +1,14 @@
 //! One CPU forward pass: the recipe's ops over host buffers, multi-threaded where the work is
 //! (linear layers, attention).
 
-use super::attention::{self, AttentionShape, Prefix, Visibility};
+use super::attention::{self, AttentionShape, Keys, Prefix, Visibility};
 use super::kv::KvCache;
 use super::matmul::{linear_many, Input, Precision};
-use super::ops::{rms_norm, swiglu};
+use super::ops::{glu, rms_norm};
 use super::pool::ThreadPool;
 use crate::backend::{Batch, BatchMask, CacheView, Rows};
 use crate::error::Result;
-use crate::model::recipe::{Act, LayerOps, Mat, Norm, Write};
+use crate::model::recipe::{Act, Activation, LayerOps, Mat, Norm, Write};
 use crate::model::{Matrix, ModelConfig, ModelWeights, RopeTable};
 use crate::quant::Q8Acts;
 
@@ -24,7 +24,8 @@ pub(super) struct CpuPass<'a> {
     pub rows: Rows,
     /// Cached slots before the batch.
     base: usize,
-    rope: RopeTable,
+    /// One table per RoPE of the model (`ModelConfig::ropes`).
+    ropes: Vec<RopeTable>,
     /// Each node's visible batch nodes, unless the mask is causal.
     visible: Option<Vec<Vec<usize>>>,
     acts: [Vec<f32>; Act::ALL.len()],
@@ -43,7 +44,7 @@ impl<'a> CpuPass<'a> {
         q8: &'a mut Q8Acts,
         batch: &'a Batch,
         rows: Rows,
-        inv_freqs: &[f32],
+        inv_freqs: &[Vec<f32>],
     ) -> Self {
         let n = batch.len();
         let visible = match batch.mask {
@@ -53,7 +54,12 @@ impl<'a> CpuPass<'a> {
         let acts = std::array::from_fn(|i| vec![0f32; n * width(cfg, Act::ALL[i])]);
         CpuPass {
             base: kv.len(),
-            rope: RopeTable::new(&cfg.rope, inv_freqs, &batch.positions),
+            ropes: cfg
+                .ropes()
+                .into_iter()
+                .zip(inv_freqs)
+                .map(|(rope, f)| RopeTable::new(rope, f, &batch.positions))
+                .collect(),
             visible,
             acts,
             spare: Vec::new(),
@@ -167,11 +173,12 @@ impl LayerOps for CpuPass<'_> {
         Ok(())
     }
 
-    fn rope(&mut self, x: Act, heads: usize) -> Result<()> {
+    fn rope(&mut self, layer: usize, x: Act, heads: usize) -> Result<()> {
         let c = self.cfg;
         let w = heads * c.head_dim;
+        let table = &self.ropes[c.rope_index(layer)];
         for (i, row) in self.acts[x as usize].chunks_exact_mut(w).enumerate() {
-            self.rope.apply(c.rope.layout, i, row, c.head_dim);
+            table.apply(c.rope.layout, i, row, c.head_dim);
         }
         Ok(())
     }
@@ -184,7 +191,8 @@ impl LayerOps for CpuPass<'_> {
             .zip(v.chunks_exact(kv_dim))
             .enumerate()
         {
-            self.kv.write(layer, self.base + i, k, v);
+            let pos = self.batch.positions[i];
+            self.kv.write(layer, self.base + i, pos, k, v);
         }
         Ok(())
     }
@@ -195,6 +203,9 @@ impl LayerOps for CpuPass<'_> {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
+            scale: c.attn_scale,
+            softcap: c.attn_softcap,
+            window: c.windows[layer],
         };
         let vis = match &self.visible {
             None => Visibility::Causal,
@@ -207,20 +218,34 @@ impl LayerOps for CpuPass<'_> {
                 extra: visible,
             },
         };
-        let (kc, vc) = self.kv.layer(layer);
+        let (k, v, positions) = self.kv.layer(layer);
+        let keys = Keys { k, v, positions };
         let mut att = std::mem::take(&mut self.acts[Act::Att as usize]);
         let q = &self.acts[Act::Q as usize];
+        let q_pos = &self.batch.positions;
         attention::attend(
-            self.pool, &shape, q, kc, vc, self.base, &prefix, &vis, &mut att,
+            self.pool, &shape, q, q_pos, &keys, self.base, &prefix, &vis, &mut att,
         );
         self.acts[Act::Att as usize] = att;
         Ok(())
     }
 
-    fn swiglu(&mut self) -> Result<()> {
+    fn glu(&mut self, act: Activation) -> Result<()> {
         let mut gate = std::mem::take(&mut self.acts[Act::Gate as usize]);
-        swiglu(&mut gate, &self.acts[Act::Up as usize]);
+        glu(act, &mut gate, &self.acts[Act::Up as usize]);
         self.acts[Act::Gate as usize] = gate;
+        Ok(())
+    }
+
+    fn add(&mut self, x: Act, y: Act) -> Result<()> {
+        let mut dst = std::mem::take(&mut self.acts[x as usize]);
+        add_into(&mut dst, &self.acts[y as usize]);
+        self.acts[x as usize] = dst;
+        Ok(())
+    }
+
+    fn scale(&mut self, x: Act, factor: f32) -> Result<()> {
+        self.acts[x as usize].iter_mut().for_each(|v| *v *= factor);
         Ok(())
     }
 }

@@ -1,4 +1,6 @@
-//! The CPU KV cache: per layer, K and V rows of `kv_dim` f32 values, one row per slot.
+//! The CPU KV cache: per layer, K and V rows of `kv_dim` f32 values, one row per slot, and
+//! each slot's position (a drafter's tree slots are not in position order, and sliding-window
+//! attention goes by position).
 
 use crate::error::{Error, Result};
 
@@ -9,6 +11,8 @@ pub struct KvCache {
     /// `[layer]` → slots × kv_dim
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// `[slot]` → the position of its token
+    positions: Vec<usize>,
 }
 
 impl KvCache {
@@ -19,6 +23,7 @@ impl KvCache {
             len: 0,
             k: vec![Vec::new(); n_layers],
             v: vec![Vec::new(); n_layers],
+            positions: Vec::new(),
         }
     }
 
@@ -54,18 +59,24 @@ impl KvCache {
                 buf.resize(floats, 0.0);
             }
         }
+        if self.positions.len() < need {
+            self.positions.resize(need, 0);
+        }
         Ok(())
     }
 
-    /// Writes one slot's K and V for a layer (the slot must be reserved).
-    pub fn write(&mut self, layer: usize, slot: usize, k: &[f32], v: &[f32]) {
+    /// Writes one slot's K and V for a layer, for a token at `position` (the slot must be
+    /// reserved).
+    pub fn write(&mut self, layer: usize, slot: usize, position: usize, k: &[f32], v: &[f32]) {
         let d = self.kv_dim;
         self.k[layer][slot * d..(slot + 1) * d].copy_from_slice(k);
         self.v[layer][slot * d..(slot + 1) * d].copy_from_slice(v);
+        self.positions[slot] = position;
     }
 
-    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
-        (&self.k[layer], &self.v[layer])
+    /// A layer's K and V rows, and every slot's position.
+    pub fn layer(&self, layer: usize) -> (&[f32], &[f32], &[usize]) {
+        (&self.k[layer], &self.v[layer], &self.positions)
     }
 
     /// Marks `n` reserved slots as filled.
@@ -94,6 +105,9 @@ impl KvCache {
                     buf.copy_within((base + src) * d..(base + src + 1) * d, (base + j) * d);
                 }
             }
+        }
+        for (j, &src) in keep.iter().enumerate() {
+            self.positions[base + j] = self.positions[base + src];
         }
         self.len = base + keep.len();
         Ok(())

@@ -20,6 +20,7 @@ use crate::quant::Q8Acts;
 use forward::CpuPass;
 use kv::KvCache;
 use matmul::{linear_many, Input};
+use ops::softcap;
 use std::sync::Arc;
 
 #[derive(Clone, Debug)]
@@ -64,7 +65,8 @@ pub struct CpuBackend {
     weights: Arc<ModelWeights>,
     pool: ThreadPool,
     precision: Precision,
-    inv_freqs: Vec<f32>,
+    /// Per RoPE of the model (`ModelConfig::ropes`).
+    inv_freqs: Vec<Vec<f32>>,
     kv: KvCache,
     q8: Q8Acts,
     /// The output head's rows for a restricted vocabulary, and their token ids.
@@ -82,7 +84,7 @@ impl CpuBackend {
             ))
         })?;
         Ok(CpuBackend {
-            inv_freqs: cfg.rope.inv_freqs(context),
+            inv_freqs: cfg.ropes().iter().map(|r| r.inv_freqs(context)).collect(),
             kv: KvCache::new(cfg.n_layers, cfg.kv_dim(), context),
             pool,
             precision: opts.precision,
@@ -200,6 +202,10 @@ impl Backend for CpuBackend {
                 logits
             }
         };
+        let mut logits = logits;
+        if let Some(cap) = self.cfg.final_softcap {
+            softcap(&mut logits, cap);
+        }
         let dense = Logits::Dense {
             vocab,
             data: logits,

@@ -1,4 +1,6 @@
-//! Element-wise pieces of the forward pass: RMSNorm, SwiGLU, softmax.
+//! Element-wise pieces of the forward pass: RMSNorm, gated activations, soft-capping, softmax.
+
+use crate::model::recipe::Activation;
 
 /// `out = x / rms(x) * weight`, row by row (rows of `weight.len()` values).
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -12,11 +14,31 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `gate = silu(gate) * up`, in place.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+/// `gate = act(gate) * up`, in place.
+pub fn glu(act: Activation, gate: &mut [f32], up: &[f32]) {
+    match act {
+        Activation::Silu => {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        }
+        Activation::GeluTanh => {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                *g = gelu_tanh(*g) * u;
+            }
+        }
     }
+}
+
+/// GELU's tanh approximation, computed as PyTorch does in f32.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// `cap · tanh(x / cap)` of every value: squashes scores smoothly into (-cap, cap).
+pub fn softcap(x: &mut [f32], cap: f32) {
+    x.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
 }
 
 /// In-place softmax.
@@ -42,6 +64,29 @@ mod tests {
         for (o, w) in out.iter().zip([1.0, 2.0, 3.0, 4.0]) {
             assert!((o - w).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn gelu_tanh_matches_known_values() {
+        // torch.nn.functional.gelu(x, approximate="tanh") in float32
+        let cases = [
+            (-3.0, -0.003_637_433),
+            (-0.5, -0.154_285_997),
+            (0.0, 0.0),
+            (1.0, 0.841_192_007),
+            (4.0, 3.999_929_9),
+        ];
+        for (x, want) in cases {
+            assert!((gelu_tanh(x) - want).abs() < 1e-6, "gelu({x}) = {}", gelu_tanh(x));
+        }
+    }
+
+    #[test]
+    fn softcap_bounds_and_keeps_small_values() {
+        let mut v = [0.01, -1e6, 1e6, f32::MAX];
+        softcap(&mut v, 30.0);
+        assert!((v[0] - 0.01).abs() < 1e-6);
+        assert_eq!([v[1], v[2], v[3]], [-30.0, 30.0, 30.0]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::uploader::StreamStats;
 use super::{Gather, GpuLayer, LayerMats, Scratch, Stream, Streamed, GATHER_ROWS};
 use crate::backend::{Batch, Rows};
 use crate::error::Result;
-use crate::model::recipe::{Act, LayerOps, Mat, Norm, Write};
+use crate::model::recipe::{Act, Activation, LayerOps, Mat, Norm, Write};
 use crate::model::{Matrix, ModelConfig, RopeLayout, RopeTable};
 use std::time::Instant;
 
@@ -281,6 +281,9 @@ impl LayerOps for GpuPass<'_> {
             Norm::QHeads(l) => (qk_norm(l, 0), c.head_dim, 0, n * c.n_heads),
             Norm::KHeads(l) => (qk_norm(l, 1), c.head_dim, 0, n * c.n_kv_heads),
             Norm::Output => (self.norm, h, n - self.rows_out(), self.rows_out()),
+            Norm::PostAttn(_) | Norm::PostFfn(_) => {
+                return Err(crate::error::unsupported!("GPU post norms"))
+            }
         };
         let (mut src, dst) = (self.buf(x), self.buf(out));
         if x == out {
@@ -333,7 +336,7 @@ impl LayerOps for GpuPass<'_> {
         Ok(())
     }
 
-    fn rope(&mut self, x: Act, heads: usize) -> Result<()> {
+    fn rope(&mut self, _layer: usize, x: Act, heads: usize) -> Result<()> {
         let c = self.cfg;
         let i = &self.inputs;
         let half_split = c.rope.layout == RopeLayout::HalfSplit;
@@ -380,9 +383,20 @@ impl LayerOps for GpuPass<'_> {
         self.g.attention(&mut self.rec, &args)
     }
 
-    fn swiglu(&mut self) -> Result<()> {
+    fn glu(&mut self, act: Activation) -> Result<()> {
+        if act != Activation::Silu {
+            return Err(crate::error::unsupported!("GPU GeGLU"));
+        }
         let len = self.n() * self.cfg.ffn;
         self.g.swiglu(&mut self.rec, &self.s.gate, &self.s.up, len)
+    }
+
+    fn add(&mut self, _x: Act, _y: Act) -> Result<()> {
+        Err(crate::error::unsupported!("GPU add"))
+    }
+
+    fn scale(&mut self, _x: Act, _factor: f32) -> Result<()> {
+        Err(crate::error::unsupported!("GPU scale"))
     }
 }
 

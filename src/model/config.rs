@@ -101,6 +101,24 @@ impl RopeConfig {
             .collect()
     }
 
+    /// Every scaling factor is positive and finite (a LongRoPE config without its original
+    /// context, say, would rotate by NaN).
+    fn scaling_ok(&self) -> bool {
+        let positive = |f: &f32| f.is_finite() && *f > 0.0;
+        match &self.scaling {
+            RopeScaling::None => true,
+            RopeScaling::Linear { factor } => positive(factor),
+            RopeScaling::Llama3 { factor, .. } => positive(factor),
+            RopeScaling::Factors(div) => div.iter().all(positive),
+            RopeScaling::LongRope {
+                short,
+                long,
+                attn_factor,
+                ..
+            } => short.iter().chain(long).all(positive) && positive(attn_factor),
+        }
+    }
+
     /// The factor cos and sin are multiplied by (LongRoPE's attention scaling; 1 otherwise).
     pub fn attn_factor(&self) -> f32 {
         match self.scaling {
@@ -121,7 +139,7 @@ pub struct SpecialTokens {
     pub add_bos: bool,
 }
 
-/// The architecture families llmcad runs (all Llama-shaped decoders).
+/// The architecture families llmcad runs (decoders with Llama's attention and a gated FFN).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     Llama,
@@ -131,6 +149,12 @@ pub enum Arch {
     Qwen3,
     /// Phi-3/3.5: q/k/v and gate/up each stored as one matrix, LongRoPE.
     Phi3,
+    /// Gemma 2: GeGLU, norms after attention and the FFN too, embeddings scaled by √hidden,
+    /// soft-capped attention scores and logits, sliding-window and global layers alternating.
+    Gemma2,
+    /// Gemma 3 (text): Gemma 2's block with Qwen3's q/k norms instead of soft-capping; five
+    /// sliding-window layers per global one, each kind with its own RoPE base.
+    Gemma3,
 }
 
 impl Arch {
@@ -141,7 +165,14 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Phi3 => "phi3",
+            Arch::Gemma2 => "gemma2",
+            Arch::Gemma3 => "gemma3",
         }
+    }
+
+    /// Gemma's block: see [`Arch::Gemma2`].
+    pub fn gemma(self) -> bool {
+        matches!(self, Arch::Gemma2 | Arch::Gemma3)
     }
 
     /// q/k/v and gate/up are stored stacked, each as one matrix.
@@ -151,7 +182,7 @@ impl Arch {
 
     /// Each query and key head is RMS-normalized before RoPE.
     pub fn qk_norm(self) -> bool {
-        self == Arch::Qwen3
+        matches!(self, Arch::Qwen3 | Arch::Gemma3)
     }
 }
 
@@ -171,13 +202,39 @@ pub struct ModelConfig {
     pub rope: RopeConfig,
     /// q/k/v projections carry biases (Qwen2).
     pub attn_bias: bool,
+    /// What q·k is multiplied by before the softmax: 1/√head_dim unless the family says
+    /// otherwise (Gemma's `query_pre_attn_scalar`).
+    pub attn_scale: f32,
+    /// `cap · tanh(score / cap)` of every attention score (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// `cap · tanh(logit / cap)` of every output logit (Gemma 2).
+    pub final_softcap: Option<f32>,
+    /// Each layer's attention window: a query at position q sees the keys at positions k with
+    /// `q - k < window`; `None` sees every earlier position. One entry per layer.
+    pub windows: Vec<Option<usize>>,
+    /// RoPE of the sliding-window layers, where it differs from `rope` (Gemma 3's local base).
+    pub rope_local: Option<RopeConfig>,
     pub special: SpecialTokens,
 }
 
+/// The window of each layer of a Gemma model whose file does not list the layer kinds:
+/// Gemma 2 alternates (even layers slide), Gemma 3 slides in all but every `pattern`-th layer.
+fn gemma_windows(arch: Arch, n_layers: usize, window: usize, pattern: usize) -> Vec<Option<usize>> {
+    (0..n_layers)
+        .map(|il| {
+            let sliding = match arch {
+                Arch::Gemma2 => il % 2 == 0,
+                _ => (il + 1) % pattern.max(1) != 0,
+            };
+            sliding.then_some(window)
+        })
+        .collect()
+}
+
 impl ModelConfig {
-    /// A family whose every layer attends over a sliding window (Phi-3's 2047 tokens) runs
-    /// exactly with full attention as long as the context fits the window, so the context is
-    /// limited to it. (Mistral v0.1's window is not applied yet: its context stays as given.)
+    /// Phi-3 attends over a sliding window of 2047 tokens in every layer, which full attention
+    /// matches exactly as long as the context fits it, so its context is limited to the window.
+    /// (Gemma's and Mistral v0.1's windows are applied as layer windows instead.)
     fn limit_to_window(&mut self, window: usize) {
         if self.arch == Arch::Phi3 && window < self.max_context {
             log::info!(
@@ -186,6 +243,22 @@ impl ModelConfig {
             );
             self.max_context = window;
         }
+    }
+
+    /// Every distinct RoPE, global first; [`Self::rope_index`] picks a layer's.
+    pub fn ropes(&self) -> Vec<&RopeConfig> {
+        std::iter::once(&self.rope).chain(&self.rope_local).collect()
+    }
+
+    /// Index of `layer`'s RoPE in [`Self::ropes`]: its own for a sliding-window layer of a
+    /// family that has one.
+    pub fn rope_index(&self, layer: usize) -> usize {
+        usize::from(self.rope_local.is_some() && self.windows[layer].is_some())
+    }
+
+    /// What the embeddings are multiplied by before the first layer (Gemma's √hidden).
+    pub fn embed_scale(&self) -> Option<f32> {
+        self.arch.gemma().then(|| (self.hidden as f32).sqrt())
     }
 
     pub fn q_dim(&self) -> usize {
@@ -230,25 +303,26 @@ impl ModelConfig {
                 self.rope.dims
             ));
         }
-        if !(self.rope.theta > 0.0 && self.rms_eps >= 0.0) {
+        let positive = |f: &f32| f.is_finite() && *f > 0.0;
+        if !(self.ropes().iter().all(|r| positive(&r.theta)) && self.rms_eps >= 0.0) {
             return Err(config_err!("model config: bad rope theta or rms epsilon"));
         }
-        let positive = |f: &f32| f.is_finite() && *f > 0.0;
-        let scaling_ok = match &self.rope.scaling {
-            RopeScaling::None => true,
-            RopeScaling::Linear { factor } => positive(factor),
-            RopeScaling::Llama3 { factor, .. } => positive(factor),
-            RopeScaling::Factors(div) => div.iter().all(positive),
-            RopeScaling::LongRope {
-                short,
-                long,
-                attn_factor,
-                ..
-            } => short.iter().chain(long).all(positive) && positive(attn_factor),
-        };
-        if !scaling_ok {
+        if self.ropes().iter().any(|r| !r.scaling_ok()) {
             return Err(config_err!(
                 "model config: RoPE scaling factors must be positive and finite"
+            ));
+        }
+        if self.windows.len() != self.n_layers || self.windows.contains(&Some(0)) {
+            return Err(config_err!(
+                "model config: {} attention windows for {} layers (a window may not be 0)",
+                self.windows.len(),
+                self.n_layers
+            ));
+        }
+        let caps = [self.attn_softcap, self.final_softcap];
+        if !(positive(&self.attn_scale) && caps.iter().flatten().all(positive)) {
+            return Err(config_err!(
+                "model config: the attention scale and soft-caps must be positive and finite"
             ));
         }
         Ok(())
@@ -265,10 +339,12 @@ impl ModelConfig {
             "qwen2" => (Arch::Qwen2, RopeLayout::HalfSplit),
             "qwen3" => (Arch::Qwen3, RopeLayout::HalfSplit),
             "phi3" => (Arch::Phi3, RopeLayout::HalfSplit),
+            "gemma2" => (Arch::Gemma2, RopeLayout::HalfSplit),
+            "gemma3" => (Arch::Gemma3, RopeLayout::HalfSplit),
             other => {
                 return Err(crate::error::unsupported!(
                     "GGUF architecture {other:?}; llmcad runs \"llama\" (Llama 2/3, Mistral, \
-                     SmolLM, TinyLlama), \"qwen2\", \"qwen3\" and \"phi3\""
+                     SmolLM, TinyLlama), \"qwen2\", \"qwen3\", \"phi3\", \"gemma2\" and \"gemma3\""
                 ))
             }
         };
@@ -311,9 +387,43 @@ impl ModelConfig {
                     config_err!("GGUF has neither {} nor a token list", key("vocab_size"))
                 })?,
         };
+        let n_layers = req("block_count")?;
+        let opt_f32 = |k: &str| -> Result<Option<f32>> {
+            Ok(g.get_f64(&key(k))?.map(|v| v as f32))
+        };
+        let window = g
+            .get_u64(&key("attention.sliding_window"))?
+            .filter(|&w| w > 0)
+            .map(|w| w as usize);
+        let (windows, rope_local) = match (arch.gemma(), window) {
+            (true, Some(window)) => {
+                // the converter writes neither the layer pattern nor (before Gemma 3) a local
+                // base; these are llama.cpp's defaults
+                let pattern = g
+                    .get_u64(&key("attention.sliding_window_pattern"))?
+                    .map_or(6, |p| p as usize);
+                let local = (arch == Arch::Gemma3).then(|| -> Result<RopeConfig> {
+                    Ok(RopeConfig {
+                        theta: opt_f32("rope.freq_base_swa")?.unwrap_or(10000.0),
+                        layout,
+                        dims: rope_dims,
+                        scaling: RopeScaling::None,
+                    })
+                });
+                (
+                    gemma_windows(arch, n_layers, window, pattern),
+                    local.transpose()?,
+                )
+            }
+            _ => (vec![None; n_layers], None),
+        };
+        // Gemma files from llama.cpp's converter carry no query scale: llama.cpp uses
+        // 1/√head_dim, or 1/√(hidden/heads) for the 27B sizes (which it knows by layer count)
+        let big_gemma = matches!((arch, n_layers), (Arch::Gemma2, 46) | (Arch::Gemma3, 62));
+        let scale_dim = if big_gemma { hidden / n_heads.max(1) } else { head_dim };
         let mut cfg = ModelConfig {
             arch,
-            n_layers: req("block_count")?,
+            n_layers,
             hidden,
             ffn: req("feed_forward_length")?,
             n_heads,
@@ -331,13 +441,16 @@ impl ModelConfig {
                 scaling,
             },
             attn_bias: arch == Arch::Qwen2,
+            attn_scale: opt_f32("attention.scale")?
+                .unwrap_or_else(|| 1.0 / (scale_dim as f32).sqrt()),
+            attn_softcap: opt_f32("attn_logit_softcapping")?,
+            final_softcap: opt_f32("final_logit_softcapping")?,
+            windows,
+            rope_local,
             special: SpecialTokens::default(),
         };
-        if let Some(window) = g
-            .get_u64(&key("attention.sliding_window"))?
-            .filter(|&w| w > 0)
-        {
-            cfg.limit_to_window(window as usize);
+        if let Some(window) = window {
+            cfg.limit_to_window(window);
         }
         Ok(cfg)
     }
@@ -356,10 +469,13 @@ impl ModelConfig {
             "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
             "Qwen3ForCausalLM" | "qwen3" => Arch::Qwen3,
             "Phi3ForCausalLM" | "phi3" => Arch::Phi3,
+            "Gemma2ForCausalLM" | "gemma2" => Arch::Gemma2,
+            "Gemma3ForCausalLM" | "gemma3_text" => Arch::Gemma3,
             other => {
                 return Err(crate::error::unsupported!(
                     "config.json architecture {other:?}; llmcad runs LlamaForCausalLM, \
-                     MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and Phi3ForCausalLM"
+                     MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, \
+                     Gemma2ForCausalLM and Gemma3ForCausalLM (text)"
                 ))
             }
         };
@@ -382,77 +498,65 @@ impl ModelConfig {
             None if n_heads > 0 => hidden / n_heads,
             None => 0,
         };
-        // transformers 5 writes the theta and the scaling together as "rope_parameters"; earlier
-        // versions wrote "rope_theta" and "rope_scaling"
-        let rope_params = get("rope_parameters");
-        let theta = rope_params
-            .and_then(|p| p.get("rope_theta"))
-            .and_then(Json::as_f64)
-            .unwrap_or_else(|| opt_f("rope_theta", 10000.0));
-        let scaling = match rope_params.or_else(|| get("rope_scaling")) {
-            None => RopeScaling::None,
-            Some(s) => {
-                let ty = s
-                    .get("rope_type")
-                    .or_else(|| s.get("type"))
-                    .and_then(Json::as_str)
-                    .unwrap_or("default");
-                let f = |k: &str| -> Result<f32> {
-                    s.get(k)
-                        .and_then(Json::as_f64)
-                        .map(|v| v as f32)
-                        .ok_or_else(|| config_err!("config.json: rope scaling needs \"{k}\""))
-                };
-                let factors = |k: &str| -> Result<Vec<f32>> {
-                    s.get(k)
-                        .and_then(Json::as_array)
-                        .and_then(|a| a.iter().map(|v| v.as_f64().map(|v| v as f32)).collect())
-                        .ok_or_else(|| config_err!("config.json: rope scaling needs \"{k}\""))
-                };
-                match ty {
-                    "default" => RopeScaling::None,
-                    "longrope" | "su" => {
-                        let original = s
-                            .get("original_max_position_embeddings")
-                            .or_else(|| get("original_max_position_embeddings"))
-                            .and_then(Json::as_u64)
-                            .ok_or_else(|| {
-                                config_err!("config.json: LongRoPE needs \"original_max_position_embeddings\"")
-                            })? as f32;
-                        // transformers' default attention factor, from how far the context grew
-                        let grown = req("max_position_embeddings")? as f32 / original;
-                        let attn_factor = match s.get("attention_factor").and_then(Json::as_f64) {
-                            Some(f) => f as f32,
-                            None if grown <= 1.0 => 1.0,
-                            None => (1.0 + grown.ln() / original.ln()).sqrt(),
-                        };
-                        RopeScaling::LongRope {
-                            short: factors("short_factor")?,
-                            long: factors("long_factor")?,
-                            original_context: original as usize,
-                            attn_factor,
-                        }
-                    }
-                    "linear" => RopeScaling::Linear {
-                        factor: f("factor")?,
-                    },
-                    "llama3" => RopeScaling::Llama3 {
-                        factor: f("factor")?,
-                        low_freq_factor: f("low_freq_factor")?,
-                        high_freq_factor: f("high_freq_factor")?,
-                        original_context: f("original_max_position_embeddings")?,
-                    },
-                    other => {
-                        return Err(crate::error::unsupported!(
-                            "config.json: rope scaling type {other:?}"
-                        ))
-                    }
-                }
-            }
+        // transformers 5 writes the theta and the scaling together as "rope_parameters" (for
+        // Gemma 3, one per layer kind); earlier versions wrote "rope_theta" and "rope_scaling"
+        // (and Gemma 3's "rope_local_base_freq")
+        let params = get("rope_parameters");
+        let (global, local) = match params.and_then(|p| p.get("full_attention")) {
+            Some(full) => (Some(full), params.and_then(|p| p.get("sliding_attention"))),
+            None => (params.or_else(|| get("rope_scaling")), None),
         };
+        let theta = |p: Option<&Json>, legacy: &str| {
+            p.and_then(|p| p.get("rope_theta"))
+                .and_then(Json::as_f64)
+                .unwrap_or_else(|| opt_f(legacy, 10000.0)) as f32
+        };
+        let rope = RopeConfig {
+            theta: theta(global, "rope_theta"),
+            layout: RopeLayout::HalfSplit,
+            dims: head_dim,
+            scaling: global.map_or(Ok(RopeScaling::None), |s| hf_rope_scaling(s, config))?,
+        };
+        let n_layers = req("num_hidden_layers")?;
+        let window = get("sliding_window").and_then(Json::as_u64).map(|w| w as usize);
+        let (windows, rope_local) = match (arch, window) {
+            (Arch::Gemma2 | Arch::Gemma3, Some(window)) => {
+                let kinds = get("layer_types").and_then(Json::as_array);
+                let windows = match kinds {
+                    Some(kinds) => kinds
+                        .iter()
+                        .map(|k| (k.as_str() == Some("sliding_attention")).then_some(window))
+                        .collect(),
+                    None => {
+                        let pattern = get("sliding_window_pattern")
+                            .and_then(Json::as_u64)
+                            .map_or(6, |p| p as usize);
+                        gemma_windows(arch, n_layers, window, pattern)
+                    }
+                };
+                let local = (arch == Arch::Gemma3).then(|| -> Result<RopeConfig> {
+                    Ok(RopeConfig {
+                        theta: theta(local, "rope_local_base_freq"),
+                        scaling: local.map_or(Ok(RopeScaling::None), |s| {
+                            hf_rope_scaling(s, config)
+                        })?,
+                        ..rope.clone()
+                    })
+                });
+                (windows, local.transpose()?)
+            }
+            // Mistral v0.1 slides every layer (later versions set no window)
+            (Arch::Mistral, Some(window)) => (vec![Some(window); n_layers], None),
+            _ => (vec![None; n_layers], None),
+        };
+        let attn_scale = match get("query_pre_attn_scalar").and_then(Json::as_f64) {
+            Some(s) if arch.gemma() => (1.0 / s.sqrt()) as f32,
+            _ => 1.0 / (head_dim as f32).sqrt(),
+        };
+        let softcap = |k: &str| get(k).and_then(Json::as_f64).map(|v| v as f32);
         let mut cfg = ModelConfig {
             arch,
-            n_layers: req("num_hidden_layers")?,
+            n_layers,
             hidden,
             ffn: req("intermediate_size")?,
             n_heads,
@@ -461,23 +565,88 @@ impl ModelConfig {
             vocab: req("vocab_size")?,
             max_context: req("max_position_embeddings")?,
             rms_eps: opt_f("rms_norm_eps", 1e-6) as f32,
-            rope: RopeConfig {
-                theta: theta as f32,
-                layout: RopeLayout::HalfSplit,
-                dims: head_dim,
-                scaling,
-            },
+            rope,
             attn_bias: arch == Arch::Qwen2
                 || get("attention_bias")
                     .and_then(Json::as_bool)
                     .unwrap_or(false),
+            attn_scale,
+            attn_softcap: softcap("attn_logit_softcapping"),
+            final_softcap: softcap("final_logit_softcapping"),
+            windows,
+            rope_local,
             special: SpecialTokens::default(),
         };
-        if let Some(window) = get("sliding_window").and_then(Json::as_u64) {
-            cfg.limit_to_window(window as usize);
+        if let Some(window) = window {
+            cfg.limit_to_window(window);
         }
         Ok(cfg)
     }
+}
+
+/// The RoPE scaling a Hugging Face config describes in `s` (its "rope_parameters", or one
+/// layer kind's, or the older "rope_scaling").
+fn hf_rope_scaling(s: &Json, config: &Json) -> Result<RopeScaling> {
+    let ty = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Json::as_str)
+        .unwrap_or("default");
+    let f = |k: &str| -> Result<f32> {
+        s.get(k)
+            .and_then(Json::as_f64)
+            .map(|v| v as f32)
+            .ok_or_else(|| config_err!("config.json: rope scaling needs \"{k}\""))
+    };
+    let factors = |k: &str| -> Result<Vec<f32>> {
+        s.get(k)
+            .and_then(Json::as_array)
+            .and_then(|a| a.iter().map(|v| v.as_f64().map(|v| v as f32)).collect())
+            .ok_or_else(|| config_err!("config.json: rope scaling needs \"{k}\""))
+    };
+    Ok(match ty {
+        "default" => RopeScaling::None,
+        "longrope" | "su" => {
+            let original = s
+                .get("original_max_position_embeddings")
+                .or_else(|| config.get("original_max_position_embeddings"))
+                .and_then(Json::as_u64)
+                .ok_or_else(|| {
+                    config_err!("config.json: LongRoPE needs \"original_max_position_embeddings\"")
+                })? as f32;
+            let max = config
+                .get("max_position_embeddings")
+                .and_then(Json::as_u64)
+                .ok_or_else(|| config_err!("config.json: missing \"max_position_embeddings\""))?;
+            // transformers' default attention factor, from how far the context grew
+            let grown = max as f32 / original;
+            let attn_factor = match s.get("attention_factor").and_then(Json::as_f64) {
+                Some(f) => f as f32,
+                None if grown <= 1.0 => 1.0,
+                None => (1.0 + grown.ln() / original.ln()).sqrt(),
+            };
+            RopeScaling::LongRope {
+                short: factors("short_factor")?,
+                long: factors("long_factor")?,
+                original_context: original as usize,
+                attn_factor,
+            }
+        }
+        "linear" => RopeScaling::Linear {
+            factor: f("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: f("factor")?,
+            low_freq_factor: f("low_freq_factor")?,
+            high_freq_factor: f("high_freq_factor")?,
+            original_context: f("original_max_position_embeddings")?,
+        },
+        other => {
+            return Err(crate::error::unsupported!(
+                "config.json: rope scaling type {other:?}"
+            ))
+        }
+    })
 }
 
 /// Token ids named by a JSON field that may be one id or a list of ids.

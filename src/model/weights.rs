@@ -69,8 +69,10 @@ pub struct LayerWeights {
     pub wo: Matrix,
     /// q/k/v biases (Qwen2 only).
     pub bias: Option<QkvBias>,
-    /// RMSNorm weights over each query and key head (`head_dim` long; Qwen3).
+    /// RMSNorm weights over each query and key head (`head_dim` long; Qwen3, Gemma 3).
     pub qk_norm: Option<QkNorm>,
+    /// RMSNorm weights over the attention and the FFN outputs (Gemma).
+    pub post_norm: Option<PostNorm>,
     pub ffn_norm: Vec<f32>,
     pub w_gate: Matrix,
     pub w_up: Matrix,
@@ -81,6 +83,12 @@ pub struct LayerWeights {
 pub struct QkNorm {
     pub q: Vec<f32>,
     pub k: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PostNorm {
+    pub attn: Vec<f32>,
+    pub ffn: Vec<f32>,
 }
 
 #[derive(Clone, Debug)]
@@ -133,11 +141,15 @@ pub struct ModelWeights {
 
 impl ModelWeights {
     pub fn norm_weights(&self, norm: Norm) -> &[f32] {
+        let qk = |l: usize| self.layers[l].qk_norm.as_ref().expect("a q/k norm");
+        let post = |l: usize| self.layers[l].post_norm.as_ref().expect("a post norm");
         match norm {
             Norm::Attn(l) => &self.layers[l].attn_norm,
             Norm::Ffn(l) => &self.layers[l].ffn_norm,
-            Norm::QHeads(l) => &self.layers[l].qk_norm.as_ref().expect("Qwen3 q norm").q,
-            Norm::KHeads(l) => &self.layers[l].qk_norm.as_ref().expect("Qwen3 k norm").k,
+            Norm::QHeads(l) => &qk(l).q,
+            Norm::KHeads(l) => &qk(l).k,
+            Norm::PostAttn(l) => &post(l).attn,
+            Norm::PostFfn(l) => &post(l).ffn,
             Norm::Output => &self.norm,
         }
     }
@@ -163,6 +175,7 @@ impl ModelWeights {
                 l.attn_norm.len()
                     + l.ffn_norm.len()
                     + l.qk_norm.as_ref().map_or(0, |n| n.q.len() + n.k.len())
+                    + l.post_norm.as_ref().map_or(0, |n| n.attn.len() + n.ffn.len())
                     + l.bias
                         .as_ref()
                         .map_or(0, |b| b.q.len() + b.k.len() + b.v.len())
@@ -185,13 +198,6 @@ impl ModelWeights {
                     .iter()
                     .map(|m| m.rows * m.cols)
                     .sum::<usize>())
-    }
-
-    /// Bytes of one transformer block's weights.
-    pub fn layer_bytes(&self, i: usize) -> usize {
-        let l = &self.layers[i];
-        l.matrices().iter().map(|m| m.byte_len()).sum::<usize>()
-            + 4 * (l.attn_norm.len() + l.ffn_norm.len())
     }
 
     /// Parameters per weight type, for `info`.
@@ -229,6 +235,10 @@ enum Role {
     VBias,
     QNorm,
     KNorm,
+    /// After attention, before the residual add (Gemma).
+    PostAttnNorm,
+    /// After the FFN, before the residual add (Gemma).
+    PostFfnNorm,
     /// q, k and v stacked in one matrix (Phi-3).
     Qkv,
     /// gate and up stacked in one matrix (Phi-3).
@@ -240,7 +250,8 @@ enum Role {
 }
 
 impl Naming {
-    fn name(self, role: Role, layer: usize) -> String {
+    /// The tensor name of `role` in `layer`; Gemma names its Hugging Face norms differently.
+    fn name(self, role: Role, layer: usize, gemma: bool) -> String {
         use Role::*;
         match self {
             Naming::Gguf => {
@@ -259,6 +270,8 @@ impl Naming {
                     VBias => blk("attn_v.bias"),
                     QNorm => blk("attn_q_norm.weight"),
                     KNorm => blk("attn_k_norm.weight"),
+                    PostAttnNorm => blk("post_attention_norm.weight"),
+                    PostFfnNorm => blk("post_ffw_norm.weight"),
                     Qkv => blk("attn_qkv.weight"),
                     GateUp => blk("ffn_up.weight"),
                     FfnNorm => blk("ffn_norm.weight"),
@@ -283,8 +296,12 @@ impl Naming {
                     VBias => blk("self_attn.v_proj.bias"),
                     QNorm => blk("self_attn.q_norm.weight"),
                     KNorm => blk("self_attn.k_norm.weight"),
+                    PostAttnNorm => blk("post_attention_layernorm.weight"),
+                    PostFfnNorm => blk("post_feedforward_layernorm.weight"),
                     Qkv => blk("self_attn.qkv_proj.weight"),
                     GateUp => blk("mlp.gate_up_proj.weight"),
+                    // Llama's norm "after attention" is the FFN's input norm
+                    FfnNorm if gemma => blk("pre_feedforward_layernorm.weight"),
                     FfnNorm => blk("post_attention_layernorm.weight"),
                     Gate => blk("mlp.gate_proj.weight"),
                     Up => blk("mlp.up_proj.weight"),
@@ -315,6 +332,10 @@ impl<'a> WeightLoader<'a> {
         }
     }
 
+    fn name(&self, role: Role, layer: usize) -> String {
+        self.naming.name(role, layer, self.cfg.arch.gemma())
+    }
+
     /// Gathers every weight; `progress(done, total)` is called as tensors are loaded.
     pub fn load(&self, progress: &dyn Fn(usize, usize)) -> Result<ModelWeights> {
         let c = self.cfg;
@@ -326,9 +347,9 @@ impl<'a> WeightLoader<'a> {
         };
         let embed = self.matrix(Role::Embed, 0, c.vocab, c.hidden)?;
         tick();
-        let norm = self.vector(Role::Norm, 0, c.hidden)?;
+        let norm = self.norm(Role::Norm, 0, c.hidden)?;
         tick();
-        let (head, tied_head) = if self.tensors.contains_key(&self.naming.name(Role::Head, 0)) {
+        let (head, tied_head) = if self.tensors.contains_key(&self.name(Role::Head, 0)) {
             (self.matrix(Role::Head, 0, c.vocab, c.hidden)?, false)
         } else {
             (embed.clone(), true)
@@ -367,7 +388,7 @@ impl<'a> WeightLoader<'a> {
                     ]
                 };
                 let layer = LayerWeights {
-                    attn_norm: self.vector(Role::AttnNorm, i, c.hidden)?,
+                    attn_norm: self.norm(Role::AttnNorm, i, c.hidden)?,
                     wq,
                     wk,
                     wv,
@@ -383,13 +404,21 @@ impl<'a> WeightLoader<'a> {
                     },
                     qk_norm: if c.arch.qk_norm() {
                         Some(QkNorm {
-                            q: self.vector(Role::QNorm, i, c.head_dim)?,
-                            k: self.vector(Role::KNorm, i, c.head_dim)?,
+                            q: self.norm(Role::QNorm, i, c.head_dim)?,
+                            k: self.norm(Role::KNorm, i, c.head_dim)?,
                         })
                     } else {
                         None
                     },
-                    ffn_norm: self.vector(Role::FfnNorm, i, c.hidden)?,
+                    post_norm: if c.arch.gemma() {
+                        Some(PostNorm {
+                            attn: self.norm(Role::PostAttnNorm, i, c.hidden)?,
+                            ffn: self.norm(Role::PostFfnNorm, i, c.hidden)?,
+                        })
+                    } else {
+                        None
+                    },
+                    ffn_norm: self.norm(Role::FfnNorm, i, c.hidden)?,
                     w_gate,
                     w_up,
                     w_down: self.matrix(Role::Down, i, c.hidden, c.ffn)?,
@@ -410,7 +439,7 @@ impl<'a> WeightLoader<'a> {
     /// The tensor, checked for NaNs and infinities (in the values of a float tensor, in the
     /// scales of a block type): one would silently turn every score into NaN.
     fn get(&self, role: Role, layer: usize) -> Result<&RawTensor> {
-        let name = self.naming.name(role, layer);
+        let name = self.name(role, layer);
         let t = self
             .tensors
             .get(&name)
@@ -452,6 +481,16 @@ impl<'a> WeightLoader<'a> {
             }
             None => Ok(m),
         }
+    }
+
+    /// An RMSNorm weight vector as the kernels use it: Gemma's Hugging Face weights hold
+    /// `w` for a gain of `1 + w` (its GGUF files store the sum already).
+    fn norm(&self, role: Role, layer: usize, len: usize) -> Result<Vec<f32>> {
+        let mut w = self.vector(role, layer, len)?;
+        if self.cfg.arch.gemma() && self.naming == Naming::HuggingFace {
+            w.iter_mut().for_each(|x| *x += 1.0);
+        }
+        Ok(w)
     }
 
     fn vector(&self, role: Role, layer: usize, len: usize) -> Result<Vec<f32>> {

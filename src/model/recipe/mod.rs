@@ -3,10 +3,13 @@
 //! Backends implement [`LayerOps`] over their own buffers (host vectors, GPU buffers) and keep
 //! what they do better behind each op: bit-identical kernels, fused bias and residual writes,
 //! per-layer weight streaming in [`LayerOps::begin_layer`] / [`LayerOps::end_layer`]. The
-//! recipe below says which ops run in which order, so an architecture is described once for
-//! every backend.
+//! recipes say which ops run in which order, one file per block design, so an architecture is
+//! described once for every backend.
 
-use super::config::ModelConfig;
+mod gemma;
+mod llama;
+
+use super::config::{Arch, ModelConfig};
 use crate::error::Result;
 
 /// The activation buffers of a pass, each with one row per batch node.
@@ -21,7 +24,7 @@ pub enum Act {
     V,
     /// Attention output, `q_dim` wide.
     Att,
-    /// FFN gate, and after [`LayerOps::swiglu`] the activated product, `ffn` wide.
+    /// FFN gate, and after [`LayerOps::glu`] the activated product, `ffn` wide.
     Gate,
     Up,
 }
@@ -63,8 +66,21 @@ pub enum Norm {
     QHeads(usize),
     /// Over each key head in `layer`.
     KHeads(usize),
+    /// Over the attention output of `layer`, before it joins the residual stream (Gemma).
+    PostAttn(usize),
+    /// Over the FFN output of `layer`, before it joins the residual stream (Gemma).
+    PostFfn(usize),
     /// After the last layer, over the rows the pass returns only.
     Output,
+}
+
+/// The activation of a gated FFN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `x · sigmoid(x)` (SwiGLU).
+    Silu,
+    /// GELU with the tanh approximation (GeGLU; PyTorch's `gelu(approximate="tanh")`).
+    GeluTanh,
 }
 
 /// How a linear op writes its result.
@@ -89,42 +105,47 @@ pub trait LayerOps {
     /// For each `(m, out)`: `out = x · mᵀ`, plus `m`'s bias when the layer has one. The
     /// matrices share the input, so a backend may quantize it once for all of them.
     fn linear(&mut self, layer: usize, x: Act, outs: &[(Mat, Act)], write: Write) -> Result<()>;
-    /// Rotates each of the `heads` heads of every row of `x` at its node's position.
-    fn rope(&mut self, x: Act, heads: usize) -> Result<()>;
+    /// Rotates each of the `heads` heads of every row of `x` at its node's position, with
+    /// `layer`'s RoPE ([`ModelConfig::rope_index`]).
+    fn rope(&mut self, layer: usize, x: Act, heads: usize) -> Result<()>;
     /// Stores [`Act::K`] and [`Act::V`] in the layer's cache, in the slots after the cached ones.
     fn kv_write(&mut self, layer: usize) -> Result<()>;
-    /// [`Act::Att`] = attention of [`Act::Q`] over the layer's cache, under the batch's mask.
+    /// [`Act::Att`] = attention of [`Act::Q`] over the layer's cache, under the batch's mask
+    /// and the layer's window, with the config's score scale and soft-cap.
     fn attention(&mut self, layer: usize) -> Result<()>;
-    /// `Gate = silu(Gate) · Up`.
-    fn swiglu(&mut self) -> Result<()>;
+    /// `Gate = act(Gate) · Up`.
+    fn glu(&mut self, act: Activation) -> Result<()>;
+    /// `x += y`.
+    fn add(&mut self, x: Act, y: Act) -> Result<()>;
+    /// `x *= factor`.
+    fn scale(&mut self, x: Act, factor: f32) -> Result<()>;
 }
 
-/// The pass of a Llama-family decoder (llama, mistral, qwen2, qwen3): pre-norm attention and
-/// SwiGLU FFN blocks, each added to the residual stream, then the output norm. The head is the
-/// backend's: it decides which rows and which vocabulary to compute.
+/// A model's pass up to the normalized final hidden states in [`Act::Xn`]. The head is the
+/// backend's: it decides which rows and which vocabulary to compute, and soft-caps the logits
+/// when [`ModelConfig::final_softcap`] says so.
 pub fn forward(cfg: &ModelConfig, ops: &mut impl LayerOps) -> Result<()> {
-    ops.embed()?;
-    for layer in 0..cfg.n_layers {
-        ops.begin_layer(layer)?;
-        ops.rms_norm(Norm::Attn(layer), Act::X, Act::Xn)?;
-        let qkv = [(Mat::Q, Act::Q), (Mat::K, Act::K), (Mat::V, Act::V)];
-        ops.linear(layer, Act::Xn, &qkv, Write::Set)?;
-        if cfg.arch.qk_norm() {
-            ops.rms_norm(Norm::QHeads(layer), Act::Q, Act::Q)?;
-            ops.rms_norm(Norm::KHeads(layer), Act::K, Act::K)?;
+    match cfg.arch {
+        Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 => {
+            llama::forward(cfg, ops)
         }
-        ops.rope(Act::Q, cfg.n_heads)?;
-        ops.rope(Act::K, cfg.n_kv_heads)?;
-        ops.kv_write(layer)?;
-        ops.attention(layer)?;
-        ops.linear(layer, Act::Att, &[(Mat::O, Act::X)], Write::Add)?;
-
-        ops.rms_norm(Norm::Ffn(layer), Act::X, Act::Xn)?;
-        let gate_up = [(Mat::Gate, Act::Gate), (Mat::Up, Act::Up)];
-        ops.linear(layer, Act::Xn, &gate_up, Write::Set)?;
-        ops.swiglu()?;
-        ops.linear(layer, Act::Gate, &[(Mat::Down, Act::X)], Write::Add)?;
-        ops.end_layer(layer)?;
+        Arch::Gemma2 | Arch::Gemma3 => gemma::forward(cfg, ops),
     }
-    ops.rms_norm(Norm::Output, Act::X, Act::Xn)
+}
+
+/// Every family's attention up to [`Act::Att`]: the input norm, q/k/v, the per-head q/k norms
+/// where the family has them, RoPE, the cache write and attention itself.
+fn attend(cfg: &ModelConfig, ops: &mut impl LayerOps, layer: usize) -> Result<()> {
+    ops.rms_norm(Norm::Attn(layer), Act::X, Act::Xn)?;
+    let qkv = [(Mat::Q, Act::Q), (Mat::K, Act::K), (Mat::V, Act::V)];
+    ops.linear(layer, Act::Xn, &qkv, Write::Set)?;
+    if cfg.arch.qk_norm() {
+        ops.rms_norm(Norm::QHeads(layer), Act::Q, Act::Q)?;
+        ops.rms_norm(Norm::KHeads(layer), Act::K, Act::K)?;
+    }
+    ops.rope(layer, Act::Q, cfg.n_heads)?;
+    ops.rope(layer, Act::K, cfg.n_kv_heads)?;
+    ops.kv_write(layer)?;
+    ops.attention(layer)?;
+    Ok(())
 }
