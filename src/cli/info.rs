@@ -36,6 +36,23 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         c.rope.dims,
         c.rope.scaling
     )?;
+    if let Some(local) = &c.rope_local {
+        outln!("local rope:   theta {} in sliding-window layers", local.theta)?;
+    }
+    let sliding: Vec<String> = (0..c.n_layers)
+        .filter_map(|l| c.windows[l].map(|w| format!("{l}:{w}")))
+        .collect();
+    outln!(
+        "attention:    scale {}, soft-cap {}, logit soft-cap {}, windows {}",
+        c.attn_scale,
+        c.attn_softcap.map_or("none".into(), |v| v.to_string()),
+        c.final_softcap.map_or("none".into(), |v| v.to_string()),
+        if sliding.is_empty() {
+            "none (every layer global)".into()
+        } else {
+            format!("layer:window {}", sliding.join(" "))
+        }
+    )?;
     outln!("parameters:   {params} ({:.1} M)", params as f64 / 1e6)?;
     outln!(
         "weights:      {bytes} bytes ({:.1} MiB)",

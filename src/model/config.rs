@@ -245,6 +245,11 @@ impl ModelConfig {
         }
     }
 
+    /// The RoPE of `layer`.
+    pub fn rope_of_layer(&self, layer: usize) -> &RopeConfig {
+        self.ropes()[self.rope_index(layer)]
+    }
+
     /// Every distinct RoPE, global first; [`Self::rope_index`] picks a layer's.
     pub fn ropes(&self) -> Vec<&RopeConfig> {
         std::iter::once(&self.rope).chain(&self.rope_local).collect()
@@ -659,5 +664,90 @@ pub fn json_ids(v: Option<&Json>) -> Vec<u32> {
             .map(|id| id as u32)
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hf(extra: Json) -> Result<ModelConfig> {
+        let mut c = serde_json::json!({
+            "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "vocab_size": 100, "max_position_embeddings": 256,
+        });
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        ModelConfig::from_hf(&c)
+    }
+
+    /// transformers 4 wrote Gemma 3's layer kinds as a pattern and its local base apart; the
+    /// global base's linear scaling is not the local layers'.
+    #[test]
+    fn gemma3_config_from_transformers_4() {
+        let c = hf(serde_json::json!({
+            "architectures": ["Gemma3ForCausalLM"], "sliding_window": 512,
+            "sliding_window_pattern": 3, "rope_theta": 1e6, "rope_local_base_freq": 1e4,
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+            "query_pre_attn_scalar": 256,
+        }))
+        .unwrap();
+        let w = Some(512);
+        assert_eq!(c.windows, [w, w, None, w, w, None]);
+        assert_eq!(c.attn_scale, 1.0 / 16.0);
+        assert_eq!(c.rope.theta, 1e6);
+        assert_eq!(c.rope.scaling, RopeScaling::Linear { factor: 8.0 });
+        let local = c.rope_of_layer(0);
+        assert_eq!((local.theta, &local.scaling), (1e4, &RopeScaling::None));
+        assert_eq!(c.rope_of_layer(2).theta, 1e6);
+        assert_eq!((c.attn_softcap, c.final_softcap), (None, None));
+    }
+
+    /// Gemma 2 without "layer_types" alternates, sliding first, and soft-caps.
+    #[test]
+    fn gemma2_config_without_layer_kinds() {
+        let c = hf(serde_json::json!({
+            "architectures": ["Gemma2ForCausalLM"], "sliding_window": 4096,
+            "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+        }))
+        .unwrap();
+        let w = Some(4096);
+        assert_eq!(c.windows, [w, None, w, None, w, None]);
+        assert_eq!((c.attn_softcap, c.final_softcap), (Some(50.0), Some(30.0)));
+        assert!(c.rope_local.is_none());
+        // no query_pre_attn_scalar: 1/√head_dim
+        assert_eq!(c.attn_scale, 0.25);
+    }
+
+    /// Mistral v0.1 slides every layer; Qwen2 configs name a window they do not use.
+    #[test]
+    fn only_families_that_slide_get_windows() {
+        let mistral = hf(serde_json::json!({
+            "architectures": ["MistralForCausalLM"], "sliding_window": 64,
+        }))
+        .unwrap();
+        assert_eq!(mistral.windows, [Some(64); 6]);
+        let qwen = hf(serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"], "sliding_window": 64,
+            "use_sliding_window": false,
+        }))
+        .unwrap();
+        assert_eq!(qwen.windows, [None; 6]);
+    }
+
+    #[test]
+    fn bad_attention_settings_are_refused() {
+        for extra in [
+            serde_json::json!({"architectures": ["Gemma2ForCausalLM"], "sliding_window": 0}),
+            serde_json::json!({"architectures": ["Gemma2ForCausalLM"],
+                "attn_logit_softcapping": -1.0}),
+            serde_json::json!({"architectures": ["Gemma2ForCausalLM"],
+                "query_pre_attn_scalar": 0.0}),
+        ] {
+            let c = hf(extra.clone()).unwrap();
+            assert!(c.validate().is_err(), "{extra}");
+        }
     }
 }
