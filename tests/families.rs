@@ -309,3 +309,25 @@ fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Gemma 2 soft-caps its logits: a head restricted to some tokens (FR-Spec's drafter) caps the
+/// logits it computes and leaves the others at -∞, which capping would have made finite.
+#[test]
+fn a_restricted_head_soft_caps_only_its_tokens() {
+    let m = load(&dir("gemma2").join("target.gguf"));
+    assert!(m.config.final_softcap.is_some());
+    let r = reference("gemma2");
+    let vocab = m.config.vocab;
+    let full = prompt_logits(&mut cpu_at(&m, 64), &r.prompt_ids);
+    let mut b = cpu_at(&m, 64);
+    let ids: Vec<u32> = (0..vocab as u32).step_by(3).collect();
+    assert!(b.restrict_vocab(&ids));
+    let some = prompt_logits(&mut b, &r.prompt_ids);
+    for (i, (f, s)) in full.iter().zip(&some).enumerate() {
+        if (i % vocab) % 3 == 0 {
+            assert_eq!(f, s, "logit {i}");
+        } else {
+            assert_eq!(*s, f32::NEG_INFINITY, "logit {i}");
+        }
+    }
+}

@@ -168,6 +168,12 @@ impl Backend for CpuBackend {
         let vocab = self.cfg.vocab;
         let rows = hidden.len() / self.cfg.hidden;
         let mut input = Input::new(&hidden, self.cfg.hidden, &mut self.q8);
+        let final_softcap = self.cfg.final_softcap;
+        let cap = |logits: &mut [f32]| {
+            if let Some(c) = final_softcap {
+                softcap(logits, c);
+            }
+        };
         let logits = match &self.head_subset {
             None => {
                 let mut logits = vec![0f32; rows * vocab];
@@ -179,6 +185,7 @@ impl Backend for CpuBackend {
                     &[head],
                     &mut [&mut logits],
                 );
+                cap(&mut logits);
                 logits
             }
             Some((head, ids)) => {
@@ -190,6 +197,8 @@ impl Backend for CpuBackend {
                     &[head],
                     &mut [&mut some],
                 );
+                // before the scatter: the tokens left out stay at -∞
+                cap(&mut some);
                 let mut logits = vec![f32::NEG_INFINITY; rows * vocab];
                 for (row, part) in logits
                     .chunks_exact_mut(vocab)
@@ -202,10 +211,6 @@ impl Backend for CpuBackend {
                 logits
             }
         };
-        let mut logits = logits;
-        if let Some(cap) = self.cfg.final_softcap {
-            softcap(&mut logits, cap);
-        }
         let dense = Logits::Dense {
             vocab,
             data: logits,
