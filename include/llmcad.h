@@ -77,7 +77,29 @@ typedef enum LlmcadStopReason {
 // llmcad_engine_new, destroy with llmcad_engine_free.
 typedef struct LlmcadEngine LlmcadEngine;
 
+// Where a model load stands, given to the LlmcadProgressCallback (valid only during the call).
+typedef struct LlmcadLoadStatus {
+  // Tensors of the model being loaded that are done: 1 at the first report, then one more
+  // at each, `tensors` at the last. It starts again at 1 when the next model loads (the
+  // drafter, after the target).
+  size_t tensors_done;
+  // Tensors of the model being loaded.
+  size_t tensors;
+  // The block type float weights are quantized to on the way ("q8_0", "q4_0", "q4_1":
+  // `LlmcadOptions.quantize`), or NULL. A static string.
+  const char *quantizing_to;
+} LlmcadLoadStatus;
+
+// Called as each tensor of the target, then of the drafter, is loaded, on the thread that
+// called llmcad_engine_new and only before it returns (never later). `user_data` is
+// `LlmcadOptions.progress_user_data`, passed through untouched. The callback must not unwind
+// (a C++ exception, a longjmp) into the library.
+typedef void (*LlmcadProgressCallback)(const struct LlmcadLoadStatus *status, void *user_data);
+
 // Engine options. Fill with llmcad_options_init, then set `target` (and what you need).
+//
+// The layout is part of the ABI: fields are only ever added at the end, so a program must be
+// compiled against the header of the library it links (there is no size or version field).
 typedef struct LlmcadOptions {
   // Target model: a GGUF file or a Hugging Face directory (UTF-8 path). Required.
   const char *target;
@@ -115,6 +137,11 @@ typedef struct LlmcadOptions {
   // keep them nowhere, or NULL for the default ($LLMCAD_CACHE_DIR, else the platform's cache
   // directory).
   const char *pass_times_dir;
+  // Told the load's progress during llmcad_engine_new (see LlmcadProgressCallback), or
+  // NULL (the default) for no reports.
+  LlmcadProgressCallback progress;
+  // Given to `progress` as its `user_data`, untouched; the library never reads it.
+  void *progress_user_data;
 } LlmcadOptions;
 
 // Per-request parameters. Fill with llmcad_generate_params_init.
@@ -177,7 +204,8 @@ const char *llmcad_version(void);
 const char *llmcad_last_error(void);
 
 // Fills `opts` with the defaults: CPU, every core, the model's context, tree speculation
-// when a drafter is given, adaptive fallback, memory budget "auto"; `target` NULL.
+// when a drafter is given, adaptive fallback, memory budget "auto"; `target` and `progress`
+// NULL.
 //
 // # Safety
 // `opts` is NULL or points to writable memory for one LlmcadOptions.
@@ -190,10 +218,12 @@ enum LlmcadStatus llmcad_options_init(struct LlmcadOptions *opts);
 enum LlmcadStatus llmcad_generate_params_init(struct LlmcadGenerateParams *params);
 
 // Loads the models and creates an engine; NULL on failure (see llmcad_last_error). Takes
-// as long as reading the weights; nothing else runs at load.
+// as long as reading the weights; nothing else runs at load. `opts.progress`, when set, is
+// called on this thread as tensors load, and never after this returns.
 //
 // # Safety
-// `opts` is NULL or points to an LlmcadOptions whose strings are NULL or NUL-terminated.
+// `opts` is NULL or points to an LlmcadOptions whose strings are NULL or NUL-terminated, and
+// whose `progress` is NULL or safe to call with `progress_user_data` during this call.
 struct LlmcadEngine *llmcad_engine_new(const struct LlmcadOptions *opts);
 
 // Destroys an engine (NULL is ignored). No other call may be using it.

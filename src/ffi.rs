@@ -12,6 +12,8 @@ use crate::engine::{CancelHandle, Device, Engine, EngineOptions, GenerateRequest
 use crate::error::Error;
 use crate::generate::{GenerateOptions, StopReason};
 use crate::memory::MemoryBudget;
+use crate::progress::{LoadProgress, LoadStatus};
+use crate::quant::DType;
 use crate::sampling::SamplingParams;
 use crate::spec::pass_store::PassStore;
 use crate::spec::{FallbackPolicy, SpecMode, SpecOptions};
@@ -19,7 +21,8 @@ use crate::tokenizer::ChatMessage;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Mutex, TryLockError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 
 /// The id given to the callback for a text-only piece (text held back until the end).
 pub const LLMCAD_NO_TOKEN: u32 = u32::MAX;
@@ -91,7 +94,32 @@ pub enum LlmcadStopReason {
     ContextFull = 3,
 }
 
+/// Where a model load stands, given to the LlmcadProgressCallback (valid only during the call).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LlmcadLoadStatus {
+    /// Tensors of the model being loaded that are done: 1 at the first report, then one more
+    /// at each, `tensors` at the last. It starts again at 1 when the next model loads (the
+    /// drafter, after the target).
+    pub tensors_done: usize,
+    /// Tensors of the model being loaded.
+    pub tensors: usize,
+    /// The block type float weights are quantized to on the way ("q8_0", "q4_0", "q4_1":
+    /// `LlmcadOptions.quantize`), or NULL. A static string.
+    pub quantizing_to: *const c_char,
+}
+
+/// Called as each tensor of the target, then of the drafter, is loaded, on the thread that
+/// called llmcad_engine_new and only before it returns (never later). `user_data` is
+/// `LlmcadOptions.progress_user_data`, passed through untouched. The callback must not unwind
+/// (a C++ exception, a longjmp) into the library.
+pub type LlmcadProgressCallback =
+    Option<unsafe extern "C" fn(status: *const LlmcadLoadStatus, user_data: *mut c_void)>;
+
 /// Engine options. Fill with llmcad_options_init, then set `target` (and what you need).
+///
+/// The layout is part of the ABI: fields are only ever added at the end, so a program must be
+/// compiled against the header of the library it links (there is no size or version field).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct LlmcadOptions {
@@ -131,6 +159,11 @@ pub struct LlmcadOptions {
     /// keep them nowhere, or NULL for the default ($LLMCAD_CACHE_DIR, else the platform's cache
     /// directory).
     pub pass_times_dir: *const c_char,
+    /// Told the load's progress during llmcad_engine_new (see LlmcadProgressCallback), or
+    /// NULL (the default) for no reports.
+    pub progress: LlmcadProgressCallback,
+    /// Given to `progress` as its `user_data`, untouched; the library never reads it.
+    pub progress_user_data: *mut c_void,
 }
 
 /// Per-request parameters. Fill with llmcad_generate_params_init.
@@ -294,7 +327,8 @@ pub extern "C" fn llmcad_last_error() -> *const c_char {
 }
 
 /// Fills `opts` with the defaults: CPU, every core, the model's context, tree speculation
-/// when a drafter is given, adaptive fallback, memory budget "auto"; `target` NULL.
+/// when a drafter is given, adaptive fallback, memory budget "auto"; `target` and `progress`
+/// NULL.
 ///
 /// # Safety
 /// `opts` is NULL or points to writable memory for one LlmcadOptions.
@@ -320,6 +354,8 @@ pub unsafe extern "C" fn llmcad_options_init(opts: *mut LlmcadOptions) -> Llmcad
             fallback_threshold: -1.0,
             memory_budget: std::ptr::null(),
             pass_times_dir: std::ptr::null(),
+            progress: None,
+            progress_user_data: std::ptr::null_mut(),
         };
         Ok(())
     })
@@ -439,16 +475,77 @@ unsafe fn engine_options(o: &LlmcadOptions) -> Result<EngineOptions, Fail> {
     Ok(e)
 }
 
+/// The C progress callback with its user data, as the `Send + Sync` closure a
+/// [`LoadProgress`] holds. It calls nothing once `live` is cleared (when llmcad_engine_new
+/// returns: the engine keeps its options, and the user data may be gone by then).
+struct ProgressHook {
+    callback: unsafe extern "C" fn(*const LlmcadLoadStatus, *mut c_void),
+    user_data: *mut c_void,
+    live: Arc<AtomicBool>,
+}
+
+// SAFETY: the caller of llmcad_engine_new promises that `callback` may be called with
+// `user_data` during that call (LlmcadProgressCallback); it is only called then, from the
+// loading thread, which is the calling thread. The library never dereferences `user_data`.
+unsafe impl Send for ProgressHook {}
+// SAFETY: as for Send: the hook is shared only to be called during llmcad_engine_new.
+unsafe impl Sync for ProgressHook {}
+
+impl ProgressHook {
+    fn report(&self, s: LoadStatus) {
+        if !self.live.load(Ordering::Acquire) {
+            return;
+        }
+        let status = LlmcadLoadStatus {
+            tensors_done: s.tensors_done,
+            tensors: s.tensors,
+            quantizing_to: s.quantizing_to.map_or(std::ptr::null(), dtype_name),
+        };
+        // SAFETY: the caller vouches for the callback with this user data (see ProgressHook);
+        // `status` outlives the call
+        unsafe { (self.callback)(&status, self.user_data) }
+    }
+}
+
+/// The name of `d` as a static C string, lowercase as `LlmcadOptions.quantize` spells it.
+fn dtype_name(d: DType) -> *const c_char {
+    static NAMES: OnceLock<Vec<(DType, CString)>> = OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            DType::ALL
+                .iter()
+                .filter_map(|&d| Some((d, CString::new(d.name().to_ascii_lowercase()).ok()?)))
+                .collect()
+        })
+        .iter()
+        .find(|(n, _)| *n == d)
+        .map_or(std::ptr::null(), |(_, c)| c.as_ptr())
+}
+
 /// Loads the models and creates an engine; NULL on failure (see llmcad_last_error). Takes
-/// as long as reading the weights; nothing else runs at load.
+/// as long as reading the weights; nothing else runs at load. `opts.progress`, when set, is
+/// called on this thread as tensors load, and never after this returns.
 ///
 /// # Safety
-/// `opts` is NULL or points to an LlmcadOptions whose strings are NULL or NUL-terminated.
+/// `opts` is NULL or points to an LlmcadOptions whose strings are NULL or NUL-terminated, and
+/// whose `progress` is NULL or safe to call with `progress_user_data` during this call.
 #[no_mangle]
 pub unsafe extern "C" fn llmcad_engine_new(opts: *const LlmcadOptions) -> *mut LlmcadEngine {
     guard(std::ptr::null_mut(), || {
         let o = opts.as_ref().ok_or_else(|| null("opts"))?;
-        let engine = Engine::load(engine_options(o)?)?;
+        let mut options = engine_options(o)?;
+        let live = Arc::new(AtomicBool::new(true));
+        if let Some(callback) = o.progress {
+            let hook = ProgressHook {
+                callback,
+                user_data: o.progress_user_data,
+                live: live.clone(),
+            };
+            options.progress = Some(LoadProgress::new(move |s| hook.report(s)));
+        }
+        let loaded = Engine::load(options);
+        live.store(false, Ordering::Release);
+        let engine = loaded?;
         let cancel = engine.cancel_handle();
         Ok(Box::into_raw(Box::new(LlmcadEngine {
             engine: Mutex::new(engine),

@@ -1,5 +1,6 @@
 //! The C ABI: the committed header matches src/ffi.rs, the C example builds against the
-//! cdylib and streams the same tokens as the Rust API, and bad input gives error codes.
+//! cdylib and streams the same tokens as the Rust API, load progress reaches C callbacks, and
+//! bad input gives error codes.
 
 mod common;
 
@@ -179,7 +180,7 @@ fn c_example_streams_the_rust_api_tokens_on_a_tiny_model() {
 fn c_example_speculates_losslessly() {
     let (t, d) = tiny_pair(DType::F32);
     let (plain, _) = run_c(&[s(&t), "in the", "-n", "12", "--ignore-eos", "-t", "1"]);
-    let (spec, _) = run_c(&[
+    let (spec, err) = run_c(&[
         s(&t),
         "in the",
         "-n",
@@ -191,8 +192,13 @@ fn c_example_speculates_losslessly() {
         s(&d),
         "--tree-nodes",
         "8",
+        "--progress",
     ]);
     assert_eq!(plain, spec);
+    // the C progress callback saw the target's load, then the drafter's, each in order
+    assert!(err.contains(" 2 loads, 0 out of order]"), "{err}");
+    let done: Vec<&str> = err.lines().filter(|l| l.starts_with("[loaded ")).collect();
+    assert_eq!(done.len(), 2, "{err}");
     let mut o = EngineOptions::new(&t).with_drafter(
         &d,
         SpecOptions {
@@ -519,5 +525,104 @@ fn a_long_chat_drops_its_oldest_turns_and_a_full_context_is_a_stop_reason() {
     assert_eq!(stats.stop, LlmcadStopReason::ContextFull as i32);
     assert!(stats.generated_tokens > 0 && stats.generated_tokens < 90);
     assert_eq!(chat("again", 8).stop, LlmcadStopReason::MaxTokens as i32);
+    unsafe { llmcad_engine_free(e) };
+}
+
+/// What a progress callback saw.
+#[derive(Default)]
+struct Progress {
+    /// (tensors_done, tensors, quantizing_to) of each report.
+    reports: Vec<(usize, usize, Option<String>)>,
+    /// The user data each call was given.
+    user_data: Vec<usize>,
+    threads: Vec<std::thread::ThreadId>,
+}
+
+unsafe extern "C" fn on_progress(status: *const LlmcadLoadStatus, user_data: *mut c_void) {
+    let p = &mut *(user_data as *mut Progress);
+    let s = &*status;
+    let q = (!s.quantizing_to.is_null()).then(|| {
+        CStr::from_ptr(s.quantizing_to)
+            .to_str()
+            .unwrap()
+            .to_string()
+    });
+    p.reports.push((s.tensors_done, s.tensors, q));
+    p.user_data.push(user_data as usize);
+    p.threads.push(std::thread::current().id());
+}
+
+/// Loads `o` with `on_progress`; the reports, split where a model's load starts.
+fn load_with_progress(mut o: LlmcadOptions) -> Vec<Vec<(usize, usize, Option<String>)>> {
+    let mut p = Progress::default();
+    let user = &mut p as *mut Progress;
+    o.progress = Some(on_progress);
+    o.progress_user_data = user.cast();
+    let e = unsafe { llmcad_engine_new(&o) };
+    assert!(!e.is_null(), "{}", last_error());
+    let calls = p.reports.len();
+    assert!(calls > 0, "the progress callback was never called");
+    // user_data round-trips, and every call is on the loading (this) thread
+    assert!(p.user_data.iter().all(|&u| u == user as usize));
+    assert!(p.threads.iter().all(|&t| t == std::thread::current().id()));
+    // never called after llmcad_engine_new returned
+    c_generate(e, "the cat", &params(3), usize::MAX);
+    unsafe { llmcad_engine_free(e) };
+    assert_eq!(p.reports.len(), calls);
+    let mut loads: Vec<Vec<_>> = Vec::new();
+    for r in p.reports {
+        if r.0 == 1 {
+            loads.push(Vec::new());
+        }
+        loads.last_mut().expect("a load starts at 1").push(r);
+    }
+    for l in &loads {
+        let total = l[0].1;
+        assert!(l.iter().all(|r| r.1 == total), "{l:?}");
+        assert!(l.windows(2).all(|w| w[0].0 <= w[1].0), "{l:?}");
+        assert_eq!(l.last().unwrap().0, total, "{l:?}");
+    }
+    loads
+}
+
+#[test]
+fn progress_callback_reports_the_load_through_user_data() {
+    let path = CString::new(s(&tiny_f32().gguf)).unwrap();
+    let loads = load_with_progress(options(&path));
+    assert_eq!(loads.len(), 1);
+    assert!(loads[0].iter().all(|r| r.2.is_none()));
+    assert_eq!(loads[0].len(), loads[0][0].1, "one report per tensor");
+
+    let q8 = CString::new("q8_0").unwrap();
+    let mut o = options(&path);
+    o.quantize = q8.as_ptr();
+    let loads = load_with_progress(o);
+    assert!(loads[0].iter().all(|r| r.2.as_deref() == Some("q8_0")));
+
+    // the drafter's load follows the target's, counted on its own
+    let (t, d) = tiny_pair(DType::F32);
+    let (t, d) = (CString::new(s(&t)).unwrap(), CString::new(s(&d)).unwrap());
+    let mut o = options(&t);
+    o.drafter = d.as_ptr();
+    let loads = load_with_progress(o);
+    assert_eq!(loads.len(), 2);
+    assert!(
+        loads[1][0].1 < loads[0][0].1,
+        "the drafter has fewer layers"
+    );
+}
+
+#[test]
+fn progress_is_null_by_default_and_user_data_alone_is_ignored() {
+    let path = CString::new(s(&tiny_f32().gguf)).unwrap();
+    let mut o = options(&path);
+    assert!(o.progress.is_none());
+    assert!(o.progress_user_data.is_null());
+    // a stray user_data without a callback is never touched
+    o.progress_user_data = 0x10 as *mut c_void;
+    let e = unsafe { llmcad_engine_new(&o) };
+    assert!(!e.is_null(), "{}", last_error());
+    let (ids, _) = c_generate(e, "the cat", &params(3), usize::MAX);
+    assert_eq!(ids.len(), 3);
     unsafe { llmcad_engine_free(e) };
 }
