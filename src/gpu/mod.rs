@@ -11,18 +11,24 @@
 //! kernels: the results are bit-identical.
 
 pub mod budget;
+mod buffers;
 mod device;
 mod fault;
 mod forward;
-pub mod kernels;
+mod matrix;
+mod ops;
+mod recorder;
 pub mod roofline;
 pub mod shaders;
 mod uploader;
 
 pub use budget::{check_io_bandwidth, parse_rate, parse_size};
+pub use buffers::Gpu;
 pub use device::{adapter_summary, open, DeviceOptions, GpuContext};
 pub use fault::Fault;
-pub use kernels::{AttentionArgs, Gpu, GpuMatrix, MatmulArgs, Recorder};
+pub use matrix::GpuMatrix;
+pub use ops::{AttentionArgs, MatmulArgs};
+pub use recorder::Recorder;
 pub use uploader::{StreamStats, UploadMode};
 
 use crate::backend::{Backend, Batch, CacheView, Capabilities, Logits, Rows, Want};
@@ -30,7 +36,8 @@ use crate::error::{Error, Result};
 use crate::model::recipe::{self, Mat};
 use crate::model::{Matrix, ModelConfig, ModelWeights};
 use forward::{GpuPass, PassInputs};
-use kernels::{chunk_layouts, row_range_layouts, Timing};
+use matrix::{chunk_layouts, row_range_layouts};
+use recorder::Timing;
 use shaders::WFormat;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -381,10 +388,10 @@ impl GpuBackend {
         if ctx.fault == Some(Fault::Alloc) {
             return Err(fault::error(Fault::Alloc));
         }
-        if cfg.head_dim > kernels::MAX_HEAD_DIM {
+        if cfg.head_dim > ops::MAX_HEAD_DIM {
             return Err(Error::Unsupported(format!(
                 "GPU attention handles head dimensions up to {}, the model has {}",
-                kernels::MAX_HEAD_DIM,
+                ops::MAX_HEAD_DIM,
                 cfg.head_dim
             )));
         }
