@@ -2,11 +2,14 @@
 //! resident the whole pass is one command buffer; when layers stream, each layer's work is
 //! submitted at `end_layer` so that the next streamed unit uploads while it computes.
 
-use super::kernels::{pack_rows, row_range_layouts};
-use super::kernels::{AttentionArgs, Gpu, GpuMatrix, MatmulArgs, Recorder, Timing};
+use super::buffers::Gpu;
+use super::matrix::{pack_rows, row_range_layouts, GpuMatrix};
+use super::ops::{AttentionArgs, MatmulArgs};
+use super::recorder::{Recorder, Timing};
+use super::scratch::Scratch;
 use super::shaders::WFormat;
 use super::uploader::StreamStats;
-use super::{Gather, GpuLayer, LayerMats, Scratch, Stream, Streamed, GATHER_ROWS};
+use super::weights::{Gather, GpuLayer, LayerMats, Stream, Streamed, GATHER_ROWS};
 use crate::backend::{Batch, Rows};
 use crate::error::Result;
 use crate::model::recipe::{Act, Activation, LayerOps, Mat, Norm, Write};

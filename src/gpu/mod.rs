@@ -11,30 +11,43 @@
 //! kernels: the results are bit-identical.
 
 pub mod budget;
+mod buffers;
 mod device;
 mod fault;
 mod forward;
-pub mod kernels;
+mod matrix;
+mod ops;
+mod plan;
+mod recorder;
 pub mod roofline;
+mod scratch;
 pub mod shaders;
 mod uploader;
+mod weights;
 
 pub use budget::{check_io_bandwidth, parse_rate, parse_size};
+pub use buffers::Gpu;
 pub use device::{adapter_summary, open, DeviceOptions, GpuContext};
 pub use fault::Fault;
-pub use kernels::{AttentionArgs, Gpu, GpuMatrix, MatmulArgs, Recorder};
+pub use matrix::GpuMatrix;
+pub use ops::{AttentionArgs, MatmulArgs};
+pub use plan::WeightPlan;
+pub use recorder::Recorder;
 pub use uploader::{StreamStats, UploadMode};
 
 use crate::backend::{Backend, Batch, CacheView, Capabilities, Logits, Rows, Want};
 use crate::error::{Error, Result};
-use crate::model::recipe::{self, Mat};
-use crate::model::{Matrix, ModelConfig, ModelWeights};
+use crate::model::recipe;
+use crate::model::{ModelConfig, ModelWeights};
 use forward::{GpuPass, PassInputs};
-use kernels::{chunk_layouts, row_range_layouts, Timing};
-use shaders::WFormat;
+use matrix::chunk_layouts;
+use plan::stream_units;
+use recorder::Timing;
+use scratch::Scratch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uploader::{Unit, Uploader};
+use weights::{gather_bytes, Gather, GpuLayer, LayerMats, Stream, Streamed};
 
 /// How to run a model on the GPU.
 #[derive(Clone, Debug)]
@@ -70,112 +83,10 @@ impl GpuOptions {
     }
 }
 
-/// A layer's seven matrices on the GPU in `Mat` order, as `LayerWeights::matrices` lists them
-/// (resident, or views of a streaming slot).
-struct LayerMats([GpuMatrix; 7]);
-
-impl LayerMats {
-    fn new(mats: Vec<GpuMatrix>) -> LayerMats {
-        LayerMats(
-            mats.try_into()
-                .unwrap_or_else(|_| unreachable!("a layer has seven matrices")),
-        )
-    }
-
-    fn all(&self) -> &[GpuMatrix; 7] {
-        &self.0
-    }
-
-    fn get(&self, m: Mat) -> &GpuMatrix {
-        &self.0[m as usize]
-    }
-
-    fn from_slot(unit: &Unit, buf: &wgpu::Buffer) -> LayerMats {
-        let views = unit
-            .mats
-            .iter()
-            .map(|m| GpuMatrix::view(m.format, m.src.rows, m.src.cols, buf, &m.parts));
-        LayerMats::new(views.collect())
-    }
-}
-
-struct GpuLayer {
-    attn_norm: wgpu::Buffer,
-    ffn_norm: wgpu::Buffer,
-    /// Resident matrices; `None` when the layer streams.
-    mats: Option<LayerMats>,
-    bias: Option<[wgpu::Buffer; 3]>,
-    /// Per-head query and key norms (Qwen3).
-    qk_norm: Option<[wgpu::Buffer; 2]>,
-    k_cache: wgpu::Buffer,
-    v_cache: wgpu::Buffer,
-}
-
-/// Activations for up to `cap` tokens.
-struct Scratch {
-    cap: usize,
-    x: wgpu::Buffer,
-    xn: wgpu::Buffer,
-    q: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
-    att: wgpu::Buffer,
-    gate: wgpu::Buffer,
-    up: wgpu::Buffer,
-    /// A copy of an activation normalized in place.
-    tmp: wgpu::Buffer,
-    logits: wgpu::Buffer,
-    ids: wgpu::Buffer,
-    vals: wgpu::Buffer,
-}
-
-/// Rows of the embedding table gathered per submit when the table is not resident.
-const GATHER_ROWS: usize = 64;
 /// Most candidates per row the top-k readback holds (its kernel's limit).
 const MAX_TOP_K: usize = 64;
 /// Most timestamp queries per pass.
 const MAX_QUERIES: u32 = 4096;
-
-/// The embedding table when it is not resident: the batch's rows are gathered from the
-/// model file into a small buffer.
-struct Gather {
-    table: Matrix,
-    buf: wgpu::Buffer,
-    scratch: Vec<u8>,
-}
-
-/// What is resident and what streams.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WeightPlan {
-    /// Per layer: its matrices stay on the GPU.
-    pub resident_layers: Vec<bool>,
-    pub head_resident: bool,
-    /// The embedding table is on the GPU (its own copy, or the tied head's).
-    pub embed_resident: bool,
-    /// Slots in the streaming ring (0: nothing streams).
-    pub ring_depth: usize,
-    /// Bytes of one ring slot (the largest streamed unit).
-    pub slot_bytes: u64,
-    /// Weight bytes the plan allocates on the GPU.
-    pub gpu_bytes: u64,
-    /// Weight bytes read from the file for every pass (the gathered embedding rows aside).
-    pub streamed_bytes_per_pass: u64,
-    /// The smallest budget that runs this model (streaming everything through one slot).
-    pub min_budget: u64,
-    /// The budget that keeps every weight resident.
-    pub full_budget: u64,
-}
-
-/// Where the head goes: the step after the final norm.
-enum Streamed {
-    Layer(usize),
-    Head,
-}
-
-struct Stream {
-    units: Vec<(Streamed, Unit)>,
-    uploader: Uploader,
-}
 
 pub struct GpuBackend {
     /// Forward passes begun (for the `lost:N` fault).
@@ -205,11 +116,6 @@ pub struct GpuBackend {
     stats: StreamStats,
 }
 
-/// Bytes of a small f32 vector on the GPU.
-fn small_bytes(len: usize) -> u64 {
-    (len * 4).max(16).next_multiple_of(4) as u64
-}
-
 impl GpuBackend {
     /// Opens the device `opts` describes and uploads the weights.
     pub fn new(cfg: ModelConfig, weights: Arc<ModelWeights>, opts: &GpuOptions) -> Result<Self> {
@@ -231,145 +137,6 @@ impl GpuBackend {
         Self::with_context_opts(cfg, weights, &opts, ctx)
     }
 
-    /// Plans which weights stay resident under `opts.weight_budget` without opening a device
-    /// (`weight_binding` and `align` as the device reports them).
-    pub fn plan_weights(
-        w: &ModelWeights,
-        opts: &GpuOptions,
-        weight_binding: u64,
-        align: u64,
-    ) -> Result<WeightPlan> {
-        let packed = |m: &Matrix| -> Result<u64> {
-            Ok(chunk_layouts(m, weight_binding)?
-                .iter()
-                .map(|l| (l.bytes as u64).max(16))
-                .sum())
-        };
-        let (layer_units, head_parts, slot) = stream_units(w, weight_binding, align, false)?;
-        let mut layer_bytes = Vec::with_capacity(w.layers.len());
-        for l in &w.layers {
-            let mut b = 0;
-            for m in l.matrices() {
-                b += packed(m)?;
-            }
-            layer_bytes.push(b);
-        }
-        let tied = w.tied_head && w.head.dtype == w.embed.dtype;
-        let head_bytes = packed(&w.head)?;
-        let embed_bytes = packed(&w.embed)?;
-        let mut small = small_bytes(w.norm.len());
-        for l in &w.layers {
-            small += small_bytes(l.attn_norm.len()) + small_bytes(l.ffn_norm.len());
-            if let Some(b) = &l.bias {
-                small += small_bytes(b.q.len()) + small_bytes(b.k.len()) + small_bytes(b.v.len());
-            }
-            if let Some(n) = &l.qk_norm {
-                small += small_bytes(n.q.len()) + small_bytes(n.k.len());
-            }
-        }
-        let all_layers: u64 = layer_bytes.iter().sum();
-        let everything = small + all_layers + head_bytes + if tied { 0 } else { embed_bytes };
-        let n = w.layers.len();
-        let gather = gather_bytes(&w.embed);
-        let mandatory = small + gather;
-        let min = (mandatory + Uploader::ring_bytes(slot, 1)).min(everything);
-        let resident_all = WeightPlan {
-            resident_layers: vec![true; n],
-            head_resident: true,
-            embed_resident: true,
-            ring_depth: 0,
-            slot_bytes: 0,
-            gpu_bytes: everything,
-            streamed_bytes_per_pass: 0,
-            min_budget: min,
-            full_budget: everything,
-        };
-        let Some(budget) = opts.weight_budget else {
-            return Ok(resident_all);
-        };
-        if budget >= everything {
-            return Ok(resident_all);
-        }
-        let _ = head_parts;
-        if budget < min {
-            return Err(Error::Config(format!(
-                "a GPU weight budget of {} ({budget} bytes) is below the minimum for streaming \
-                 this model: {} ({min} bytes) = one streamed layer ({} in a GPU slot and its \
-                 staging copy) + {} of norms and embedding gather buffer",
-                budget::mib(budget),
-                budget::mib(min),
-                budget::mib(slot),
-                budget::mib(mandatory),
-            )));
-        }
-        let depth = match opts.ring_depth {
-            Some(d) => d.max(1),
-            None if budget >= mandatory + Uploader::ring_bytes(slot, 2) => 2,
-            None => 1,
-        };
-        let ring = Uploader::ring_bytes(slot, depth);
-        if budget < mandatory + ring {
-            return Err(Error::Config(format!(
-                "a GPU weight budget of {} ({budget} bytes) cannot hold a streaming ring of \
-                 {depth} slots: at least {} needed",
-                budget::mib(budget),
-                budget::mib(mandatory + ring)
-            )));
-        }
-        let mut avail = budget - mandatory - ring;
-        let mut plan = WeightPlan {
-            resident_layers: vec![false; n],
-            head_resident: false,
-            embed_resident: false,
-            ring_depth: depth,
-            slot_bytes: slot,
-            gpu_bytes: 0,
-            streamed_bytes_per_pass: 0,
-            min_budget: min,
-            full_budget: everything,
-        };
-        if head_bytes <= avail {
-            plan.head_resident = true;
-            avail -= head_bytes;
-            if tied {
-                plan.embed_resident = true;
-                avail += gather;
-            }
-        }
-        for (i, &b) in layer_bytes.iter().enumerate() {
-            if b <= avail {
-                plan.resident_layers[i] = true;
-                avail -= b;
-            } else {
-                break;
-            }
-        }
-        if !plan.embed_resident && embed_bytes <= avail + gather {
-            plan.embed_resident = true;
-            avail = avail + gather - embed_bytes;
-        }
-        plan.gpu_bytes = budget - avail;
-        plan.streamed_bytes_per_pass = layer_units
-            .iter()
-            .zip(&plan.resident_layers)
-            .filter(|(_, &r)| !r)
-            .map(|(u, _)| u.file_bytes)
-            .sum::<u64>()
-            + if plan.head_resident {
-                0
-            } else {
-                w.head.byte_len() as u64
-            };
-        if plan.streamed_bytes_per_pass == 0 {
-            // everything fit after all (rounding): no ring
-            return Ok(WeightPlan {
-                gpu_bytes: everything,
-                ..resident_all
-            });
-        }
-        Ok(plan)
-    }
-
     /// Uploads the weights to an already open device under `opts`' budget.
     pub fn with_context_opts(
         cfg: ModelConfig,
@@ -381,10 +148,10 @@ impl GpuBackend {
         if ctx.fault == Some(Fault::Alloc) {
             return Err(fault::error(Fault::Alloc));
         }
-        if cfg.head_dim > kernels::MAX_HEAD_DIM {
+        if cfg.head_dim > ops::MAX_HEAD_DIM {
             return Err(Error::Unsupported(format!(
                 "GPU attention handles head dimensions up to {}, the model has {}",
-                kernels::MAX_HEAD_DIM,
+                ops::MAX_HEAD_DIM,
                 cfg.head_dim
             )));
         }
@@ -598,51 +365,6 @@ impl GpuBackend {
             }
         }
         n
-    }
-
-    fn ensure_scratch(&mut self, n: usize) -> Result<()> {
-        if self.scratch.as_ref().is_some_and(|s| s.cap >= n) {
-            return Ok(());
-        }
-        let cap = n.next_power_of_two().max(16);
-        let c = &self.cfg;
-        let f = |len: usize, what: &str| -> Result<wgpu::Buffer> {
-            let bytes = len * 4;
-            if bytes as u64 > self.gpu.ctx.max_binding {
-                return Err(Error::Unsupported(format!(
-                    "GPU {what} for a batch of {n} ({bytes} bytes) exceeds the binding limit \
-                     ({} bytes): use smaller batches",
-                    self.gpu.ctx.max_binding
-                )));
-            }
-            Ok(self.gpu.buffer(bytes, what))
-        };
-        let cap_rows = |len: usize| {
-            // activations are sized for `cap` rows but must still fit one binding
-            let max_rows = (self.gpu.ctx.max_binding as usize / 4 / len).max(1);
-            cap.min(max_rows.max(n))
-        };
-        self.scratch = Some(Scratch {
-            cap: cap_rows(c.ffn.max(c.vocab)),
-            x: f(cap_rows(c.hidden) * c.hidden, "x")?,
-            xn: f(cap_rows(c.hidden) * c.hidden, "xn")?,
-            q: f(cap_rows(c.q_dim()) * c.q_dim(), "q")?,
-            k: f(cap_rows(c.kv_dim()) * c.kv_dim(), "k")?,
-            v: f(cap_rows(c.kv_dim()) * c.kv_dim(), "v")?,
-            att: f(cap_rows(c.q_dim()) * c.q_dim(), "att")?,
-            gate: f(cap_rows(c.ffn) * c.ffn, "gate")?,
-            up: f(cap_rows(c.ffn) * c.ffn, "up")?,
-            // only per-head q/k norms run in place; other models keep a one-float placeholder
-            tmp: if c.arch.qk_norm() {
-                f(cap_rows(c.q_dim()) * c.q_dim().max(c.kv_dim()), "tmp")?
-            } else {
-                f(1, "tmp")?
-            },
-            logits: f(cap_rows(c.vocab) * c.vocab, "logits")?,
-            ids: f(cap * 128, "ids")?,
-            vals: f(cap * 64, "vals")?,
-        });
-        Ok(())
     }
 
     fn check_batch(&self, batch: &Batch) -> Result<()> {
@@ -945,51 +667,3 @@ impl Backend for GpuBackend {
 
 #[cfg(test)]
 mod tests;
-
-/// Streaming units of every layer and of the LM head (row ranges of about one layer's size),
-/// and the slot size that holds any of them.
-fn stream_units(
-    w: &ModelWeights,
-    binding: u64,
-    align: u64,
-    f16: bool,
-) -> Result<(Vec<Unit>, Vec<Unit>, u64)> {
-    let unit = |mats: Vec<(&Matrix, usize, usize)>| -> Result<Unit> {
-        let mut v = Vec::with_capacity(mats.len());
-        for (m, r0, r1) in mats {
-            v.push((
-                m.clone(),
-                WFormat::for_dtype(m.dtype, f16),
-                row_range_layouts(m, r0, r1, binding)?,
-            ));
-        }
-        Ok(Unit::new(v, align))
-    };
-    let layers: Vec<Unit> = w
-        .layers
-        .iter()
-        .map(|l| unit(l.matrices().iter().map(|&m| (m, 0, m.rows)).collect()))
-        .collect::<Result<_>>()?;
-    let target = layers.iter().map(|u| u.bytes).max().unwrap_or(0);
-    let head = &w.head;
-    let row_packed = row_range_layouts(head, 0, 1, binding)?[0].bytes as u64;
-    let per = ((target / row_packed.max(1)) as usize).clamp(1, head.rows);
-    let mut parts = Vec::new();
-    let mut r0 = 0;
-    while r0 < head.rows {
-        let r1 = (r0 + per).min(head.rows);
-        parts.push(unit(vec![(head, r0, r1)])?);
-        r0 = r1;
-    }
-    let slot = parts.iter().map(|u| u.bytes).max().unwrap_or(0).max(target);
-    Ok((layers, parts, slot))
-}
-
-/// GPU bytes of the embedding gather buffer.
-fn gather_bytes(embed: &Matrix) -> u64 {
-    let rows = GATHER_ROWS.min(embed.rows);
-    row_range_layouts(embed, 0, rows, u64::MAX >> 1)
-        .map(|l| l.iter().map(|l| l.bytes as u64).sum::<u64>())
-        .unwrap_or(0)
-        .max(16)
-}

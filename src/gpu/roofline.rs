@@ -3,7 +3,8 @@
 //! (FLOP/s, an FMA counting two). A pass over N nodes cannot beat
 //! max(weight bytes / copy bandwidth, FLOPs / FMA rate).
 
-use super::kernels::{Gpu, Recorder};
+use super::buffers::Gpu;
+use super::recorder::Recorder;
 use crate::error::Result;
 use std::time::{Duration, Instant};
 

@@ -17,7 +17,8 @@
 //! unit's compute is submitted after its load, so queue order makes every upload complete
 //! before its compute and every compute finish before its slot is overwritten.
 
-use super::kernels::{pack_rows, ChunkLayout, Gpu};
+use super::buffers::Gpu;
+use super::matrix::{pack_rows, ChunkLayout};
 use super::shaders::WFormat;
 use crate::error::{Error, Result};
 use crate::model::Matrix;
