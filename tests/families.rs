@@ -180,7 +180,8 @@ fn matches_transformers_on_the_gpu(family: &str) {
     }
 }
 
-/// Tree and chain speculation with the family's one-layer drafter give the target-only tokens.
+/// Tree and chain speculation with the family's one-layer drafter give the target-only tokens,
+/// with the target on the CPU and on the GPU (whose cache keeps what verification accepts).
 fn speculation_is_lossless(family: &str) {
     let r = reference(family);
     let t = load(&dir(family).join("target.gguf"));
@@ -194,19 +195,28 @@ fn speculation_is_lossless(family: &str) {
         ..Default::default()
     };
     for spec in tree_and_chain() {
-        let mut tb = cpu(&t, Precision::default(), 2);
-        let mut db = cpu(&d, Precision::default(), 1);
-        let out = generate_speculative(
-            &mut tb,
-            &mut db,
-            &r.prompt_ids,
-            &[],
-            &opts,
-            &spec,
-            &mut |_| true,
-        )
-        .unwrap();
-        assert_eq!(out.generation.tokens, want, "{family} with {spec:?}");
+        let mut targets: Vec<(&str, Box<dyn Backend>)> =
+            vec![("cpu", Box::new(cpu(&t, Precision::default(), 2)))];
+        if let Some(g) = gpu_target(&t, t.config.max_context) {
+            targets.push(("gpu", Box::new(g)));
+        }
+        for (device, mut tb) in targets {
+            let mut db = cpu(&d, Precision::default(), 1);
+            let out = generate_speculative(
+                tb.as_mut(),
+                &mut db,
+                &r.prompt_ids,
+                &[],
+                &opts,
+                &spec,
+                &mut |_| true,
+            )
+            .unwrap();
+            assert_eq!(
+                out.generation.tokens, want,
+                "{family} with {spec:?}, target on the {device}"
+            );
+        }
     }
 }
 
@@ -324,7 +334,7 @@ fn a_restricted_head_soft_caps_only_its_tokens() {
     assert!(b.restrict_vocab(&ids));
     let some = prompt_logits(&mut b, &r.prompt_ids);
     for (i, (f, s)) in full.iter().zip(&some).enumerate() {
-        if (i % vocab) % 3 == 0 {
+        if (i % vocab).is_multiple_of(3) {
             assert_eq!(f, s, "logit {i}");
         } else {
             assert_eq!(*s, f32::NEG_INFINITY, "logit {i}");

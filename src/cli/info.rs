@@ -37,7 +37,10 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
         c.rope.scaling
     )?;
     if let Some(local) = &c.rope_local {
-        outln!("local rope:   theta {} in sliding-window layers", local.theta)?;
+        outln!(
+            "local rope:   theta {} in sliding-window layers",
+            local.theta
+        )?;
     }
     let sliding: Vec<String> = (0..c.n_layers)
         .filter_map(|l| c.windows[l].map(|w| format!("{l}:{w}")))

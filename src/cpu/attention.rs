@@ -88,11 +88,9 @@ pub fn attend(
         }
         let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
         scores.clear();
-        scores.extend(
-            slots.iter().map(|&s| {
-                dot(qh, &k_cache[s * kv_dim + g * hd..s * kv_dim + (g + 1) * hd]) * shape.scale
-            }),
-        );
+        scores.extend(slots.iter().map(|&s| {
+            dot(qh, &k_cache[s * kv_dim + g * hd..s * kv_dim + (g + 1) * hd]) * shape.scale
+        }));
         if let Some(cap) = shape.softcap {
             softcap(scores, cap);
         }

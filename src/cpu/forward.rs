@@ -51,7 +51,7 @@ impl<'a> CpuPass<'a> {
             BatchMask::Causal => None,
             _ => Some((0..n).map(|i| batch.visible(i)).collect()),
         };
-        let acts = std::array::from_fn(|i| vec![0f32; n * width(cfg, Act::ALL[i])]);
+        let acts = std::array::from_fn(|i| vec![0f32; n * Act::ALL[i].width(cfg)]);
         CpuPass {
             base: kv.len(),
             ropes: cfg
@@ -81,15 +81,6 @@ impl<'a> CpuPass<'a> {
 
     fn n(&self) -> usize {
         self.batch.len()
-    }
-}
-
-fn width(cfg: &ModelConfig, a: Act) -> usize {
-    match a {
-        Act::X | Act::Xn => cfg.hidden,
-        Act::Q | Act::Att => cfg.q_dim(),
-        Act::K | Act::V => cfg.kv_dim(),
-        Act::Gate | Act::Up => cfg.ffn,
     }
 }
 

@@ -19,11 +19,13 @@ use std::time::Instant;
 /// Per-pass inputs, uploaded before the backend's fields are lent to the pass.
 pub(super) struct PassInputs {
     tokens: wgpu::Buffer,
-    cos: wgpu::Buffer,
-    sin: wgpu::Buffer,
+    /// cos and sin at the batch's positions, per RoPE of the model (`ModelConfig::ropes`).
+    ropes: Vec<[wgpu::Buffer; 2]>,
     /// Node i sees batch nodes `vis[vis_off[i]..vis_off[i + 1]]`.
     vis_off: wgpu::Buffer,
     vis: wgpu::Buffer,
+    /// The position of every slot's token up to the batch's last.
+    positions: wgpu::Buffer,
     rope_half: usize,
 }
 
@@ -56,8 +58,20 @@ pub(super) struct GpuPass<'a> {
 }
 
 impl PassInputs {
-    pub fn upload(g: &Gpu, cfg: &ModelConfig, batch: &Batch, inv_freqs: &[f32]) -> Self {
-        let rope = RopeTable::new(&cfg.rope, inv_freqs, &batch.positions);
+    /// `inv_freqs` per RoPE of the model; `positions`: every slot's up to the batch's last.
+    pub fn upload(
+        g: &Gpu,
+        cfg: &ModelConfig,
+        batch: &Batch,
+        inv_freqs: &[Vec<f32>],
+        positions: &[u32],
+    ) -> Self {
+        let tables: Vec<RopeTable> = cfg
+            .ropes()
+            .into_iter()
+            .zip(inv_freqs)
+            .map(|(rope, f)| RopeTable::new(rope, f, &batch.positions))
+            .collect();
         let mut vis_off = Vec::with_capacity(batch.len() + 1);
         let mut vis = Vec::new();
         for i in 0..batch.len() {
@@ -67,11 +81,14 @@ impl PassInputs {
         vis_off.push(vis.len() as u32);
         PassInputs {
             tokens: g.upload(&batch.tokens, "tokens"),
-            cos: g.upload(&rope.cos, "cos"),
-            sin: g.upload(&rope.sin, "sin"),
+            ropes: tables
+                .iter()
+                .map(|t| [g.upload(&t.cos, "cos"), g.upload(&t.sin, "sin")])
+                .collect(),
             vis_off: g.upload(&vis_off, "vis_off"),
             vis: g.upload(&vis, "vis"),
-            rope_half: rope.half,
+            positions: g.upload(positions, "positions"),
+            rope_half: tables[0].half,
         }
     }
 }
@@ -187,7 +204,7 @@ impl<'a> GpuPass<'a> {
         };
         if let Some(m) = resident {
             self.g.matmul(&mut self.rec, m, &head_args)?;
-            return Ok(self.rec);
+            return self.cap_logits();
         }
         let depth = self.depth();
         let n_units = self.stream.as_ref().map_or(0, |st| st.units.len());
@@ -211,6 +228,15 @@ impl<'a> GpuPass<'a> {
             self.load_upto(self.submitted + depth)?;
         }
         debug_assert!(self.next_load == n_units);
+        self.cap_logits()
+    }
+
+    /// Soft-caps the logits where the model says so; returns the recorder for the readback.
+    fn cap_logits(mut self) -> Result<Recorder> {
+        if let Some(cap) = self.cfg.final_softcap {
+            let len = self.rows_out() * self.cfg.vocab;
+            self.g.softcap(&mut self.rec, &self.s.logits, cap, len)?;
+        }
         Ok(self.rec)
     }
 
@@ -277,6 +303,7 @@ impl LayerOps for GpuPass<'_> {
         let c = self.cfg;
         let (n, h) = (self.n(), c.hidden);
         let qk_norm = |l: usize, i: usize| &self.layers[l].qk_norm.as_ref().expect("qk norm")[i];
+        let post_norm = |l: usize, i: usize| &self.layers[l].post_norm.as_ref().expect("post")[i];
         // (weight, its length, first row, rows)
         let (weight, len, first, rows) = match w {
             Norm::Attn(l) => (&self.layers[l].attn_norm, h, 0, n),
@@ -284,9 +311,8 @@ impl LayerOps for GpuPass<'_> {
             Norm::QHeads(l) => (qk_norm(l, 0), c.head_dim, 0, n * c.n_heads),
             Norm::KHeads(l) => (qk_norm(l, 1), c.head_dim, 0, n * c.n_kv_heads),
             Norm::Output => (self.norm, h, n - self.rows_out(), self.rows_out()),
-            Norm::PostAttn(_) | Norm::PostFfn(_) => {
-                return Err(crate::error::unsupported!("GPU post norms"))
-            }
+            Norm::PostAttn(l) => (post_norm(l, 0), h, 0, n),
+            Norm::PostFfn(l) => (post_norm(l, 1), h, 0, n),
         };
         let (mut src, dst) = (self.buf(x), self.buf(out));
         if x == out {
@@ -339,9 +365,10 @@ impl LayerOps for GpuPass<'_> {
         Ok(())
     }
 
-    fn rope(&mut self, _layer: usize, x: Act, heads: usize) -> Result<()> {
+    fn rope(&mut self, layer: usize, x: Act, heads: usize) -> Result<()> {
         let c = self.cfg;
         let i = &self.inputs;
+        let [cos, sin] = &i.ropes[c.rope_index(layer)];
         let half_split = c.rope.layout == RopeLayout::HalfSplit;
         let buf = self.buf(x);
         self.g.rope(
@@ -352,8 +379,8 @@ impl LayerOps for GpuPass<'_> {
             c.head_dim,
             i.rope_half,
             half_split,
-            &i.cos,
-            &i.sin,
+            cos,
+            sin,
         )
     }
 
@@ -377,29 +404,35 @@ impl LayerOps for GpuPass<'_> {
             vis_off: &self.inputs.vis_off,
             vis: &self.inputs.vis,
             out: &self.s.att,
+            positions: &self.inputs.positions,
             n: self.n(),
             base: self.base,
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
+            scale: c.attn_scale,
+            softcap: c.attn_softcap,
+            window: c.windows[layer],
         };
         self.g.attention(&mut self.rec, &args)
     }
 
     fn glu(&mut self, act: Activation) -> Result<()> {
-        if act != Activation::Silu {
-            return Err(crate::error::unsupported!("GPU GeGLU"));
-        }
         let len = self.n() * self.cfg.ffn;
-        self.g.swiglu(&mut self.rec, &self.s.gate, &self.s.up, len)
+        self.g
+            .glu(&mut self.rec, act, &self.s.gate, &self.s.up, len)
     }
 
-    fn add(&mut self, _x: Act, _y: Act) -> Result<()> {
-        Err(crate::error::unsupported!("GPU add"))
+    fn add(&mut self, x: Act, y: Act) -> Result<()> {
+        let len = self.n() * x.width(self.cfg);
+        let (x, y) = (self.buf(x), self.buf(y));
+        self.g.add(&mut self.rec, x, y, len)
     }
 
-    fn scale(&mut self, _x: Act, _factor: f32) -> Result<()> {
-        Err(crate::error::unsupported!("GPU scale"))
+    fn scale(&mut self, x: Act, factor: f32) -> Result<()> {
+        let len = self.n() * x.width(self.cfg);
+        let x = self.buf(x);
+        self.g.scale(&mut self.rec, x, factor, len)
     }
 }
 

@@ -104,7 +104,10 @@ pub struct GpuBackend {
     head_is_embed: bool,
     stream: Option<Stream>,
     plan: WeightPlan,
-    inv_freqs: Vec<f32>,
+    /// Per RoPE of the model (`ModelConfig::ropes`).
+    inv_freqs: Vec<Vec<f32>>,
+    /// The position of each cached slot's token (sliding windows go by position).
+    positions: Vec<u32>,
     capacity: usize,
     len: usize,
     scratch: Option<Scratch>,
@@ -205,6 +208,12 @@ impl GpuBackend {
                     .qk_norm
                     .as_ref()
                     .map(|n| [gpu.upload(&n.q, "q_norm"), gpu.upload(&n.k, "k_norm")]),
+                post_norm: l.post_norm.as_ref().map(|n| {
+                    [
+                        gpu.upload(&n.attn, "post_attn_norm"),
+                        gpu.upload(&n.ffn, "post_ffn_norm"),
+                    ]
+                }),
                 k_cache: gpu.buffer(kv_bytes, "k_cache"),
                 v_cache: gpu.buffer(kv_bytes, "v_cache"),
             };
@@ -213,7 +222,9 @@ impl GpuBackend {
                 allocated += m.all().iter().map(|m| m.byte_len()).sum::<u64>();
             }
             let bias = layer.bias.iter().flatten();
-            let small = bias.chain(layer.qk_norm.iter().flatten());
+            let small = bias
+                .chain(layer.qk_norm.iter().flatten())
+                .chain(layer.post_norm.iter().flatten());
             allocated += small.map(|b| b.size()).sum::<u64>();
             layers.push(layer);
         }
@@ -290,7 +301,8 @@ impl GpuBackend {
         gpu.ctx.wait()?;
         Ok(GpuBackend {
             passes_started: 0,
-            inv_freqs: cfg.rope.inv_freqs(capacity),
+            inv_freqs: cfg.ropes().iter().map(|r| r.inv_freqs(capacity)).collect(),
+            positions: Vec::new(),
             kv_tmp: gpu.buffer(4, "kv_tmp"),
             gpu,
             weights,
@@ -406,7 +418,16 @@ impl GpuBackend {
         if let Some(t) = &mut self.timing {
             t.next = 0;
         }
-        let inputs = PassInputs::upload(&self.gpu, &self.cfg, batch, &self.inv_freqs);
+        self.positions.truncate(self.len);
+        self.positions
+            .extend(batch.positions.iter().map(|&p| p as u32));
+        let inputs = PassInputs::upload(
+            &self.gpu,
+            &self.cfg,
+            batch,
+            &self.inv_freqs,
+            &self.positions,
+        );
         let resident_head = if self.head_is_embed {
             self.embed.as_ref()
         } else {
@@ -655,6 +676,9 @@ impl Backend for GpuBackend {
                 }
             }
             self.gpu.submit(rec)?;
+            for (j, &k) in keep.iter().enumerate() {
+                self.positions[base + j] = self.positions[base + k];
+            }
         }
         self.len = base + keep.len();
         Ok(())

@@ -74,6 +74,9 @@ impl GpuBackend {
             if let Some(n) = &l.qk_norm {
                 small += small_bytes(n.q.len()) + small_bytes(n.k.len());
             }
+            if let Some(n) = &l.post_norm {
+                small += small_bytes(n.attn.len()) + small_bytes(n.ffn.len());
+            }
         }
         let all_layers: u64 = layer_bytes.iter().sum();
         let everything = small + all_layers + head_bytes + if tied { 0 } else { embed_bytes };

@@ -54,11 +54,21 @@ impl GpuBackend {
             att: f(cap_rows(c.q_dim()) * c.q_dim(), "att")?,
             gate: f(cap_rows(c.ffn) * c.ffn, "gate")?,
             up: f(cap_rows(c.ffn) * c.ffn, "up")?,
-            // only per-head q/k norms run in place; other models keep a one-float placeholder
-            tmp: if c.arch.qk_norm() {
-                f(cap_rows(c.q_dim()) * c.q_dim().max(c.kv_dim()), "tmp")?
-            } else {
-                f(1, "tmp")?
+            // only per-head q/k norms and Gemma's post norms run in place; other models keep a
+            // one-float placeholder
+            tmp: {
+                let qk = if c.arch.qk_norm() {
+                    c.q_dim().max(c.kv_dim())
+                } else {
+                    0
+                };
+                let post = if c.arch.gemma() { c.hidden } else { 0 };
+                let width = qk.max(post);
+                if width > 0 {
+                    f(cap_rows(width) * width, "tmp")?
+                } else {
+                    f(1, "tmp")?
+                }
             },
             logits: f(cap_rows(c.vocab) * c.vocab, "logits")?,
             ids: f(cap * 128, "ids")?,

@@ -14,7 +14,9 @@ const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 const REDUCE_TREE: &str = include_str!("../../shaders/reduce_tree.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../../shaders/reduce_subgroup.wgsl");
 const ROPE: &str = include_str!("../../shaders/rope.wgsl");
-const SWIGLU: &str = include_str!("../../shaders/swiglu.wgsl");
+const GLU: &str = include_str!("../../shaders/glu.wgsl");
+const ADD: &str = include_str!("../../shaders/add.wgsl");
+const SCALE: &str = include_str!("../../shaders/scale.wgsl");
 const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 const KV_GATHER: &str = include_str!("../../shaders/kv_gather.wgsl");
 const TOPK: &str = include_str!("../../shaders/topk.wgsl");
@@ -148,7 +150,9 @@ pub enum Kernel {
         subgroups: bool,
     },
     Rope,
-    Swiglu,
+    Glu,
+    Add,
+    Scale,
     Attention,
     KvGather,
     TopK,
@@ -182,7 +186,9 @@ impl Kernel {
             Kernel::RmsNorm { subgroups: false },
             Kernel::RmsNorm { subgroups: true },
             Kernel::Rope,
-            Kernel::Swiglu,
+            Kernel::Glu,
+            Kernel::Add,
+            Kernel::Scale,
             Kernel::Attention,
             Kernel::KvGather,
             Kernel::TopK,
@@ -234,7 +240,9 @@ impl Kernel {
                 },
             ),
             Kernel::Rope => ROPE.into(),
-            Kernel::Swiglu => SWIGLU.into(),
+            Kernel::Glu => GLU.into(),
+            Kernel::Add => ADD.into(),
+            Kernel::Scale => SCALE.into(),
             Kernel::Attention => ATTENTION.into(),
             Kernel::KvGather => KV_GATHER.into(),
             Kernel::TopK => TOPK.into(),

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::cpu::ops;
+use crate::model::recipe::Activation;
 use crate::model::{Matrix, RopeLayout, RopeTable};
 use crate::quant::{dequantize_row, matmul_f32, quantize_row, DType};
 use crate::sampling::SamplerRng;
@@ -409,23 +410,66 @@ fn rope_matches_cpu_in_both_layouts() {
 }
 
 #[test]
-fn swiglu_matches_cpu() {
+fn glu_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut rng = SamplerRng::new(8);
     let len = 1001;
-    let (a, b) = (randn(&mut rng, len, 4.0), randn(&mut rng, len, 2.0));
-    let (ab, bb) = (g.upload(&a, "gate"), g.upload(&b, "up"));
-    let mut rec = Recorder::default();
-    g.swiglu(&mut rec, &ab, &bb, len).unwrap();
-    g.submit(rec).unwrap();
-    let got = g.read_f32(&ab, len).unwrap();
-    let mut want = a.clone();
-    ops::glu(crate::model::recipe::Activation::Silu, &mut want, &b);
-    let e = rel_err(&got, &want);
-    assert!(e < 1e-6, "{e}");
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        // wide enough for GELU's tanh to saturate
+        let (a, b) = (randn(&mut rng, len, 12.0), randn(&mut rng, len, 2.0));
+        let (ab, bb) = (g.upload(&a, "gate"), g.upload(&b, "up"));
+        let mut rec = Recorder::default();
+        g.glu(&mut rec, act, &ab, &bb, len).unwrap();
+        g.submit(rec).unwrap();
+        let got = g.read_f32(&ab, len).unwrap();
+        let mut want = a.clone();
+        ops::glu(act, &mut want, &b);
+        let e = rel_err(&got, &want);
+        assert!(e < 1e-6, "{act:?}: {e}");
+    }
 }
 
-/// Straightforward attention: query i sees slots 0..base and base + vis[i].
+#[test]
+fn add_scale_and_softcap_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = SamplerRng::new(12);
+    let len = 1001;
+    let (x, y) = (randn(&mut rng, len, 40.0), randn(&mut rng, len, 3.0));
+    let (xb, yb) = (g.upload(&x, "x"), g.upload(&y, "y"));
+    let mut rec = Recorder::default();
+    g.add(&mut rec, &xb, &yb, len).unwrap();
+    g.submit(rec).unwrap();
+    let sum: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+    assert_eq!(g.read_f32(&xb, len).unwrap(), sum);
+
+    let mut rec = Recorder::default();
+    g.scale(&mut rec, &yb, 8.5, len).unwrap();
+    g.submit(rec).unwrap();
+    let scaled: Vec<f32> = y.iter().map(|v| v * 8.5).collect();
+    assert_eq!(g.read_f32(&yb, len).unwrap(), scaled);
+
+    // values far past the cap, and -inf, saturate
+    let mut wide = randn(&mut rng, len, 200.0);
+    wide[0] = f32::NEG_INFINITY;
+    let wb = g.upload(&wide, "wide");
+    let mut rec = Recorder::default();
+    g.softcap(&mut rec, &wb, 30.0, len).unwrap();
+    g.submit(rec).unwrap();
+    let got = g.read_f32(&wb, len).unwrap();
+    ops::softcap(&mut wide, 30.0);
+    let e = rel_err(&got, &wide);
+    assert!(e < 1e-6, "softcap: {e}");
+}
+
+/// How the attention test forms its scores.
+struct Scores {
+    scale: f32,
+    softcap: Option<f32>,
+    window: Option<usize>,
+}
+
+/// Straightforward attention: query i sees slots 0..base and base + vis[i], less the slots
+/// whose position (`pos`) is a window or more before its own.
 #[allow(clippy::too_many_arguments)]
 fn cpu_attention(
     q: &[f32],
@@ -433,26 +477,30 @@ fn cpu_attention(
     vc: &[f32],
     base: usize,
     vis: &[Vec<usize>],
-    heads: usize,
-    kv_heads: usize,
-    hd: usize,
+    pos: &[usize],
+    (heads, kv_heads, hd): (usize, usize, usize),
+    sc: &Scores,
 ) -> Vec<f32> {
     let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
     let mut out = vec![0f32; vis.len() * q_dim];
     for (i, vl) in vis.iter().enumerate() {
         for h in 0..heads {
             let g = h / (heads / kv_heads);
-            let slots: Vec<usize> = (0..base).chain(vl.iter().map(|j| base + j)).collect();
+            let slots: Vec<usize> = (0..base)
+                .chain(vl.iter().map(|j| base + j))
+                .filter(|&s| sc.window.is_none_or(|w| pos[base + i] - pos[s] < w))
+                .collect();
             let qh = &q[i * q_dim + h * hd..][..hd];
-            let mut sc: Vec<f32> = slots
+            let mut scores: Vec<f32> = slots
                 .iter()
                 .map(|&s| {
                     let k = &kc[s * kv_dim + g * hd..][..hd];
-                    qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()
+                    let dot = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * sc.scale;
+                    sc.softcap.map_or(dot, |c| c * (dot / c).tanh())
                 })
                 .collect();
-            ops::softmax(&mut sc);
-            for (&s, &p) in slots.iter().zip(&sc) {
+            ops::softmax(&mut scores);
+            for (&s, &p) in slots.iter().zip(&scores) {
                 for d in 0..hd {
                     out[i * q_dim + h * hd + d] += p * vc[s * kv_dim + g * hd + d];
                 }
@@ -478,8 +526,25 @@ fn random_parents(rng: &mut SamplerRng, n: usize) -> Vec<Option<usize>> {
 fn attention_matches_cpu_over_prefix_and_tree() {
     let Some(g) = gpu() else { return };
     let mut rng = SamplerRng::new(9);
-    for (heads, kv_heads, hd, base, n) in [(4, 2, 16, 0, 1), (4, 2, 16, 70, 37), (3, 3, 40, 130, 5)]
-    {
+    let plain = |hd: usize| Scores {
+        scale: 1.0 / (hd as f32).sqrt(),
+        softcap: None,
+        window: None,
+    };
+    // Gemma's: a query scale of its own, scores capped well inside their range, and a window
+    // that cuts into the prefix and into the tree
+    let gemma = Scores {
+        scale: 0.4,
+        softcap: Some(1.5),
+        window: Some(20),
+    };
+    let cases = [
+        (4, 2, 16, 0, 1, plain(16)),
+        (4, 2, 16, 70, 37, plain(16)),
+        (3, 3, 40, 130, 5, plain(40)),
+        (4, 2, 16, 70, 37, gemma),
+    ];
+    for (heads, kv_heads, hd, base, n, sc) in cases {
         let parents = random_parents(&mut rng, n);
         let batch = Batch::tree(&vec![0; n], &parents, base);
         let vis: Vec<Vec<usize>> = (0..n).map(|i| batch.visible(i)).collect();
@@ -496,6 +561,9 @@ fn attention_matches_cpu_over_prefix_and_tree() {
         }
         let (qb, kb, vb) = (g.upload(&q, "q"), g.upload(&kc, "k"), g.upload(&vc, "v"));
         let (ob, fb) = (g.upload(&off, "off"), g.upload(&flat, "vis"));
+        let pos: Vec<usize> = (0..base).chain(batch.positions.iter().copied()).collect();
+        let pos32: Vec<u32> = pos.iter().map(|&p| p as u32).collect();
+        let pb = g.upload(&pos32, "positions");
         let out = nan_buffer(&g, n * q_dim);
         let mut rec = Recorder::default();
         g.attention(
@@ -507,17 +575,21 @@ fn attention_matches_cpu_over_prefix_and_tree() {
                 vis_off: &ob,
                 vis: &fb,
                 out: &out,
+                positions: &pb,
                 n,
                 base,
                 n_heads: heads,
                 n_kv_heads: kv_heads,
                 head_dim: hd,
+                scale: sc.scale,
+                softcap: sc.softcap,
+                window: sc.window,
             },
         )
         .unwrap();
         g.submit(rec).unwrap();
         let got = g.read_f32(&out, n * q_dim).unwrap();
-        let want = cpu_attention(&q, &kc, &vc, base, &vis, heads, kv_heads, hd);
+        let want = cpu_attention(&q, &kc, &vc, base, &vis, &pos, (heads, kv_heads, hd), &sc);
         let e = rel_err(&got, &want);
         assert!(e < 1e-5, "heads {heads}/{kv_heads} base {base} n {n}: {e}");
     }

@@ -42,8 +42,10 @@ pub(super) struct GpuLayer {
     /// Resident matrices; `None` when the layer streams.
     pub(super) mats: Option<LayerMats>,
     pub(super) bias: Option<[wgpu::Buffer; 3]>,
-    /// Per-head query and key norms (Qwen3).
+    /// Per-head query and key norms (Qwen3, Gemma 3).
     pub(super) qk_norm: Option<[wgpu::Buffer; 2]>,
+    /// Norms over the attention and FFN outputs (Gemma).
+    pub(super) post_norm: Option<[wgpu::Buffer; 2]>,
     pub(super) k_cache: wgpu::Buffer,
     pub(super) v_cache: wgpu::Buffer,
 }

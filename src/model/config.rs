@@ -252,7 +252,9 @@ impl ModelConfig {
 
     /// Every distinct RoPE, global first; [`Self::rope_index`] picks a layer's.
     pub fn ropes(&self) -> Vec<&RopeConfig> {
-        std::iter::once(&self.rope).chain(&self.rope_local).collect()
+        std::iter::once(&self.rope)
+            .chain(&self.rope_local)
+            .collect()
     }
 
     /// Index of `layer`'s RoPE in [`Self::ropes`]: its own for a sliding-window layer of a
@@ -393,9 +395,8 @@ impl ModelConfig {
                 })?,
         };
         let n_layers = req("block_count")?;
-        let opt_f32 = |k: &str| -> Result<Option<f32>> {
-            Ok(g.get_f64(&key(k))?.map(|v| v as f32))
-        };
+        let opt_f32 =
+            |k: &str| -> Result<Option<f32>> { Ok(g.get_f64(&key(k))?.map(|v| v as f32)) };
         let window = g
             .get_u64(&key("attention.sliding_window"))?
             .filter(|&w| w > 0)
@@ -425,7 +426,11 @@ impl ModelConfig {
         // Gemma files from llama.cpp's converter carry no query scale: llama.cpp uses
         // 1/√head_dim, or 1/√(hidden/heads) for the 27B sizes (which it knows by layer count)
         let big_gemma = matches!((arch, n_layers), (Arch::Gemma2, 46) | (Arch::Gemma3, 62));
-        let scale_dim = if big_gemma { hidden / n_heads.max(1) } else { head_dim };
+        let scale_dim = if big_gemma {
+            hidden / n_heads.max(1)
+        } else {
+            head_dim
+        };
         let mut cfg = ModelConfig {
             arch,
             n_layers,
@@ -523,7 +528,9 @@ impl ModelConfig {
             scaling: global.map_or(Ok(RopeScaling::None), |s| hf_rope_scaling(s, config))?,
         };
         let n_layers = req("num_hidden_layers")?;
-        let window = get("sliding_window").and_then(Json::as_u64).map(|w| w as usize);
+        let window = get("sliding_window")
+            .and_then(Json::as_u64)
+            .map(|w| w as usize);
         let (windows, rope_local) = match (arch, window) {
             (Arch::Gemma2 | Arch::Gemma3, Some(window)) => {
                 let kinds = get("layer_types").and_then(Json::as_array);
@@ -542,9 +549,8 @@ impl ModelConfig {
                 let local = (arch == Arch::Gemma3).then(|| -> Result<RopeConfig> {
                     Ok(RopeConfig {
                         theta: theta(local, "rope_local_base_freq"),
-                        scaling: local.map_or(Ok(RopeScaling::None), |s| {
-                            hf_rope_scaling(s, config)
-                        })?,
+                        scaling: local
+                            .map_or(Ok(RopeScaling::None), |s| hf_rope_scaling(s, config))?,
                         ..rope.clone()
                     })
                 });

@@ -175,7 +175,9 @@ impl ModelWeights {
                 l.attn_norm.len()
                     + l.ffn_norm.len()
                     + l.qk_norm.as_ref().map_or(0, |n| n.q.len() + n.k.len())
-                    + l.post_norm.as_ref().map_or(0, |n| n.attn.len() + n.ffn.len())
+                    + l.post_norm
+                        .as_ref()
+                        .map_or(0, |n| n.attn.len() + n.ffn.len())
                     + l.bias
                         .as_ref()
                         .map_or(0, |b| b.q.len() + b.k.len() + b.v.len())

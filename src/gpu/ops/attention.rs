@@ -17,18 +17,23 @@ pub struct AttentionArgs<'a> {
     pub vis_off: &'a wgpu::Buffer,
     pub vis: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
+    /// The position of each slot's token, up to the batch's last slot.
+    pub positions: &'a wgpu::Buffer,
     pub n: usize,
     pub base: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// q·k is multiplied by this.
+    pub scale: f32,
+    pub softcap: Option<f32>,
+    pub window: Option<usize>,
 }
 
 impl Gpu {
     /// Attention of `n` queries (see attention.wgsl): `vis_off` has n+1 offsets into `vis`.
     pub fn attention(&self, rec: &mut Recorder, a: &AttentionArgs<'_>) -> Result<()> {
         check_groups(a.n, "attention queries")?;
-        let scale = 1.0 / (a.head_dim as f32).sqrt();
         let params = [
             a.n_heads as u32,
             (a.n_heads / a.n_kv_heads) as u32,
@@ -36,13 +41,25 @@ impl Gpu {
             a.base as u32,
             (a.n_heads * a.head_dim) as u32,
             (a.n_kv_heads * a.head_dim) as u32,
-            scale.to_bits(),
+            a.scale.to_bits(),
+            a.softcap.unwrap_or(0.0).to_bits(),
+            a.window.map_or(0, |w| w.min(u32::MAX as usize) as u32),
+            0,
+            0,
             0,
         ];
         rec.dispatch(
             Kernel::Attention,
             &params,
-            &[a.q, a.k_cache, a.v_cache, a.vis_off, a.vis, a.out],
+            &[
+                a.q,
+                a.k_cache,
+                a.v_cache,
+                a.vis_off,
+                a.vis,
+                a.out,
+                a.positions,
+            ],
             (a.n_heads as u32, a.n as u32),
         );
         Ok(())

@@ -1,13 +1,15 @@
 //! The kernels as Rust calls, one file per op: its arguments, its uniform parameters and its
 //! dispatch, as `impl Gpu` methods that record into a `Recorder`.
 
+mod add;
 mod attention;
 mod embed;
+mod glu;
 mod kv_compact;
 mod matmul;
 mod rms_norm;
 mod rope;
-mod swiglu;
+mod scale;
 mod top_k;
 
 pub use attention::AttentionArgs;

@@ -41,6 +41,16 @@ impl Act {
         Act::Gate,
         Act::Up,
     ];
+
+    /// Values per batch node.
+    pub fn width(self, cfg: &ModelConfig) -> usize {
+        match self {
+            Act::X | Act::Xn => cfg.hidden,
+            Act::Q | Act::Att => cfg.q_dim(),
+            Act::K | Act::V => cfg.kv_dim(),
+            Act::Gate | Act::Up => cfg.ffn,
+        }
+    }
 }
 
 /// A layer's weight matrices.
