@@ -6,6 +6,7 @@
 
 use super::ops::{softcap, softmax};
 use super::pool::{SharedMut, ThreadPool};
+use crate::model::LayerAttention;
 
 /// Which batch nodes a query sees, besides the prefix.
 pub enum Visibility<'a> {
@@ -13,19 +14,6 @@ pub enum Visibility<'a> {
     Causal,
     /// Query i sees `lists[i]` (increasing).
     Lists(&'a [Vec<usize>]),
-}
-
-/// One layer's attention: its shape and how its scores are formed.
-pub struct AttentionShape {
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    /// q·k is multiplied by this.
-    pub scale: f32,
-    /// Scores are soft-capped to (-cap, cap).
-    pub softcap: Option<f32>,
-    /// A query at position q sees keys at positions k with `q - k < window`.
-    pub window: Option<usize>,
 }
 
 /// A layer's cache: K and V rows, and each slot's position.
@@ -51,7 +39,7 @@ pub enum Prefix<'a> {
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     pool: &ThreadPool,
-    shape: &AttentionShape,
+    shape: &LayerAttention,
     q: &[f32],
     q_pos: &[usize],
     keys: &Keys<'_>,

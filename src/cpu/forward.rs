@@ -1,7 +1,7 @@
 //! One CPU forward pass: the recipe's ops over host buffers, multi-threaded where the work is
 //! (linear layers, attention).
 
-use super::attention::{self, AttentionShape, Keys, Prefix, Visibility};
+use super::attention::{self, Keys, Prefix, Visibility};
 use super::kv::KvCache;
 use super::matmul::{linear_many, Input, Precision};
 use super::ops::{glu, rms_norm};
@@ -190,14 +190,7 @@ impl LayerOps for CpuPass<'_> {
 
     fn attention(&mut self, layer: usize) -> Result<()> {
         let c = self.cfg;
-        let shape = AttentionShape {
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-            scale: c.attn_scale,
-            softcap: c.attn_softcap,
-            window: c.windows[layer],
-        };
+        let shape = c.attention(layer);
         let vis = match &self.visible {
             None => Visibility::Causal,
             Some(lists) => Visibility::Lists(lists),

@@ -407,12 +407,7 @@ impl LayerOps for GpuPass<'_> {
             positions: &self.inputs.positions,
             n: self.n(),
             base: self.base,
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-            scale: c.attn_scale,
-            softcap: c.attn_softcap,
-            window: c.windows[layer],
+            layer: c.attention(layer),
         };
         self.g.attention(&mut self.rec, &args)
     }

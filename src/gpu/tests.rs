@@ -3,7 +3,7 @@
 use super::*;
 use crate::cpu::ops;
 use crate::model::recipe::Activation;
-use crate::model::{Matrix, RopeLayout, RopeTable};
+use crate::model::{LayerAttention, Matrix, RopeLayout, RopeTable};
 use crate::quant::{dequantize_row, matmul_f32, quantize_row, DType};
 use crate::sampling::SamplerRng;
 
@@ -461,13 +461,6 @@ fn add_scale_and_softcap_match_cpu() {
     assert!(e < 1e-6, "softcap: {e}");
 }
 
-/// How the attention test forms its scores.
-struct Scores {
-    scale: f32,
-    softcap: Option<f32>,
-    window: Option<usize>,
-}
-
 /// Straightforward attention: query i sees slots 0..base and base + vis[i], less the slots
 /// whose position (`pos`) is a window or more before its own.
 #[allow(clippy::too_many_arguments)]
@@ -478,9 +471,9 @@ fn cpu_attention(
     base: usize,
     vis: &[Vec<usize>],
     pos: &[usize],
-    (heads, kv_heads, hd): (usize, usize, usize),
-    sc: &Scores,
+    sc: &LayerAttention,
 ) -> Vec<f32> {
+    let (heads, kv_heads, hd) = (sc.n_heads, sc.n_kv_heads, sc.head_dim);
     let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
     let mut out = vec![0f32; vis.len() * q_dim];
     for (i, vl) in vis.iter().enumerate() {
@@ -526,25 +519,30 @@ fn random_parents(rng: &mut SamplerRng, n: usize) -> Vec<Option<usize>> {
 fn attention_matches_cpu_over_prefix_and_tree() {
     let Some(g) = gpu() else { return };
     let mut rng = SamplerRng::new(9);
-    let plain = |hd: usize| Scores {
-        scale: 1.0 / (hd as f32).sqrt(),
+    let plain = |n_heads, n_kv_heads, head_dim: usize| LayerAttention {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        scale: 1.0 / (head_dim as f32).sqrt(),
         softcap: None,
         window: None,
     };
     // Gemma's: a query scale of its own, scores capped well inside their range, and a window
     // that cuts into the prefix and into the tree
-    let gemma = Scores {
+    let gemma = LayerAttention {
         scale: 0.4,
         softcap: Some(1.5),
         window: Some(20),
+        ..plain(4, 2, 16)
     };
     let cases = [
-        (4, 2, 16, 0, 1, plain(16)),
-        (4, 2, 16, 70, 37, plain(16)),
-        (3, 3, 40, 130, 5, plain(40)),
-        (4, 2, 16, 70, 37, gemma),
+        (0, 1, plain(4, 2, 16)),
+        (70, 37, plain(4, 2, 16)),
+        (130, 5, plain(3, 3, 40)),
+        (70, 37, gemma),
     ];
-    for (heads, kv_heads, hd, base, n, sc) in cases {
+    for (base, n, sc) in cases {
+        let (heads, kv_heads, hd) = (sc.n_heads, sc.n_kv_heads, sc.head_dim);
         let parents = random_parents(&mut rng, n);
         let batch = Batch::tree(&vec![0; n], &parents, base);
         let vis: Vec<Vec<usize>> = (0..n).map(|i| batch.visible(i)).collect();
@@ -578,18 +576,13 @@ fn attention_matches_cpu_over_prefix_and_tree() {
                 positions: &pb,
                 n,
                 base,
-                n_heads: heads,
-                n_kv_heads: kv_heads,
-                head_dim: hd,
-                scale: sc.scale,
-                softcap: sc.softcap,
-                window: sc.window,
+                layer: sc,
             },
         )
         .unwrap();
         g.submit(rec).unwrap();
         let got = g.read_f32(&out, n * q_dim).unwrap();
-        let want = cpu_attention(&q, &kc, &vc, base, &vis, &pos, (heads, kv_heads, hd), &sc);
+        let want = cpu_attention(&q, &kc, &vc, base, &vis, &pos, &sc);
         let e = rel_err(&got, &want);
         assert!(e < 1e-5, "heads {heads}/{kv_heads} base {base} n {n}: {e}");
     }

@@ -128,6 +128,20 @@ impl RopeConfig {
     }
 }
 
+/// How one layer attends: what both backends' attention kernels take from the config.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerAttention {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// q·k is multiplied by this.
+    pub scale: f32,
+    /// Scores are soft-capped to (-cap, cap).
+    pub softcap: Option<f32>,
+    /// A query at position q sees keys at positions k with `q - k < window`.
+    pub window: Option<usize>,
+}
+
 /// Token ids with a special meaning for generation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SpecialTokens {
@@ -261,6 +275,17 @@ impl ModelConfig {
     /// family that has one.
     pub fn rope_index(&self, layer: usize) -> usize {
         usize::from(self.rope_local.is_some() && self.windows[layer].is_some())
+    }
+
+    pub fn attention(&self, layer: usize) -> LayerAttention {
+        LayerAttention {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            scale: self.attn_scale,
+            softcap: self.attn_softcap,
+            window: self.windows[layer],
+        }
     }
 
     /// What the embeddings are multiplied by before the first layer (Gemma's √hidden).

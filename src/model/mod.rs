@@ -6,7 +6,9 @@ pub mod recipe;
 pub mod rope;
 pub mod weights;
 
-pub use config::{Arch, ModelConfig, RopeConfig, RopeLayout, RopeScaling, SpecialTokens};
+pub use config::{
+    Arch, LayerAttention, ModelConfig, RopeConfig, RopeLayout, RopeScaling, SpecialTokens,
+};
 pub use rope::RopeTable;
 pub use weights::{quantize_matrix, LayerWeights, Matrix, ModelWeights};
 

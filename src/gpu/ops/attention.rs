@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::gpu::buffers::Gpu;
 use crate::gpu::recorder::Recorder;
 use crate::gpu::shaders::Kernel;
+use crate::model::LayerAttention;
 
 /// Largest head dimension attention.wgsl handles.
 pub(in crate::gpu) const MAX_HEAD_DIM: usize = 256;
@@ -21,29 +22,24 @@ pub struct AttentionArgs<'a> {
     pub positions: &'a wgpu::Buffer,
     pub n: usize,
     pub base: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    /// q·k is multiplied by this.
-    pub scale: f32,
-    pub softcap: Option<f32>,
-    pub window: Option<usize>,
+    pub layer: LayerAttention,
 }
 
 impl Gpu {
     /// Attention of `n` queries (see attention.wgsl): `vis_off` has n+1 offsets into `vis`.
     pub fn attention(&self, rec: &mut Recorder, a: &AttentionArgs<'_>) -> Result<()> {
         check_groups(a.n, "attention queries")?;
+        let l = &a.layer;
         let params = [
-            a.n_heads as u32,
-            (a.n_heads / a.n_kv_heads) as u32,
-            a.head_dim as u32,
+            l.n_heads as u32,
+            (l.n_heads / l.n_kv_heads) as u32,
+            l.head_dim as u32,
             a.base as u32,
-            (a.n_heads * a.head_dim) as u32,
-            (a.n_kv_heads * a.head_dim) as u32,
-            a.scale.to_bits(),
-            a.softcap.unwrap_or(0.0).to_bits(),
-            a.window.map_or(0, |w| w.min(u32::MAX as usize) as u32),
+            (l.n_heads * l.head_dim) as u32,
+            (l.n_kv_heads * l.head_dim) as u32,
+            l.scale.to_bits(),
+            l.softcap.unwrap_or(0.0).to_bits(),
+            l.window.map_or(0, |w| w.min(u32::MAX as usize) as u32),
             0,
             0,
             0,
@@ -60,7 +56,7 @@ impl Gpu {
                 a.out,
                 a.positions,
             ],
-            (a.n_heads as u32, a.n as u32),
+            (l.n_heads as u32, a.n as u32),
         );
         Ok(())
     }
