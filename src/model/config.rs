@@ -231,6 +231,20 @@ pub struct ModelConfig {
     pub special: SpecialTokens,
 }
 
+/// Most layers a model may declare: far above any real model's (a few hundred), and low enough
+/// that per-layer tables of a corrupt file's count are small.
+const MAX_LAYERS: usize = 1 << 16;
+
+/// `n` layers, checked before anything is allocated per layer.
+fn layer_count(n: usize) -> Result<usize> {
+    if n > MAX_LAYERS {
+        return Err(config_err!(
+            "model config: {n} layers is more than the {MAX_LAYERS} llmcad accepts"
+        ));
+    }
+    Ok(n)
+}
+
 /// The window of each layer of a Gemma model whose file does not list the layer kinds:
 /// Gemma 2 alternates (even layers slide), Gemma 3 slides in all but every `pattern`-th layer.
 fn gemma_windows(arch: Arch, n_layers: usize, window: usize, pattern: usize) -> Vec<Option<usize>> {
@@ -277,6 +291,7 @@ impl ModelConfig {
         usize::from(self.rope_local.is_some() && self.windows[layer].is_some())
     }
 
+    /// How `layer` attends.
     pub fn attention(&self, layer: usize) -> LayerAttention {
         LayerAttention {
             n_heads: self.n_heads,
@@ -419,7 +434,7 @@ impl ModelConfig {
                     config_err!("GGUF has neither {} nor a token list", key("vocab_size"))
                 })?,
         };
-        let n_layers = req("block_count")?;
+        let n_layers = layer_count(req("block_count")?)?;
         let opt_f32 =
             |k: &str| -> Result<Option<f32>> { Ok(g.get_f64(&key(k))?.map(|v| v as f32)) };
         let window = g
@@ -552,9 +567,11 @@ impl ModelConfig {
             dims: head_dim,
             scaling: global.map_or(Ok(RopeScaling::None), |s| hf_rope_scaling(s, config))?,
         };
-        let n_layers = req("num_hidden_layers")?;
+        let n_layers = layer_count(req("num_hidden_layers")?)?;
+        // some configs write 0 for "no window", as GGUF files do
         let window = get("sliding_window")
             .and_then(Json::as_u64)
+            .filter(|&w| w > 0)
             .map(|w| w as usize);
         let (windows, rope_local) = match (arch, window) {
             (Arch::Gemma2 | Arch::Gemma3, Some(window)) => {
@@ -752,7 +769,8 @@ mod tests {
         assert_eq!(c.attn_scale, 0.25);
     }
 
-    /// Mistral v0.1 slides every layer; Qwen2 configs name a window they do not use.
+    /// Mistral v0.1 slides every layer (a window of 0 is none); Qwen2 configs name a window
+    /// they do not use.
     #[test]
     fn only_families_that_slide_get_windows() {
         let mistral = hf(serde_json::json!({
@@ -760,6 +778,11 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(mistral.windows, [Some(64); 6]);
+        let unwindowed = hf(serde_json::json!({
+            "architectures": ["MistralForCausalLM"], "sliding_window": 0,
+        }))
+        .unwrap();
+        assert_eq!(unwindowed.windows, [None; 6]);
         let qwen = hf(serde_json::json!({
             "architectures": ["Qwen2ForCausalLM"], "sliding_window": 64,
             "use_sliding_window": false,
@@ -771,7 +794,8 @@ mod tests {
     #[test]
     fn bad_attention_settings_are_refused() {
         for extra in [
-            serde_json::json!({"architectures": ["Gemma2ForCausalLM"], "sliding_window": 0}),
+            serde_json::json!({"architectures": ["Gemma2ForCausalLM"], "sliding_window": 8,
+                "layer_types": ["sliding_attention", "full_attention"]}),
             serde_json::json!({"architectures": ["Gemma2ForCausalLM"],
                 "attn_logit_softcapping": -1.0}),
             serde_json::json!({"architectures": ["Gemma2ForCausalLM"],
