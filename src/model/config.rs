@@ -791,6 +791,18 @@ mod tests {
         assert_eq!(qwen.windows, [None; 6]);
     }
 
+    /// A corrupt file's layer count is refused before per-layer tables are allocated (the
+    /// fuzzer found a GGUF declaring 2^32 - 1 layers).
+    #[test]
+    fn absurd_layer_counts_are_refused_up_front() {
+        let e = hf(serde_json::json!({
+            "architectures": ["Gemma2ForCausalLM"], "num_hidden_layers": u32::MAX,
+            "sliding_window": 8,
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("4294967295 layers"), "{e}");
+    }
+
     #[test]
     fn bad_attention_settings_are_refused() {
         for extra in [
