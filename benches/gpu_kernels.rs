@@ -1,8 +1,9 @@
-//! GPU kernel timings: buffer copy bandwidth, one matmul pass per weight format and batch size
-//! (time and weight bandwidth), and, with a model path argument or the fetched SmolLM2, the
-//! verification-pass cost curve of the whole model.
+//! GPU kernel timings: streaming-read and copy bandwidth, one matmul pass per weight format and
+//! batch size (time and weight bandwidth), and, with a model path argument or the fetched
+//! SmolLM2, the verification-pass cost curve of the whole model.
 //!
-//! `cargo bench --bench gpu_kernels [-- MODEL.gguf]`; set LLMCAD_BENCH_QUICK=1 for fewer reps.
+//! `cargo bench --bench gpu_kernels [-- MODEL.gguf]`; set LLMCAD_BENCH_QUICK=1 for fewer reps,
+//! LLMCAD_BENCH_SHAPE=8960x1536 for another matrix (a large GPU's cache holds the default).
 
 use llmcad::gpu::{
     open, DeviceOptions, Gpu, GpuBackend, GpuMatrix, GpuOptions, MatmulArgs, Recorder,
@@ -44,26 +45,29 @@ fn main() {
     println!("device: {}", ctx.summary());
     let g = Gpu::new(ctx);
 
-    // copy bandwidth
-    let mb = 64usize;
-    let a = g.buffer(mb << 20, "a");
-    let b = g.buffer(mb << 20, "b");
-    let t = time(reps, || {
-        let mut rec = Recorder::default();
-        rec.copy(&a, 0, &b, 0, (mb << 20) as u64);
-        g.submit(rec).unwrap();
-        g.ctx.wait().unwrap();
-    });
+    // the memory ceilings, over buffers larger than any GPU cache
+    let big = 1usize << 30;
     println!(
-        "buffer copy {mb} MiB: {t:?} = {:.2} GB/s",
-        (mb << 20) as f64 / t.as_secs_f64() / 1e9
+        "streaming read {} MiB: {:.2} GB/s; buffer copy: {:.2} GB/s (bytes copied)",
+        big >> 20,
+        llmcad::gpu::roofline::read_bandwidth(&g, big, reps).unwrap() / 1e9,
+        llmcad::gpu::roofline::copy_bandwidth(&g, big, reps).unwrap() / 1e9
     );
 
     // one matmul per format and batch size
-    let (rows, cols) = if quick { (1024, 1024) } else { (2048, 2048) };
+    let (rows, cols) = match std::env::var("LLMCAD_BENCH_SHAPE") {
+        Ok(s) => s
+            .split_once('x')
+            .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+            .expect("LLMCAD_BENCH_SHAPE=ROWSxCOLS, COLS a multiple of 256"),
+        Err(_) if quick => (1024, 1024),
+        Err(_) => (2048, 2048),
+    };
     for dtype in [
         DType::Q4_0,
         DType::Q4_1,
+        DType::Q4_K,
+        DType::Q6_K,
         DType::Q8_0,
         DType::F16,
         DType::F32,

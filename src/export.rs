@@ -89,16 +89,42 @@ fn not_written(arch: Arch) -> Error {
 }
 
 fn encode(dtype: DType, t: &F32Tensor) -> (DType, Vec<u8>) {
-    // 1-D tensors (norms, biases) and rows that do not fill blocks stay F32, as in llama.cpp
+    // 1-D tensors (norms, biases) stay F32; rows that do not fill a K-quant's super-blocks take
+    // the 32-wide type llama.cpp falls back to, and F32 where even that does not fit
     let cols = *t.shape.last().unwrap_or(&1);
-    let dtype = if t.shape.len() < 2 || !cols.is_multiple_of(dtype.block_len()) {
-        DType::F32
-    } else {
-        dtype
+    let fits = |d: DType| cols.is_multiple_of(d.block_len());
+    let dtype = match dtype {
+        _ if t.shape.len() < 2 => DType::F32,
+        d if fits(d) => d,
+        DType::Q2_K | DType::Q3_K if fits(DType::Q4_0) => DType::Q4_0,
+        DType::Q4_K if fits(DType::Q5_0) => DType::Q5_0,
+        DType::Q5_K if fits(DType::Q5_1) => DType::Q5_1,
+        DType::Q6_K | DType::Q8_K if fits(DType::Q8_0) => DType::Q8_0,
+        _ => DType::F32,
     };
-    let mut bytes = Vec::with_capacity(dtype.row_bytes(t.data.len()));
-    quantize_row(dtype, &t.data, &mut bytes);
-    (dtype, bytes)
+    (dtype, quantize_rows(dtype, &t.data, cols))
+}
+
+/// Quantizes whole rows of `cols` values, split over the machine's cores (a 1.5B model's
+/// matrices take minutes on one).
+fn quantize_rows(dtype: DType, data: &[f32], cols: usize) -> Vec<u8> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rows = data.len() / cols.max(1);
+    let chunk = rows.div_ceil(threads).max(64) * cols.max(1);
+    let parts: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let jobs: Vec<_> = data
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut bytes = Vec::with_capacity(dtype.row_bytes(part.len()));
+                    quantize_row(dtype, part, &mut bytes);
+                    bytes
+                })
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    parts.concat()
 }
 
 /// Writes a GGUF `llama` (or `qwen2`) file with matrices in `dtype`.
@@ -358,5 +384,39 @@ mod tests {
         let order: Vec<f32> = p.chunks(cols).map(|r| r[0]).collect();
         assert_eq!(order, [0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
         assert_eq!(permute_qk(&p, rows, cols, heads, true), w);
+    }
+
+    /// A K-quant's rows that do not fill super-blocks take llama.cpp's 32-wide fallback, and
+    /// the parallel quantization gives the bytes of one serial pass.
+    #[test]
+    fn k_quants_fall_back_like_llama_cpp_and_split_rows_exactly() {
+        let tensor = |rows: usize, cols: usize| F32Tensor {
+            name: "w".into(),
+            shape: vec![rows, cols],
+            data: (0..rows * cols)
+                .map(|i| ((i * 7919) % 113) as f32 - 56.0)
+                .collect(),
+        };
+        for (dtype, cols, want) in [
+            (DType::Q4_K, 896, DType::Q5_0),
+            (DType::Q6_K, 896, DType::Q8_0),
+            (DType::Q5_K, 96, DType::Q5_1),
+            (DType::Q3_K, 64, DType::Q4_0),
+            (DType::Q4_K, 100, DType::F32),
+            (DType::Q4_K, 512, DType::Q4_K),
+        ] {
+            let t = tensor(300, cols);
+            let (got, bytes) = encode(dtype, &t);
+            assert_eq!(got, want, "{dtype:?} over {cols} columns");
+            let mut serial = Vec::new();
+            quantize_row(want, &t.data, &mut serial);
+            assert_eq!(bytes, serial, "{dtype:?} over {cols} columns");
+        }
+        let norm = F32Tensor {
+            name: "n".into(),
+            shape: vec![512],
+            data: vec![1.0; 512],
+        };
+        assert_eq!(encode(DType::Q4_K, &norm).0, DType::F32);
     }
 }

@@ -170,7 +170,7 @@ fn gpu_matches_cpu_on_tiny_models() {
 }
 
 /// A model whose matrices have 256 or 512 columns, so that every one of them can take a K-quant
-/// (smaller rows stay F32 in the file).
+/// (smaller rows take the 32-wide type llama.cpp falls back to).
 fn wide_spec(seed: u64) -> TinySpec {
     TinySpec {
         n_layers: 2,
@@ -505,4 +505,46 @@ fn callers_ask_the_gpu_only_what_it_declares() {
     .to_string();
     assert!(err.contains("cannot draft"), "{err}");
     assert_eq!(drafter.kv_len(), 0, "refused before any pass");
+}
+
+/// Profiling times every dispatch on its own without changing a bit of the logits, and counts
+/// the model's kernels: two norms per layer and the final one, one attention per layer.
+#[test]
+fn profiled_passes_give_the_same_logits_and_count_every_kernel() {
+    let m = load(&tiny_f32().gguf);
+    let Some(mut g) = gpu(&m, &opts(true, true, None)) else {
+        return;
+    };
+    let layers = m.config.n_layers;
+    let batch = Batch::chain(&PROMPT, 0);
+    let plain = dense_rows(&g.forward(&batch, Want::ALL_FULL).unwrap());
+    if !g.set_profiling(true) {
+        eprintln!("NOTICE: no GPU timestamps on this adapter: nothing to profile");
+        return;
+    }
+    g.kv_truncate(0);
+    let profiled = dense_rows(&g.forward(&batch, Want::ALL_FULL).unwrap());
+    assert_eq!(profiled, plain);
+    let profile = g.take_profile();
+    let count = |name: &str| -> usize {
+        profile
+            .iter()
+            .filter(|k| k.kernel.starts_with(name))
+            .map(|k| k.dispatches)
+            .sum()
+    };
+    assert_eq!(count("RmsNorm"), 2 * layers + 1, "{profile:?}");
+    assert_eq!(count("Attention"), layers, "{profile:?}");
+    assert!(
+        count("Matvec") + count("Matmul") >= 7 * layers,
+        "{profile:?}"
+    );
+    assert!(profile.iter().all(|k| k.dispatches > 0));
+    assert!(profile.iter().map(|k| k.time).sum::<std::time::Duration>() > Default::default());
+    assert!(profile.windows(2).all(|w| w[0].time >= w[1].time));
+    // once off, nothing more is gathered
+    g.set_profiling(false);
+    g.kv_truncate(0);
+    g.forward(&batch, Want::ALL_FULL).unwrap();
+    assert!(g.take_profile().is_empty());
 }

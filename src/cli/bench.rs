@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// Repeats per size in the GPU pass table.
     #[arg(long, default_value_t = 1)]
     gpu_reps: usize,
+    /// Tree sizes whose passes are profiled kernel by kernel (GPU timestamps; each dispatch
+    /// timed on its own).
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    gpu_profile: Vec<usize>,
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -419,10 +423,16 @@ mod gpu_bench {
             io: a.io_bandwidth.as_deref().map(parse_rate).transpose()?,
         };
         outln!("\n{} on {}", m.name, full.device_name())?;
-        let copy_bw = roofline::copy_bandwidth(full.gpu(), 64 << 20, 3)?;
-        let fma = roofline::fma_rate(full.gpu(), 256, 3)?;
+        // buffers the size of the weights (at least 64 MiB), so that a large GPU's cache does
+        // not hold them
+        let ceiling_bytes = (full_bytes as usize).max(64 << 20);
+        let read_bw = roofline::read_bandwidth(full.gpu(), ceiling_bytes, 3)?;
+        let copy_bw = roofline::copy_bandwidth(full.gpu(), ceiling_bytes, 3)?;
+        let fma = roofline::fma_rate(full.gpu(), 3)?;
         outln!(
-            "ceilings: buffer copy {:.2} GB/s, FMA {:.1} GFLOP/s (measured here)",
+            "ceilings: streaming read {:.2} GB/s, buffer copy {:.2} GB/s (bytes copied), \
+             FMA {:.1} GFLOP/s (measured here)",
+            read_bw / 1e9,
             copy_bw / 1e9,
             fma / 1e9
         )?;
@@ -430,6 +440,7 @@ mod gpu_bench {
         let mut out = json!({
             "device": "gpu",
             "weights_gpu_bytes": full_bytes,
+            "read_bandwidth_bytes_per_s": read_bw,
             "copy_bandwidth_bytes_per_s": copy_bw,
             "fma_flops_per_s": fma,
             "memory_budget_bytes": setup.budget,
@@ -437,7 +448,7 @@ mod gpu_bench {
             "io_bandwidth_is_emulated": setup.io.is_some(),
             "upload": a.upload,
         });
-        out["passes"] = pass_table(a, m, &setup, copy_bw, fma)?;
+        out["passes"] = pass_table(a, m, &setup, read_bw, fma)?;
         if let Some(d) = drafter {
             out["llmcad"] = llmcad_table(a, m, d, &setup)?;
             if !a.budget_sweep.is_empty() {
@@ -452,7 +463,7 @@ mod gpu_bench {
         a: &BenchArgs,
         m: &Model,
         s: &Setup,
-        copy_bw: f64,
+        read_bw: f64,
         fma: f64,
     ) -> anyhow::Result<Value> {
         let mut g = backend(a, m, s.budget, s.io)?;
@@ -508,7 +519,7 @@ mod gpu_bench {
             let st = g.stream_stats().since(&before);
             let secs = t.as_secs_f64();
             let flops = pass_flops(m, n, prefix);
-            let mut roof = (s.full_bytes as f64 / copy_bw).max(flops / fma);
+            let mut roof = (s.full_bytes as f64 / read_bw).max(flops / fma);
             if let Some(io) = s.io {
                 roof = roof.max(g.weight_plan().streamed_bytes_per_pass as f64 / io);
             }
@@ -531,14 +542,55 @@ mod gpu_bench {
                 "stream": st.to_json(),
             }));
         }
+        let profiles = profile_table(a, &mut g, prefix)?;
         Ok(
             json!({"decode_tokens_per_s": decode, "decode_stream": st.to_json(), "sizes": rows,
+            "profiles": profiles,
             "plan": {"resident_layers": plan.resident_layers.iter().filter(|r| **r).count(),
                      "layers": plan.resident_layers.len(), "head_resident": plan.head_resident,
                      "streamed_bytes_per_pass": plan.streamed_bytes_per_pass,
                      "allocated_weight_bytes": g.allocated_weight_bytes(),
                      "peak_weight_bytes": g.peak_weight_bytes()}}),
         )
+    }
+
+    /// Where a pass's GPU time goes, kernel by kernel, for each size of `--gpu-profile`.
+    fn profile_table(a: &BenchArgs, g: &mut GpuBackend, prefix: usize) -> anyhow::Result<Value> {
+        let mut out = Vec::new();
+        for &n in &a.gpu_profile {
+            if prefix + n > g.kv_capacity() {
+                break;
+            }
+            if !g.set_profiling(true) {
+                outln!("(no GPU timestamps here: no kernel profile)")?;
+                break;
+            }
+            let before = g.stream_stats().passes;
+            g.pass_cost_curve(&[n], prefix, a.gpu_reps)?;
+            let passes = (g.stream_stats().passes - before).max(1) as f64;
+            let kernels = g.take_profile();
+            g.set_profiling(false);
+            let total: f64 = kernels.iter().map(|k| k.time.as_secs_f64()).sum::<f64>() / passes;
+            outln!(
+                "\nkernels of a pass over {n} nodes (each dispatch timed alone): {:.2} ms",
+                total * 1e3
+            )?;
+            outln!("| kernel | dispatches | ms | share |")?;
+            outln!("|---|---|---|---|")?;
+            let mut rows = Vec::new();
+            for k in &kernels {
+                let ms = k.time.as_secs_f64() / passes * 1e3;
+                let per = k.dispatches as f64 / passes;
+                outln!(
+                    "| {} | {per:.0} | {ms:.3} | {:.0}% |",
+                    k.kernel,
+                    ms / 1e3 / total * 100.0
+                )?;
+                rows.push(json!({"kernel": k.kernel, "dispatches": per, "ms": ms}));
+            }
+            out.push(json!({"nodes": n, "ms": total * 1e3, "kernels": rows}));
+        }
+        Ok(json!(out))
     }
 
     trait Tps {

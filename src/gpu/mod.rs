@@ -44,6 +44,8 @@ use matrix::chunk_layouts;
 use plan::stream_units;
 use recorder::Timing;
 use scratch::Scratch;
+use shaders::Kernel;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uploader::{Unit, Uploader};
@@ -83,6 +85,15 @@ impl GpuOptions {
     }
 }
 
+/// One kernel's share of profiled passes (`GpuBackend::take_profile`).
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    /// The kernel and its variant, as `Kernel`'s Debug form.
+    pub kernel: String,
+    pub dispatches: usize,
+    pub time: Duration,
+}
+
 /// Most candidates per row the top-k readback holds (its kernel's limit).
 const MAX_TOP_K: usize = 64;
 /// Most timestamp queries per pass.
@@ -116,6 +127,8 @@ pub struct GpuBackend {
     allocated: u64,
     peak: u64,
     timing: Option<Timing>,
+    /// GPU time and dispatch count per kernel since the last `take_profile` (while profiling).
+    profile: HashMap<Kernel, (usize, Duration)>,
     stats: StreamStats,
 }
 
@@ -297,6 +310,7 @@ impl GpuBackend {
             }),
             capacity: MAX_QUERIES,
             next: 0,
+            kernels: None,
         });
         gpu.ctx.wait()?;
         Ok(GpuBackend {
@@ -321,6 +335,7 @@ impl GpuBackend {
             allocated,
             peak: allocated,
             timing,
+            profile: HashMap::new(),
             stats: StreamStats::default(),
             cfg,
         })
@@ -417,6 +432,9 @@ impl GpuBackend {
         self.ensure_scratch(batch.len())?;
         if let Some(t) = &mut self.timing {
             t.next = 0;
+            if let Some(k) = &mut t.kernels {
+                k.clear();
+            }
         }
         self.positions.truncate(self.len);
         self.positions
@@ -517,11 +535,43 @@ impl GpuBackend {
         let raw = g.run_and_read(Recorder::default(), &resolve, 0, bytes as usize)?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
         let period = g.ctx.queue.get_timestamp_period() as f64;
-        let ns: f64 = ticks
+        let times: Vec<Duration> = ticks
             .chunks_exact(2)
-            .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
-            .sum();
-        Ok(Some(Duration::from_nanos(ns as u64)))
+            .map(|p| Duration::from_nanos((p[1].saturating_sub(p[0]) as f64 * period) as u64))
+            .collect();
+        for (kernel, &d) in t.kernels.iter().flatten().zip(&times) {
+            let e = self.profile.entry(*kernel).or_default();
+            e.0 += 1;
+            e.1 += d;
+        }
+        Ok(Some(times.iter().sum()))
+    }
+
+    /// Times every dispatch on its own (needs GPU timestamps; returns whether they are there),
+    /// for `take_profile`. Splitting the passes adds barriers: profiled passes run slower.
+    pub fn set_profiling(&mut self, on: bool) -> bool {
+        let Some(t) = &mut self.timing else {
+            return false;
+        };
+        t.kernels = on.then(Vec::new);
+        self.profile.clear();
+        true
+    }
+
+    /// Each kernel's dispatches and GPU time since profiling began or was last taken, the
+    /// costliest first.
+    pub fn take_profile(&mut self) -> Vec<KernelTime> {
+        let mut out: Vec<KernelTime> = self
+            .profile
+            .drain()
+            .map(|(kernel, (dispatches, time))| KernelTime {
+                kernel: format!("{kernel:?}"),
+                dispatches,
+                time,
+            })
+            .collect();
+        out.sort_by(|a, b| b.time.cmp(&a.time).then(a.kernel.cmp(&b.kernel)));
+        out
     }
 
     fn run_pass(&mut self, mut rec: Recorder, rows: usize, want: Want) -> Result<Logits> {

@@ -30,14 +30,24 @@ pub struct Timing {
     pub set: wgpu::QuerySet,
     pub capacity: u32,
     pub next: u32,
+    /// When profiling, every dispatch gets a compute pass of its own, and this lists the kernel
+    /// of each timed pair. The splits add barriers, so profiled passes run slower.
+    pub kernels: Option<Vec<Kernel>>,
 }
 
 impl Timing {
-    fn take_pair(&mut self) -> Option<(wgpu::QuerySet, u32)> {
+    fn take_pair(&mut self, kernel: Kernel) -> Option<(wgpu::QuerySet, u32)> {
         (self.next + 2 <= self.capacity).then(|| {
+            if let Some(k) = &mut self.kernels {
+                k.push(kernel);
+            }
             self.next += 2;
             (self.set.clone(), self.next - 2)
         })
+    }
+
+    fn profiling(&self) -> bool {
+        self.kernels.is_some()
     }
 }
 
@@ -218,8 +228,9 @@ impl Gpu {
                     dst_off,
                     size,
                 } => enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size),
-                Op::Dispatch { .. } => {
-                    let ts = timing.as_deref_mut().and_then(|t| t.take_pair());
+                Op::Dispatch { kernel, .. } => {
+                    let ts = timing.as_deref_mut().and_then(|t| t.take_pair(*kernel));
+                    let one_each = timing.as_deref().is_some_and(Timing::profiling);
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: None,
                         timestamp_writes: ts.as_ref().map(|(set, k)| {
@@ -236,7 +247,7 @@ impl Gpu {
                         pass.set_bind_group(0, bg, &[]);
                         pass.dispatch_workgroups(g.0, g.1, 1);
                         i += 1;
-                        if !matches!(ops.peek(), Some(Op::Dispatch { .. })) {
+                        if one_each || !matches!(ops.peek(), Some(Op::Dispatch { .. })) {
                             break;
                         }
                         ops.next();

@@ -645,3 +645,31 @@ fn top_k_matches_cpu_with_ties_and_nan() {
         }
     }
 }
+
+/// The streaming-read ceiling reads every word it times: the XOR of its per-invocation results
+/// is the XOR of the buffer, over a length that is no multiple of the grid.
+#[test]
+fn read_ceiling_kernel_reads_every_word() {
+    let Some(g) = gpu() else { return };
+    let mut rng = SamplerRng::new(31);
+    for vec4s in [1usize, 1000, 300_001] {
+        let words: Vec<u32> = (0..vec4s * 4)
+            .map(|_| (rng.uniform() * u32::MAX as f64) as u32)
+            .collect();
+        let src = g.upload(&words, "words");
+        let (t, out, n) = roofline::stream_read(&g, &src, vec4s, 1).unwrap();
+        let got = g.run_and_read(Recorder::default(), &out, 0, n * 4).unwrap();
+        let got = bytemuck::pod_collect_to_vec::<u8, u32>(&got)
+            .into_iter()
+            .fold(0, |a, w| a ^ w);
+        assert_eq!(got, words.iter().fold(0, |a, w| a ^ w), "{vec4s} words");
+        assert!(t > std::time::Duration::ZERO);
+    }
+    for rate in [
+        roofline::read_bandwidth(&g, 1 << 20, 1).unwrap(),
+        roofline::copy_bandwidth(&g, 1 << 20, 1).unwrap(),
+        roofline::fma_rate(&g, 1).unwrap(),
+    ] {
+        assert!(rate.is_finite() && rate > 0.0, "{rate}");
+    }
+}
