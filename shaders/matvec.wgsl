@@ -1,21 +1,20 @@
 // y[t, row] = Σ_c W[row, c] · x[t, c] for up to TOKENS tokens per workgroup; cols % 32 == 0 and
 // the activations are vec4-aligned. The small-N kernel (decode and tree verification).
 //
-// One invocation owns one weight row and walks it in 32-column blocks: it decodes a block once
-// (8 vec4, `wblock` from the weight snippet) and multiplies it with every token of its tile,
-// keeping one running sum per token in a register. No workgroup memory, no barriers, no
-// cross-invocation reduction: the sum for (row, token) is one invocation's sequential sum over the
-// blocks in column order, `a + dot(w0, x0) + dot(w1, x1) + … + dot(w7, x7)` per block, whatever
-// the tile size, the token's slot in the tile, the batch size or the number of rows. Tree
-// verification therefore reproduces one-token decoding bit for bit.
+// Eight invocations share one weight row: lane j takes columns 4j..4j+3 of every 32-column
+// block (`load4` from the weight snippet), so the eight lanes of a row read each block and its
+// activations together, and keeps one running sum per token of its tile in a register. The
+// lanes' sums meet in workgroup memory, where lane 0 adds them in lane order. One invocation per
+// row, as before, left a 1536-row matrix 24 workgroups: an H200 decoded at 1% of its bandwidth.
+// Measured there against 16 lanes walking whole blocks (faster at one token, 3.4x slower at 64)
+// and 4 lanes of two vec4 each (slower at every size): BENCHMARKS.md, "A real GPU".
 //
-// The activations of a block are the same for every invocation. With subgroups (of at least 8
-// invocations) each invocation loads one of the block's 8 vec4 (contiguous across invocations)
-// and `subgroupBroadcast` hands them around; without, every invocation loads all 8. Both give
-// the same values, so the two variants give the same bits.
+// The sum for (row, token) is the same computation whatever the tile size, the token's slot in
+// the tile, the batch size or the number of rows: lane j's sequential sum `a + dot(w, x)` over
+// the blocks, then lanes 0..7 in order. Tree verification therefore reproduces one-token decoding
+// bit for bit.
 //
-// Lines tagged `//@T ` are repeated for token slots 0..TOKENS (`#` → the slot); lines tagged
-// `//@S ` are kept in the subgroup variant only, `//@U ` in the other only (shaders.rs).
+// Lines tagged `//@T ` are repeated for token slots 0..TOKENS (`#` → the slot; shaders.rs).
 {{ENABLE}}
 struct Params {
     rows: u32,      // rows of this weight chunk
@@ -42,33 +41,41 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
+const LANES: u32 = 8u;
+const ROWS: u32 = 8u; // 64 / LANES
+var<workgroup> part: array<f32, 64 * {{TOKENS}}>;
+
 @compute @workgroup_size(64)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-    //@S @builtin(subgroup_invocation_id) sid: u32,
-) {
-    let row = wg.x * 64u + li;
-    // out-of-range invocations compute the last row (subgroup operations need every lane)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let lane = li % LANES;
+    let row = wg.x * ROWS + li / LANES;
+    // out-of-range rows compute the last row and store nothing (all lanes reach the barrier)
     let rw = min(row, p.rows - 1u);
     let t0 = p.t_base + wg.y * {{TOKENS}}u;
-    //@S let sl = sid % 8u;
-    //@T let x# = (p.x_off + min(t0 + #u, p.n - 1u) * p.x_stride) / 4u;
+    //@T let x# = (p.x_off + min(t0 + #u, p.n - 1u) * p.x_stride) / 4u + lane;
     //@T var a# = 0.0;
     for (var b = 0u; b < p.cols / 32u; b++) {
-        let wv = wblock(rw, b);
-        //@T let c# = x# + b * 8u;
-        //@S //@T let v# = x[c# + sl];
-        //@S //@T a# = a# + dot(wv[0], subgroupBroadcast(v#, 0u)) + dot(wv[1], subgroupBroadcast(v#, 1u)) + dot(wv[2], subgroupBroadcast(v#, 2u)) + dot(wv[3], subgroupBroadcast(v#, 3u)) + dot(wv[4], subgroupBroadcast(v#, 4u)) + dot(wv[5], subgroupBroadcast(v#, 5u)) + dot(wv[6], subgroupBroadcast(v#, 6u)) + dot(wv[7], subgroupBroadcast(v#, 7u));
-        //@U //@T a# = a# + dot(wv[0], x[c#]) + dot(wv[1], x[c# + 1u]) + dot(wv[2], x[c# + 2u]) + dot(wv[3], x[c# + 3u]) + dot(wv[4], x[c# + 4u]) + dot(wv[5], x[c# + 5u]) + dot(wv[6], x[c# + 6u]) + dot(wv[7], x[c# + 7u]);
+        let wv = load4(rw, b * 32u + lane * 4u);
+        //@T a# = a# + dot(wv, x[x# + b * 8u]);
     }
-    if (row < p.rows) {
+    //@T part[# * 64u + li] = a#;
+    workgroupBarrier();
+    if (lane == 0u && row < p.rows) {
         var bv = 0.0;
         if ((p.mode & 2u) != 0u) {
             bv = bias[p.bias_off + row];
         }
-        //@T store(t0 + #u, row, a#, bv);
+        //@T store(t0 + #u, row, lanes_sum(# * 64u + li), bv);
     }
+}
+
+// lanes 0..7 of one row, in order
+fn lanes_sum(first: u32) -> f32 {
+    var s = part[first];
+    for (var l = 1u; l < LANES; l++) {
+        s = s + part[first + l];
+    }
+    return s;
 }
 
 fn store(t: u32, row: u32, a: f32, bv: f32) {

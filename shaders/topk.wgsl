@@ -1,5 +1,6 @@
 // The k best (logit, id) of each row, best first, lower id first on ties, NaN as -inf: k rounds
-// of a workgroup argmax over the entries ranked after the previous winner.
+// of a workgroup argmax over the entries ranked after the previous winner. One workgroup scans a
+// whole row (a vocabulary of 150k), so it takes the largest size WebGPU guarantees, 256.
 struct Params {
     vocab: u32,
     k: u32,
@@ -12,14 +13,14 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out_ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out_vals: array<f32>;
 
-var<workgroup> bv: array<f32, 64>;
-var<workgroup> bi: array<u32, 64>;
+var<workgroup> bv: array<f32, 256>;
+var<workgroup> bi: array<u32, 256>;
 
 fn better(v: f32, i: u32, w: f32, j: u32) -> bool {
     return v > w || (v == w && i < j);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let row = wg.x;
     let base = p.in_off + row * p.vocab;
@@ -30,7 +31,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var r = 0u; r < p.k; r++) {
         var best_v = neg_inf;
         var best_i = 0xffffffffu;
-        for (var i = li; i < p.vocab; i += 64u) {
+        for (var i = li; i < p.vocab; i += 256u) {
             var v = logits[base + i];
             if ((bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u) {
                 v = neg_inf;
@@ -44,7 +45,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         bv[li] = best_v;
         bi[li] = best_i;
         workgroupBarrier();
-        for (var s = 32u; s > 0u; s >>= 1u) {
+        for (var s = 128u; s > 0u; s >>= 1u) {
             if (li < s && better(bv[li + s], bi[li + s], bv[li], bi[li])) {
                 bv[li] = bv[li + s];
                 bi[li] = bi[li + s];

@@ -29,15 +29,3 @@ fn load_w(row: u32, c: u32) -> f32 {
     let v = load4(row, c & ~3u);
     return v[c % 4u];
 }
-// 32-column block `b` of `row` as 8 vec4 (columns 4j..4j+3 in element j); cols % 256 == 0
-fn wblock(row: u32, b: u32) -> array<vec4<f32>, 8> {
-    let base = k_base(row, b * 32u);
-    let j = b % 8u;
-    let s = k_scales(base, j);
-    var out: array<vec4<f32>, 8>;
-    for (var i = 0u; i < 4u; i++) {
-        out[i] = s.x * k_quants(base, j, i) + s.y;
-        out[i + 4u] = s.z * k_quants(base, j, i + 4u) + s.w;
-    }
-    return out;
-}

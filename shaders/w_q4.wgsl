@@ -45,26 +45,3 @@ fn load4(row: u32, c: u32) -> vec4<f32> {
     let q = (vec4<u32>(word) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xfu);
     return q4_value4(q4_params(blk), q | q_high4(q_high(blk), j));
 }
-// 32-column block `b` of `row` as 8 vec4 (columns 4j..4j+3 in element j); cols % 32 == 0
-fn wblock(row: u32, b: u32) -> array<vec4<f32>, 8> {
-    let blk = row * (p.cols / 32u) + b;
-    let s = q4_params(blk);
-    let h = q_high(blk);
-    let q = p.q_off + blk * QW + QW - 4u;
-    let w0 = w[q];
-    let w1 = w[q + 1u];
-    let w2 = w[q + 2u];
-    let w3 = w[q + 3u];
-    let sh = vec4<u32>(0u, 8u, 16u, 24u);
-    let lo = vec4<u32>(0xfu);
-    return array<vec4<f32>, 8>(
-        q4_value4(s, ((vec4<u32>(w0) >> sh) & lo) | q_high4(h, 0u)),
-        q4_value4(s, ((vec4<u32>(w1) >> sh) & lo) | q_high4(h, 4u)),
-        q4_value4(s, ((vec4<u32>(w2) >> sh) & lo) | q_high4(h, 8u)),
-        q4_value4(s, ((vec4<u32>(w3) >> sh) & lo) | q_high4(h, 12u)),
-        q4_value4(s, ((vec4<u32>(w0 >> 4u) >> sh) & lo) | q_high4(h, 16u)),
-        q4_value4(s, ((vec4<u32>(w1 >> 4u) >> sh) & lo) | q_high4(h, 20u)),
-        q4_value4(s, ((vec4<u32>(w2 >> 4u) >> sh) & lo) | q_high4(h, 24u)),
-        q4_value4(s, ((vec4<u32>(w3 >> 4u) >> sh) & lo) | q_high4(h, 28u)),
-    );
-}

@@ -17,22 +17,3 @@ fn load4(row: u32, c: u32) -> vec4<f32> {
     let dd = unpack2x16float(w[p.d_off + (blk >> 1u)]);
     return select(dd.x, dd.y, (blk & 1u) == 1u) * vec4<f32>(q);
 }
-// 32-column block `b` of `row` as 8 vec4 (columns 4j..4j+3 in element j); cols % 32 == 0
-fn wblock(row: u32, b: u32) -> array<vec4<f32>, 8> {
-    let blk = row * (p.cols / 32u) + b;
-    let dd = unpack2x16float(w[p.d_off + (blk >> 1u)]);
-    let d = select(dd.x, dd.y, (blk & 1u) == 1u);
-    let q = p.q_off + blk * 8u;
-    let sh = vec4<u32>(24u, 16u, 8u, 0u);
-    let r = vec4<u32>(24u);
-    return array<vec4<f32>, 8>(
-        d * vec4<f32>((vec4<i32>(bitcast<i32>(w[q + 0u])) << sh) >> r),
-        d * vec4<f32>((vec4<i32>(bitcast<i32>(w[q + 1u])) << sh) >> r),
-        d * vec4<f32>((vec4<i32>(bitcast<i32>(w[q + 2u])) << sh) >> r),
-        d * vec4<f32>((vec4<i32>(bitcast<i32>(w[q + 3u])) << sh) >> r),
-        d * vec4<f32>((vec4<i32>(bitcast<i32>(w[q + 4u])) << sh) >> r),
-        d * vec4<f32>((vec4<i32>(bitcast<i32>(w[q + 5u])) << sh) >> r),
-        d * vec4<f32>((vec4<i32>(bitcast<i32>(w[q + 6u])) << sh) >> r),
-        d * vec4<f32>((vec4<i32>(bitcast<i32>(w[q + 7u])) << sh) >> r),
-    );
-}

@@ -138,12 +138,10 @@ pub enum Kernel {
         vec4: bool,
     },
     /// The small-N kernel (cols % 32 == 0, vec4 activations): `tokens` per workgroup (one of
-    /// `MATVEC_TOKENS`); `subgroups`: activations shared by `subgroupBroadcast` (subgroups of at
-    /// least 8 invocations).
+    /// `MATVEC_TOKENS`).
     Matvec {
         format: WFormat,
         tokens: u32,
-        subgroups: bool,
     },
     Embed(WFormat),
     RmsNorm {
@@ -173,13 +171,7 @@ impl Kernel {
             });
             v.push(Kernel::Embed(f));
             for tokens in MATVEC_TOKENS {
-                for subgroups in [false, true] {
-                    v.push(Kernel::Matvec {
-                        format: f,
-                        tokens,
-                        subgroups,
-                    });
-                }
+                v.push(Kernel::Matvec { format: f, tokens });
             }
         }
         v.extend([
@@ -202,14 +194,7 @@ impl Kernel {
     }
 
     pub fn needs_subgroups(self) -> bool {
-        matches!(
-            self,
-            Kernel::RmsNorm { subgroups: true }
-                | Kernel::Matvec {
-                    subgroups: true,
-                    ..
-                }
-        )
+        matches!(self, Kernel::RmsNorm { subgroups: true })
     }
 
     /// The WGSL text of this variant.
@@ -219,16 +204,11 @@ impl Kernel {
             Kernel::Matmul { format, vec4 } => MATMUL
                 .replace("{{WEIGHTS}}", format.snippet())
                 .replace("{{VECTOR}}", if vec4 { VEC_VEC4 } else { VEC_SCALAR }),
-            Kernel::Matvec {
-                format,
-                tokens,
-                subgroups,
-            } => expand_slots(
+            Kernel::Matvec { format, tokens } => expand_slots(
                 &MATVEC
                     .replace("{{WEIGHTS}}", format.snippet())
                     .replace("{{TOKENS}}", &tokens.to_string()),
                 tokens,
-                subgroups,
             ),
             Kernel::Embed(f) => EMBED.replace("{{WEIGHTS}}", f.snippet()),
             Kernel::RmsNorm { subgroups } => RMSNORM.replace(
@@ -254,42 +234,24 @@ impl Kernel {
 /// Token tile sizes of the small-N matmul kernel.
 pub const MATVEC_TOKENS: [u32; 4] = [1, 2, 4, 8];
 
-/// Expands matvec.wgsl's tagged lines: `//@S ` kept with subgroups, `//@U ` without, `//@T `
-/// repeated for each of `tokens` slots with `#` replaced by the slot.
-fn expand_slots(src: &str, tokens: u32, subgroups: bool) -> String {
+/// Expands matvec.wgsl's lines tagged `//@T `: one copy for each of `tokens` slots, with `#`
+/// replaced by the slot.
+fn expand_slots(src: &str, tokens: u32) -> String {
     let mut out = String::with_capacity(src.len() * 2);
     for line in src.lines() {
         let indent = &line[..line.len() - line.trim_start().len()];
-        let mut rest = line.trim_start();
-        let mut keep = true;
-        let mut per_slot = false;
-        loop {
-            if let Some(r) = rest.strip_prefix("//@S ") {
-                keep &= subgroups;
-                rest = r;
-            } else if let Some(r) = rest.strip_prefix("//@U ") {
-                keep &= !subgroups;
-                rest = r;
-            } else if let Some(r) = rest.strip_prefix("//@T ") {
-                per_slot = true;
-                rest = r;
-            } else {
-                break;
+        match line.trim_start().strip_prefix("//@T ") {
+            Some(rest) => {
+                for t in 0..tokens {
+                    out.push_str(indent);
+                    out.push_str(&rest.replace('#', &t.to_string()));
+                    out.push('\n');
+                }
             }
-        }
-        if !keep {
-            continue;
-        }
-        if per_slot {
-            for t in 0..tokens {
-                out.push_str(indent);
-                out.push_str(&rest.replace('#', &t.to_string()));
+            None => {
+                out.push_str(line);
                 out.push('\n');
             }
-        } else {
-            out.push_str(indent);
-            out.push_str(rest);
-            out.push('\n');
         }
     }
     out

@@ -138,6 +138,22 @@ fn matmul_matches_cpu_for_every_format() {
     }
 }
 
+/// A matrix of more rows than one dispatch's 65535 workgroups cover (a large vocabulary's head)
+/// is split into chunks: every row is computed, the last ones too.
+#[test]
+fn matmul_covers_rows_beyond_one_dispatch() {
+    let Some(g) = gpu() else { return };
+    let mut rng = SamplerRng::new(12);
+    let rows = 65535 * 8 + 9;
+    let m = matrix(&mut rng, DType::Q8_0, rows, 32);
+    let gm = GpuMatrix::upload(&g, &m).unwrap();
+    for n in [1, 9] {
+        let x = randn(&mut rng, n * 32, 1.0);
+        let e = rel_err(&run_matmul(&g, &gm, &x, n), &cpu_matmul(&m, &x));
+        assert!(e < 1e-5, "n={n}: rel err {e}");
+    }
+}
+
 #[test]
 fn matmul_without_f16_matches_cpu() {
     let Some(g) = test_gpu(false, false, None) else {

@@ -10,8 +10,8 @@ use crate::gpu::shaders::Kernel;
 
 /// Fewest matmul rows per workgroup (matmul.wgsl, with 64 tokens per workgroup).
 pub(in crate::gpu) const MM_ROWS: usize = 8;
-/// Rows per workgroup of the small-N matmul kernel (matvec.wgsl).
-const MV_ROWS: usize = 64;
+/// Rows per workgroup of the small-N matmul kernel (matvec.wgsl: 8 lanes per row).
+const MV_ROWS: usize = 8;
 /// Largest token tile of the small-N matmul kernel (`shaders::MATVEC_TOKENS`).
 const MV_TILE: usize = 8;
 
@@ -76,12 +76,11 @@ impl Gpu {
             ]
         };
         if vec4 && m.cols.is_multiple_of(32) {
-            // subgroupBroadcast hands out the 8 vec4 of a block: subgroups of 8 or more
-            let subgroups = self.ctx.subgroups && self.ctx.info.subgroup_min_size >= 8;
             let full = a.n / MV_TILE;
             let rest = a.n % MV_TILE;
             check_groups(full, "matmul tokens")?;
             for c in &m.chunks {
+                // chunks hold at most MAX_GROUPS * MM_ROWS rows (matrix.rs), and MV_ROWS == MM_ROWS
                 let groups = c.rows.div_ceil(MV_ROWS) as u32;
                 check_groups(groups as usize, "matmul rows")?;
                 let mut tile = |tokens: usize, t_base: usize, tiles: usize| {
@@ -89,7 +88,6 @@ impl Gpu {
                         Kernel::Matvec {
                             format: m.format,
                             tokens: tokens as u32,
-                            subgroups,
                         },
                         &params(c, t_base as u32),
                         binds(c),
