@@ -423,9 +423,9 @@ mod gpu_bench {
             io: a.io_bandwidth.as_deref().map(parse_rate).transpose()?,
         };
         outln!("\n{} on {}", m.name, full.device_name())?;
-        // buffers the size of the weights (at least 64 MiB), so that a large GPU's cache does
-        // not hold them
-        let ceiling_bytes = (full_bytes as usize).max(64 << 20);
+        // buffers the size of the weights, so that a large GPU's cache (an H200's 60 MB L2)
+        // does not hold them, within 64..256 MiB: a phone holds the weights beside them
+        let ceiling_bytes = (full_bytes as usize).clamp(64 << 20, 256 << 20);
         let read_bw = roofline::read_bandwidth(full.gpu(), ceiling_bytes, 3)?;
         let copy_bw = roofline::copy_bandwidth(full.gpu(), ceiling_bytes, 3)?;
         let fma = roofline::fma_rate(full.gpu(), 3)?;
