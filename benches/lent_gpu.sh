@@ -4,13 +4,14 @@
 # ceilings and per-format matvec bandwidth, the pass cost over tree sizes with a per-kernel
 # profile, the speculation table, and fresh `llmcad generate` processes, interleaved.
 #
-#   here:  cargo build --release --all-targets; mkdir -p gpu-bin (ignored by git)
+#   here:  cargo build --release --all-targets; mkdir -p gpu-bin; echo /gpu-bin/ >> .git/info/exclude
 #          cp target/release/llmcad target/release/examples/synthetic_model gpu-bin/
 #          cp target/release/deps/gpu_kernels-<hash> gpu-bin/gpu_kernels; strip gpu-bin/*
-#   there: bash benches/lent_gpu.sh gpu-bin      (results under $OUT, default /tmp/lent-gpu)
+#   there: bash benches/lent_gpu.sh gpu-bin   (carry gpu-bin; results under $OUT, else /tmp/lent-gpu)
 #
-# PRESET (default qwen2.5-1.5b) picks the model shape, SHAPE (151936x1536) the matvec one; the device's Vulkan driver must be found
-# (VK_DRIVER_FILES). BENCHMARKS.md, "A real GPU", was measured this way.
+# PRESET (default qwen2.5-1.5b) picks the model's shape, SHAPE (151936x1536) the matvec's; the
+# device's Vulkan driver must be found (VK_DRIVER_FILES). BENCHMARKS.md, "A real GPU", was
+# measured this way.
 set -uo pipefail
 bin=$(cd "${1:?usage: lent_gpu.sh BIN_DIR}" && pwd)
 out=${OUT:-/tmp/lent-gpu}; preset=${PRESET:-qwen2.5-1.5b}; work=$(mktemp -d)
