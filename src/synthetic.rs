@@ -308,7 +308,7 @@ impl Gaussian {
         let len: usize = shape.iter().product();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut data = vec![0f32; len];
-        let mut uniforms = Vec::with_capacity(2 * CHUNK.min(len));
+        let mut uniforms = Vec::with_capacity(CHUNK.min(len));
         for out in data.chunks_mut(CHUNK) {
             uniforms.clear();
             for _ in 0..out.len() {

@@ -4,6 +4,7 @@
 //! max(weight bytes / read bandwidth, FLOPs / FMA rate).
 
 use super::buffers::Gpu;
+use super::ops::MAX_GROUPS;
 use super::recorder::Recorder;
 use crate::error::Result;
 use std::time::{Duration, Instant};
@@ -45,61 +46,59 @@ pub fn copy_bandwidth(g: &Gpu, bytes: usize, reps: usize) -> Result<f64> {
 pub fn read_bandwidth(g: &Gpu, bytes: usize, reps: usize) -> Result<f64> {
     let bytes = bytes.min(g.ctx.max_binding as usize) & !15;
     let src = g.buffer(bytes, "read src");
-    let (t, _, _) = stream_read(g, &src, bytes / 16, reps)?;
+    let (t, _) = stream_read(g, &src, bytes / 16, reps)?;
     Ok(bytes as f64 / t.as_secs_f64())
 }
 
 /// Runs read_peak.wgsl over the first `vec4s` 16-byte words of `src`; returns its best time and
-/// the buffer of per-invocation XORs, whose XOR is that of the words read.
+/// the buffer of per-invocation XORs (one u32 each), whose XOR is that of the words read.
 pub(crate) fn stream_read(
     g: &Gpu,
     src: &wgpu::Buffer,
     vec4s: usize,
     reps: usize,
-) -> Result<(Duration, wgpu::Buffer, usize)> {
+) -> Result<(Duration, wgpu::Buffer)> {
     // about 16 words per invocation: enough loads in flight, few enough groups to launch
-    let groups = (vec4s / (256 * 16)).clamp(1, 65535) as u32;
-    let invocations = groups as usize * 256;
-    let out = g.buffer(invocations * 4, "read out");
+    let groups = (vec4s / (256 * 16)).clamp(1, MAX_GROUPS as usize) as u32;
+    let out = g.buffer(groups as usize * 256 * 4, "read out");
     let src = wgpu::BufferBinding {
         buffer: src,
         offset: 0,
         size: std::num::NonZeroU64::new((vec4s * 16) as u64),
     };
-    let kernel = Kernel::new(
+    let kernel = Probe::new(
         g,
         READ_PEAK,
         "read_peak",
         &[src, out.as_entire_buffer_binding()],
     );
     let t = kernel.time(g, groups, reps)?;
-    Ok((t, out, invocations))
+    Ok((t, out))
 }
 
 /// FLOP/s of an FMA-bound kernel (best of `reps`), on a grid grown until one launch runs for
 /// milliseconds, so that launch overhead does not hide a large GPU's rate.
 pub fn fma_rate(g: &Gpu, reps: usize) -> Result<f64> {
-    let most = 65535u32;
-    let out = g.buffer(most as usize * 64 * 4, "fma out");
-    let kernel = Kernel::new(g, FMA_PEAK, "fma_peak", &[out.as_entire_buffer_binding()]);
+    let out = g.buffer(MAX_GROUPS as usize * 64 * 4, "fma out");
+    let kernel = Probe::new(g, FMA_PEAK, "fma_peak", &[out.as_entire_buffer_binding()]);
     let mut groups = 64u32;
     loop {
         let t = kernel.time(g, groups, reps)?;
-        if t >= Duration::from_millis(5) || groups == most {
+        if t >= Duration::from_millis(5) || groups == MAX_GROUPS {
             return Ok(groups as f64 * 64.0 * FLOPS_PER_INVOCATION / t.as_secs_f64());
         }
-        groups = (groups * 4).min(most);
+        groups = (groups * 4).min(MAX_GROUPS);
     }
 }
 
-/// One compute pipeline with its bind group (buffers at bindings 0, 1, ...).
-struct Kernel {
+/// One microbenchmark's compute pipeline with its bind group (buffers at bindings 0, 1, ...).
+struct Probe {
     pipe: wgpu::ComputePipeline,
     bind: wgpu::BindGroup,
 }
 
-impl Kernel {
-    fn new(g: &Gpu, source: &str, label: &str, buffers: &[wgpu::BufferBinding]) -> Kernel {
+impl Probe {
+    fn new(g: &Gpu, source: &str, label: &str, buffers: &[wgpu::BufferBinding]) -> Probe {
         let dev = &g.ctx.device;
         let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(label),
@@ -126,7 +125,7 @@ impl Kernel {
             layout: &pipe.get_bind_group_layout(0),
             entries: &entries,
         });
-        Kernel { pipe, bind }
+        Probe { pipe, bind }
     }
 
     /// Best time of one launch of `groups` workgroups, each waited for.

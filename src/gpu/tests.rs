@@ -673,8 +673,10 @@ fn read_ceiling_kernel_reads_every_word() {
             .map(|_| (rng.uniform() * u32::MAX as f64) as u32)
             .collect();
         let src = g.upload(&words, "words");
-        let (t, out, n) = roofline::stream_read(&g, &src, vec4s, 1).unwrap();
-        let got = g.run_and_read(Recorder::default(), &out, 0, n * 4).unwrap();
+        let (t, out) = roofline::stream_read(&g, &src, vec4s, 1).unwrap();
+        let got = g
+            .run_and_read(Recorder::default(), &out, 0, out.size() as usize)
+            .unwrap();
         let got = bytemuck::pod_collect_to_vec::<u8, u32>(&got)
             .into_iter()
             .fold(0, |a, w| a ^ w);
