@@ -12,7 +12,10 @@
 //!
 //! Decoding reads the 16 rows with gathers: a dword of 4 bytes from each row lands in its lane.
 //! The weights of a dword come out as pairs (k, k+2) and (k+1, k+3); the activations are
-//! reordered once per call to match (`permute`).
+//! reordered once per call to match, and interleaved by token, so that the tokens of a pass
+//! take their pairs at fixed displacements from one pointer (`permute`). Q6_K's weights are
+//! multiplied by their scales while decoding from three tokens on, so that each token's sums need
+//! no further integer work.
 //!
 //! Types without a kernel here (Q5_1, Q5_K, Q8_K, Q2_K, Q3_K) keep the AVX2 kernels, whose
 //! results are also the same at every T.
@@ -45,15 +48,23 @@ pub fn supports(dtype: DType) -> bool {
 
 /// One block of 16 rows, decoded: for sub-block j, `w[j][p]` holds pair p of every row's i16
 /// weights (pairs 0..8 are values 0..16, pairs 8..16 values 16..32, each pair in the order
-/// `permute` gives the activations), `d[j]` and `m[j]` the rows' sub-block scale and minimum,
-/// and for Q6_K `sc[j][h]` the rows' integer scales of values 16h..16h+16 (its weights are left
-/// as the raw codes 0..64: the scales and the offset of 32 are applied to the integer sums).
+/// `permute` gives the activations), `d[j]` and `m[j]` the rows' sub-block scale and minimum.
+///
+/// Q6_K has two forms. `scaled`: the weights are already multiplied by their integer scale (one
+/// per 16 values) and offset, which costs two operations per pair vector and none per token.
+/// Otherwise they are the raw codes 0..64 and `sc[j][h]` the rows' integer scales of values
+/// 16h..16h+16: the scales and the offset of 32 are applied to each token's integer sums, which
+/// is cheaper for one or two tokens.
 struct Decoded {
     w: [[__m512i; 16]; 8],
     d: [__m512; 8],
     m: [__m512; 8],
     sc: [[__m512i; 2]; 8],
+    scaled: bool,
 }
+
+/// Below this many tokens, Q6_K keeps its raw codes (see `Decoded`).
+const Q6_K_SCALED_FROM: usize = 3;
 
 /// Bytes of one block of `dtype`.
 pub(super) const fn block_bytes(dtype: DType) -> usize {
@@ -321,28 +332,24 @@ unsafe fn small_block<const K: u8>(
 
 /// The blocks of 32 values for N ≤ 8 tokens: each pair vector goes straight into the dots of
 /// every token, never through memory. Same integer sums and float steps as `decode` +
-/// `sub_block`. Per token: `a`, its permuted activations of this block; `da`, `sa`, its scale
-/// and scaled sum (pointers, as `q4_k_direct` takes them).
+/// `sub_block`. `at`: where this block's activations start for the first of the N tokens
+/// (see `Permuted`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn small_direct<const K: u8, const N: usize>(
     base: *const u8,
     offs: &[i32; G],
-    a: [*const i32; N],
-    da: [*const f32; N],
-    sa: [*const f32; N],
+    at: Interleaved,
     acc: &mut [__m512],
 ) {
     let mut sums = [_mm512_setzero_si512(); N];
     let (d, m) = small_block::<K>(base, offs, &mut |p, w| {
-        for t in 0..N {
-            sums[t] = dot_pairs(sums[t], w, a[t].add(p));
-        }
+        dot_pairs(&mut sums, w, at.pair(p));
     });
     let m_set = _mm512_cmpneq_ps_mask(m, _mm512_setzero_ps());
     for t in 0..N {
         let f = _mm512_cvtepi32_ps(sums[t]);
-        acc[t] = add_sub_block::<K>(acc[t], d, m, m_set, f, *da[t], *sa[t]);
+        acc[t] = add_sub_block::<K>(acc[t], d, m, m_set, f, at.d(0, t), at.s(0, t));
     }
 }
 
@@ -350,6 +357,7 @@ unsafe fn small_direct<const K: u8, const N: usize>(
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decoded) {
+    let scaled = out.scaled;
     let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
     let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
     let dtype = dtype_of(K);
@@ -373,15 +381,48 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decode
         _ => {
             let (d, sc) = q6_k_scales(base, rows);
             (out.d, out.sc) = ([d; 8], sc);
-            let mask = _mm512_set1_epi32(0x003f_003f);
-            for n in 0..2 {
-                for (g, codes) in q6_k_codes(&p, n).into_iter().enumerate() {
-                    for (k, q) in codes.into_iter().enumerate() {
-                        let w = &mut out.w[4 * n + k];
-                        w[2 * g] = _mm512_and_si512(q, mask);
-                        w[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi32::<8>(q), mask);
+            if scaled {
+                q6_k_weights::<true>(&p, &sc, &mut out.w)
+            } else {
+                q6_k_weights::<false>(&p, &sc, &mut out.w)
+            }
+        }
+    }
+}
+
+/// The weights of the Q6_K blocks at `p` in `Decoded`'s pairs: the raw codes, or (`SCALED`)
+/// (code − 32)·scale, at most 32·128 in magnitude, an i16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q6_k_weights<const SCALED: bool>(
+    p: &[*const u8; G],
+    sc: &[[__m512i; 2]; 8],
+    w: &mut [[__m512i; 16]; 8],
+) {
+    let (mask, low) = (_mm512_set1_epi32(0x003f_003f), _mm512_set1_epi32(0xffff));
+    for n in 0..2 {
+        let (l0, l1, hb) = (
+            lanes8(p, 64 * n),
+            lanes8(p, 64 * n + 32),
+            lanes8(p, 128 + 32 * n),
+        );
+        for g in 0..8 {
+            for (k, q) in q6_k_codes(l0[g], l1[g], hb[g]).into_iter().enumerate() {
+                let j = 4 * n + k;
+                let weight = |v: __m512i| {
+                    let code = _mm512_and_si512(v, mask);
+                    if !SCALED {
+                        return code;
                     }
-                }
+                    // pairs 0..8 hold values 0..16 of the sub-block, the rest 16..32; the
+                    // scale goes into both i16 of its lane
+                    let s = sc[j][g / 4];
+                    let scale =
+                        _mm512_or_si512(_mm512_and_si512(s, low), _mm512_slli_epi32::<16>(s));
+                    _mm512_mullo_epi16(_mm512_sub_epi16(code, _mm512_set1_epi16(32)), scale)
+                };
+                w[j][2 * g] = weight(q);
+                w[j][2 * g + 1] = weight(_mm512_srli_epi32::<8>(q));
             }
         }
     }
@@ -406,27 +447,23 @@ unsafe fn q6_k_scales(base: *const u8, rows: __m512i) -> (__m512, [[__m512i; 2];
     (d, sc)
 }
 
-/// The 6-bit codes of half `n` (sub-blocks 4n..4n+4) of the Q6_K blocks at `p`, rows in lanes:
-/// `[g][k]` holds values 4g..4g+4 of sub-block 4n + k, one per byte, in bits 0..6 (bits 6..8
-/// are left for the caller to clear).
+/// The 6-bit codes of values 4g..4g+4 of sub-blocks 4n..4n+4 of 16 Q6_K blocks, from dword g
+/// of their `ql` at bytes 64n and 64n + 32 and of their `qh` at 128 + 32n (as `lanes8` gives
+/// them): `[k]` holds sub-block 4n + k, one code per byte in bits 0..6 (bits 6..8 are left for
+/// the caller to clear).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn q6_k_codes(p: &[*const u8; G], n: usize) -> [[__m512i; 4]; 8] {
+unsafe fn q6_k_codes(l0: __m512i, l1: __m512i, hb: __m512i) -> [__m512i; 4] {
     // bits 0..4 of a code from `ql`, bits 4..6 from `qh`
     let select = |lo: __m512i, hi: __m512i| {
         _mm512_ternarylogic_epi32::<0xE4>(lo, hi, _mm512_set1_epi32(0x0f0f_0f0f))
     };
-    let (l0s, l1s) = (lanes8(p, 64 * n), lanes8(p, 64 * n + 32));
-    let hbs = lanes8(p, 128 + 32 * n);
-    std::array::from_fn(|g| {
-        let (l0, l1, hb) = (l0s[g], l1s[g], hbs[g]);
-        [
-            select(l0, _mm512_slli_epi32::<4>(hb)),
-            select(l1, _mm512_slli_epi32::<2>(hb)),
-            select(_mm512_srli_epi32::<4>(l0), hb),
-            select(_mm512_srli_epi32::<4>(l1), _mm512_srli_epi32::<2>(hb)),
-        ]
-    })
+    [
+        select(l0, _mm512_slli_epi32::<4>(hb)),
+        select(l1, _mm512_slli_epi32::<2>(hb)),
+        select(_mm512_srli_epi32::<4>(l0), hb),
+        select(_mm512_srli_epi32::<4>(l1), _mm512_srli_epi32::<2>(hb)),
+    ]
 }
 
 // Type codes for the const-generic kernels.
@@ -450,14 +487,19 @@ pub(super) const fn dtype_of(k: u8) -> DType {
 
 /// The activations of one call, reordered to meet `Decoded`'s pairs: per block of 32, i16
 /// values (0, 2, 1, 3, 4, 6, 5, 7, ...), so that dword p holds the pair weight pair p meets.
-/// Also the sums of each 16 values (`sums`), which Q6_K's offset needs.
+/// Every table is interleaved by token (`pairs[i * n_t + t]` is pair i of token t), so that the
+/// tokens of a pass find their operands at fixed displacements from one pointer instead of an
+/// address each. Also the sums of each 16 values (`sums`), which Q6_K's raw codes need, and
+/// each block's scale and scaled sum (`d`, `s`).
 struct Permuted {
     pairs: Vec<i32>,
     sums: Vec<i32>,
+    d: Vec<f32>,
+    s: Vec<f32>,
 }
 
 fn permute<Q: ActInt>(acts: &QActs<Q>, out: &mut Permuted) {
-    let n = acts.qs.len();
+    let (n, n_t) = (acts.qs.len(), acts.rows());
     out.pairs.resize(n / 2, 0);
     out.sums.resize(n / 16, 0);
     // SAFETY: the caller checked `available()`; the buffers hold n values (i16 pairs in
@@ -466,32 +508,102 @@ fn permute<Q: ActInt>(acts: &QActs<Q>, out: &mut Permuted) {
         permute_k::<Q>(
             acts.qs.as_ptr() as *const u8,
             n,
+            n_t,
             out.pairs.as_mut_ptr(),
             out.sums.as_mut_ptr(),
         )
     }
+    let nb = n / QK / n_t.max(1);
+    let interleave = |from: &[f32], to: &mut Vec<f32>| {
+        to.resize(from.len(), 0.0);
+        for (t, row) in from.chunks_exact(nb).enumerate() {
+            for (b, &v) in row.iter().enumerate() {
+                to[b * n_t + t] = v;
+            }
+        }
+    };
+    interleave(&acts.d, &mut out.d);
+    interleave(&acts.s, &mut out.s);
 }
 
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn permute_k<Q: ActInt>(qs: *const u8, n: usize, out: *mut i32, sums: *mut i32) {
+unsafe fn permute_k<Q: ActInt>(qs: *const u8, n: usize, n_t: usize, out: *mut i32, sums: *mut i32) {
     let order: [i16; 32] = std::array::from_fn(|i| {
         let i = i as i16;
         (i & !3) | [0, 2, 1, 3][i as usize & 3]
     });
     let idx = _mm512_loadu_si512(order.as_ptr() as *const _);
-    for b in 0..n / QK {
+    // dword i of a block goes to pair i·n_t of its token
+    let spread = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(n_t as i32),
+    );
+    let nb = n / QK / n_t.max(1);
+    for i in 0..n / QK {
+        let (t, b) = (i / nb, i % nb);
         let v = if Q::WIDE {
-            _mm512_loadu_si512(qs.add(2 * QK * b) as *const _)
+            _mm512_loadu_si512(qs.add(2 * QK * i) as *const _)
         } else {
-            _mm512_cvtepi8_epi16(_mm256_loadu_si256(qs.add(QK * b) as *const __m256i))
+            _mm512_cvtepi8_epi16(_mm256_loadu_si256(qs.add(QK * i) as *const __m256i))
         };
-        _mm512_storeu_si512(
-            out.add(QK / 2 * b) as *mut _,
-            _mm512_permutexvar_epi16(idx, v),
-        );
+        let pairs = _mm512_permutexvar_epi16(idx, v);
+        let to = out.add(QK / 2 * b * n_t + t);
+        if n_t == 1 {
+            _mm512_storeu_si512(to as *mut _, pairs);
+        } else {
+            _mm512_i32scatter_epi32::<4>(to as *mut _, spread, pairs);
+        }
         let pair_sums = _mm512_madd_epi16(v, _mm512_set1_epi16(1));
-        *sums.add(2 * b) = _mm512_mask_reduce_add_epi32(0x00ff, pair_sums);
-        *sums.add(2 * b + 1) = _mm512_mask_reduce_add_epi32(0xff00, pair_sums);
+        *sums.add(2 * b * n_t + t) = _mm512_mask_reduce_add_epi32(0x00ff, pair_sums);
+        *sums.add((2 * b + 1) * n_t + t) = _mm512_mask_reduce_add_epi32(0xff00, pair_sums);
+    }
+}
+
+/// Where one block's (or sub-block's) activations start for the first of a run of tokens, in
+/// the interleaved tables of `Permuted`.
+#[derive(Clone, Copy)]
+struct Interleaved {
+    pairs: *const i32,
+    sums: *const i32,
+    d: *const f32,
+    s: *const f32,
+    n_t: usize,
+}
+
+impl Interleaved {
+    /// Sub-block `b` (of 32 values) for tokens `t..` of `perm`, `n_t` tokens in all.
+    fn new(perm: &Permuted, n_t: usize, b: usize, t: usize) -> Self {
+        Interleaved {
+            pairs: perm.pairs[QK / 2 * b * n_t + t..].as_ptr(),
+            sums: perm.sums[2 * b * n_t + t..].as_ptr(),
+            d: perm.d[b * n_t + t..].as_ptr(),
+            s: perm.s[b * n_t + t..].as_ptr(),
+            n_t,
+        }
+    }
+
+    /// Pair `p` from the start (sub-block p / 16), for the first token; the next tokens follow.
+    #[inline(always)]
+    unsafe fn pair(self, p: usize) -> *const i32 {
+        self.pairs.add(p * self.n_t)
+    }
+
+    /// The scale of sub-block `j` from the start, for token `t` of the run.
+    #[inline(always)]
+    unsafe fn d(self, j: usize, t: usize) -> f32 {
+        *self.d.add(j * self.n_t + t)
+    }
+
+    /// The scaled sum of sub-block `j` from the start, for token `t` of the run.
+    #[inline(always)]
+    unsafe fn s(self, j: usize, t: usize) -> f32 {
+        *self.s.add(j * self.n_t + t)
+    }
+
+    /// The sum of values 16h..16h+16 of the first sub-block, for token `t` of the run.
+    #[inline(always)]
+    unsafe fn sum16(self, h: usize, t: usize) -> i32 {
+        *self.sums.add(h * self.n_t + t)
     }
 }
 
@@ -500,62 +612,55 @@ thread_local! {
         RefCell::new(Permuted {
             pairs: Vec::new(),
             sums: Vec::new(),
+            d: Vec::new(),
+            s: Vec::new(),
         })
     };
 }
 
 /// What one sub-block adds to N tokens' accumulators: the exact integer sums of 16 rows, then
-/// `scalar::add_sub_block`'s float steps for each row.
-///
-/// Per token: `a`, its permuted activations of the sub-block; `sums`, their sums per 16; `da`
-/// and `sa`, their scale and scaled sum.
+/// `scalar::add_sub_block`'s float steps for each row. `at`: the sub-block's activations for
+/// the first of the N tokens.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn sub_block<const K: u8, const N: usize>(
     dec: &Decoded,
     j: usize,
-    a: [*const i32; N],
-    sums: [*const i32; N],
-    da: [f32; N],
-    sa: [f32; N],
+    at: Interleaved,
     acc: &mut [__m512],
 ) {
     let (w, d, m) = (&dec.w[j], dec.d[j], dec.m[j]);
     let mut halves = [[_mm512_setzero_si512(); N]; 2];
     for (h, hs) in halves.iter_mut().enumerate() {
         for (p, &wp) in w.iter().enumerate().skip(8 * h).take(8) {
-            for t in 0..N {
-                hs[t] = dot_pairs(hs[t], wp, a[t].add(p));
-            }
+            dot_pairs(hs, wp, at.pair(p));
         }
     }
     let m_set = _mm512_cmpneq_ps_mask(m, _mm512_setzero_ps());
     for t in 0..N {
-        let f = if K == Q6_K {
-            q6_k_isum(
-                dec.sc[j],
-                [halves[0][t], halves[1][t]],
-                [*sums[t], *sums[t].add(1)],
-            )
+        let f = if K == Q6_K && dec.scaled {
+            halves_sum(halves[0][t], halves[1][t])
+        } else if K == Q6_K {
+            let sums = [at.sum16(0, t), at.sum16(1, t)];
+            let [x, y] = [0, 1].map(|h| {
+                // Σq·a = Σcode·a − 32·Σa, then times the scale (both fit i32)
+                let off = _mm512_slli_epi32::<5>(_mm512_set1_epi32(sums[h]));
+                _mm512_mullo_epi32(dec.sc[j][h], _mm512_sub_epi32(halves[h][t], off))
+            });
+            halves_sum(x, y)
         } else {
             _mm512_cvtepi32_ps(_mm512_add_epi32(halves[0][t], halves[1][t]))
         };
-        acc[t] = add_sub_block::<K>(acc[t], d, m, m_set, f, da[t], sa[t]);
+        acc[t] = add_sub_block::<K>(acc[t], d, m, m_set, f, at.d(0, t), at.s(0, t));
     }
 }
 
-/// A Q6_K sub-block's integer sum for 16 rows, as f32: `halves` are the sums of the raw codes
-/// times the activations per 16 values, `sums` the activations' sums. The codes are q + 32, so
-/// Σq·a = Σcode·a − 32·Σa per 16, then times its scale `sc` (both fit i32); the two halves' sum
-/// may not: through i64 where it overflows (never with real activations, so kept out of the
-/// way).
+/// A Q6_K sub-block's integer sum for 16 rows, as f32, from the scaled sums of its two halves
+/// (each fits i32 for activations within ±32767, as the quantizer makes them). Their sum may
+/// not: through i64 where it overflows (never with real activations, so kept out of the way).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn q6_k_isum(sc: [__m512i; 2], halves: [__m512i; 2], sums: [i32; 2]) -> __m512 {
-    let [x, y] = [0, 1].map(|h| {
-        let off = _mm512_slli_epi32::<5>(_mm512_set1_epi32(sums[h]));
-        _mm512_mullo_epi32(sc[h], _mm512_sub_epi32(halves[h], off))
-    });
+unsafe fn halves_sum(x: __m512i, y: __m512i) -> __m512 {
     let isum = _mm512_add_epi32(x, y);
     let over = _mm512_cmplt_epi32_mask(
         _mm512_and_si512(_mm512_xor_si512(x, isum), _mm512_xor_si512(y, isum)),
@@ -594,17 +699,13 @@ pub(super) unsafe fn add_sub_block<const K: u8>(
 
 /// Q4_K for N ≤ 8 tokens: the weights go from the nibbles straight into the dots of every
 /// token, never through memory. Same integer sums and float steps as `decode` + `sub_block`.
-///
-/// Per token: `a`, its permuted activations from this block's first sub-block; `da`, `sa`, its
-/// scales and scaled sums from there.
+/// `at`: the activations of this block's first sub-block for the first of the N tokens.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn q4_k_direct<const N: usize>(
     base: *const u8,
     offs: &[i32; G],
-    a: [*const i32; N],
-    da: [*const f32; N],
-    sa: [*const f32; N],
+    at: Interleaved,
     acc: &mut [__m512],
 ) {
     let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
@@ -617,11 +718,9 @@ unsafe fn q4_k_direct<const N: usize>(
         for (g, &vg) in v.iter().enumerate() {
             for (h, shift) in [0, 4].into_iter().enumerate() {
                 let pairs = nibble_pairs(vg, shift);
-                let at = (2 * n + h) * QK / 2 + 2 * g;
-                for t in 0..N {
-                    let x = dot_pairs(sums[h][t], pairs[0], a[t].add(at));
-                    sums[h][t] = dot_pairs(x, pairs[1], a[t].add(at + 1));
-                }
+                let first = (2 * n + h) * QK / 2 + 2 * g;
+                dot_pairs(&mut sums[h], pairs[0], at.pair(first));
+                dot_pairs(&mut sums[h], pairs[1], at.pair(first + 1));
             }
         }
         for (h, hs) in sums.iter().enumerate() {
@@ -629,35 +728,49 @@ unsafe fn q4_k_direct<const N: usize>(
             let m_set = _mm512_cmpneq_ps_mask(m[j], _mm512_setzero_ps());
             for t in 0..N {
                 let f = _mm512_cvtepi32_ps(hs[t]);
-                acc[t] = add_sub_block::<Q4_K>(
-                    acc[t],
-                    d[j],
-                    m[j],
-                    m_set,
-                    f,
-                    *da[t].add(j),
-                    *sa[t].add(j),
-                );
+                acc[t] =
+                    add_sub_block::<Q4_K>(acc[t], d[j], m[j], m_set, f, at.d(j, t), at.s(j, t));
             }
         }
     }
 }
 
-/// `acc` plus, per lane, the two i16 products of `w` with the pair at `a` (broadcast): one
-/// `vpdpwssd` with a memory operand, written out because the compiler splits the intrinsic into
-/// `vpmaddwd` + `vpaddd` for CPUs it does not know to have a fast one.
+/// `acc[t]` plus, per lane, the two i16 products of `w` with pair t at `a` (broadcast), for N
+/// tokens whose pairs lie side by side: one `vpdpwssd` per token with a memory operand at a
+/// fixed displacement. Written out because the compiler splits the intrinsic into `vpmaddwd` +
+/// `vpaddd` for CPUs it does not know to have a fast one, and an operand of its own per token
+/// would cost an address computation per instruction.
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn dot_pairs(acc: __m512i, w: __m512i, a: *const i32) -> __m512i {
-    let mut acc = acc;
-    std::arch::asm!(
-        "vpdpwssd {acc}, {w}, dword ptr [{a}]{{1to16}}",
-        acc = inout(zmm_reg) acc,
-        w = in(zmm_reg) w,
-        a = in(reg) a,
-        options(pure, readonly, nostack, preserves_flags)
-    );
-    acc
+unsafe fn dot_pairs<const N: usize>(acc: &mut [__m512i; N], w: __m512i, a: *const i32) {
+    macro_rules! vnni {
+        ($k:expr; $($x:ident $i:literal $off:literal),+) => {
+            std::arch::asm!(
+                $(concat!("vpdpwssd {", stringify!($x), "}, {w}, dword ptr [{a} + ",
+                    stringify!($off), "]{{1to16}}"),)+
+                w = in(zmm_reg) w,
+                a = in(reg) a.add($k),
+                $($x = inout(zmm_reg) acc[$k + $i],)+
+                options(pure, readonly, nostack, preserves_flags)
+            )
+        };
+    }
+    let mut k = 0;
+    while k + 8 <= N {
+        vnni!(k; x0 0 0, x1 1 4, x2 2 8, x3 3 12, x4 4 16, x5 5 20, x6 6 24, x7 7 28);
+        k += 8;
+    }
+    if k + 4 <= N {
+        vnni!(k; x0 0 0, x1 1 4, x2 2 8, x3 3 12);
+        k += 4;
+    }
+    if k + 2 <= N {
+        vnni!(k; x0 0 0, x1 1 4);
+        k += 2;
+    }
+    if k < N {
+        vnni!(k; x0 0 0);
+    }
 }
 
 /// `f32(x + y)` per lane with the sum taken in i64.
@@ -722,12 +835,12 @@ unsafe fn matmul_k<const K: u8, Q: ActInt>(
     let cols = acts.cols;
     let (nb, n_t) = (cols / QK, acts.rows());
     let wp = w.as_ptr();
-    let (dp, sp) = (acts.d.as_ptr(), acts.s.as_ptr());
     let mut dec = Decoded {
         w: [[_mm512_setzero_si512(); 16]; 8],
         d: [_mm512_setzero_ps(); 8],
         m: [_mm512_setzero_ps(); 8],
         sc: [[_mm512_setzero_si512(); 2]; 8],
+        scaled: false,
     };
     let mut acc = [_mm512_setzero_ps(); TMAX];
     let mut r0 = rows.start;
@@ -738,6 +851,7 @@ unsafe fn matmul_k<const K: u8, Q: ActInt>(
         let group = wp.add(r0 * rb);
         for t0 in (0..n_t).step_by(TMAX) {
             let nt = TMAX.min(n_t - t0);
+            dec.scaled = nt >= Q6_K_SCALED_FROM;
             acc[..nt].fill(_mm512_setzero_ps());
             let blocks = nb / per;
             for i in 0..blocks {
@@ -751,20 +865,14 @@ unsafe fn matmul_k<const K: u8, Q: ActInt>(
                 }
                 if nt <= 8 && K != Q6_K {
                     // the weights go straight into the dots (Q4_K and the blocks of 32)
-                    let b = i * per;
+                    let at = Interleaved::new(perm, n_t, i * per, t0);
                     macro_rules! direct {
                         ($n:literal) => {{
-                            let tt: [usize; $n] = std::array::from_fn(|k| t0 + k);
-                            let a = tt.map(|t| perm.pairs.as_ptr().add(t * cols / 2 + b * QK / 2));
-                            let (da, sa) = (
-                                tt.map(|t| dp.add(t * nb + b)),
-                                tt.map(|t| sp.add(t * nb + b)),
-                            );
                             let blk = group.add(i * bb);
                             if K == Q4_K {
-                                q4_k_direct::<$n>(blk, &offs, a, da, sa, &mut acc)
+                                q4_k_direct::<$n>(blk, &offs, at, &mut acc)
                             } else {
-                                small_direct::<K, $n>(blk, &offs, a, da, sa, &mut acc)
+                                small_direct::<K, $n>(blk, &offs, at, &mut acc)
                             }
                         }};
                     }
@@ -787,18 +895,10 @@ unsafe fn matmul_k<const K: u8, Q: ActInt>(
                     while t < nt {
                         let left = nt - t;
                         let accs = &mut acc[t..];
+                        let at = Interleaved::new(perm, n_t, b, t0 + t);
                         macro_rules! run {
                             ($n:literal) => {{
-                                let (mut a, mut sums) =
-                                    ([std::ptr::null(); $n], [std::ptr::null(); $n]);
-                                let (mut da, mut sa) = ([0f32; $n], [0f32; $n]);
-                                for i in 0..$n {
-                                    let tt = t0 + t + i;
-                                    a[i] = perm.pairs.as_ptr().add(tt * cols / 2 + b * QK / 2);
-                                    sums[i] = perm.sums.as_ptr().add(tt * cols / 16 + 2 * b);
-                                    (da[i], sa[i]) = (*dp.add(tt * nb + b), *sp.add(tt * nb + b));
-                                }
-                                sub_block::<K, $n>(&dec, j, a, sums, da, sa, accs);
+                                sub_block::<K, $n>(&dec, j, at, accs);
                                 $n
                             }};
                         }
