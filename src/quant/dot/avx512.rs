@@ -500,6 +500,10 @@ struct Permuted {
 
 fn permute<Q: ActInt>(acts: &QActs<Q>, out: &mut Permuted) {
     let (n, n_t) = (acts.qs.len(), acts.rows());
+    if n == 0 {
+        return;
+    }
+    let nb = n / QK / n_t;
     out.pairs.resize(n / 2, 0);
     out.sums.resize(n / 16, 0);
     // SAFETY: the caller checked `available()`; the buffers hold n values (i16 pairs in
@@ -507,13 +511,12 @@ fn permute<Q: ActInt>(acts: &QActs<Q>, out: &mut Permuted) {
     unsafe {
         permute_k::<Q>(
             acts.qs.as_ptr() as *const u8,
-            n,
             n_t,
+            nb,
             out.pairs.as_mut_ptr(),
             out.sums.as_mut_ptr(),
         )
     }
-    let nb = n / QK / n_t.max(1);
     let interleave = |from: &[f32], to: &mut Vec<f32>| {
         to.resize(from.len(), 0.0);
         for (t, row) in from.chunks_exact(nb).enumerate() {
@@ -527,7 +530,13 @@ fn permute<Q: ActInt>(acts: &QActs<Q>, out: &mut Permuted) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn permute_k<Q: ActInt>(qs: *const u8, n: usize, n_t: usize, out: *mut i32, sums: *mut i32) {
+unsafe fn permute_k<Q: ActInt>(
+    qs: *const u8,
+    n_t: usize,
+    nb: usize,
+    out: *mut i32,
+    sums: *mut i32,
+) {
     let order: [i16; 32] = std::array::from_fn(|i| {
         let i = i as i16;
         (i & !3) | [0, 2, 1, 3][i as usize & 3]
@@ -538,8 +547,7 @@ unsafe fn permute_k<Q: ActInt>(qs: *const u8, n: usize, n_t: usize, out: *mut i3
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(n_t as i32),
     );
-    let nb = n / QK / n_t.max(1);
-    for i in 0..n / QK {
+    for i in 0..n_t * nb {
         let (t, b) = (i / nb, i % nb);
         let v = if Q::WIDE {
             _mm512_loadu_si512(qs.add(2 * QK * i) as *const _)

@@ -719,7 +719,7 @@ mod tests {
             let (rows, nblk) = (37usize, 3usize);
             let cols = nblk * dtype.block_len();
             let w = random_blocks(dtype, rng, rows * nblk);
-            for n_t in [1usize, 2, 3, 5, 8, 13, 16, 19, 33, 70] {
+            for n_t in [0usize, 1, 2, 3, 5, 8, 13, 16, 19, 33, 70] {
                 let nb = n_t * cols / QK;
                 let a = QActs {
                     cols,
