@@ -10,7 +10,8 @@
 # PROMPTS (default 12), TOKENS (128) and THREADS (2) change the run; CHAT=1 sends each prompt
 # as a chat turn (llmcad --chat; llama.cpp gets the same turn in Qwen's chat format), MODES
 # picks llmcad's modes (default "none default chain-k4"; also "default-q4": the drafter
-# requantized to Q4_0 and kept in the cache directory) and LLAMA_K llama.cpp's draft lengths
+# requantized to Q4_0 and kept in the cache directory; "default-all": the drafter's whole vocabulary
+# instead of the shipped frequency table's tokens) and LLAMA_K llama.cpp's draft lengths
 # (default "4 8"). Prints decode tokens/s per mode (all tokens over all decode time) and the
 # ratios.
 set -euo pipefail
@@ -60,6 +61,7 @@ head -n "$prompts" benches/prompts.txt | while IFS= read -r prompt; do
         case $mode in
             none) llmcad none --spec none ;;
             default) llmcad default --draft "$drafter" ;;
+            default-all) llmcad default-all --draft "$drafter" --draft-vocab all ;;
             default-q4) llmcad default-q4 --draft "$drafter" --draft-quantize q4_0 ;;
             chain-k4) llmcad chain-k4 --draft "$drafter" --spec chain --draft-max 4 ;;
             *) echo "unknown mode $mode" >&2 && exit 2 ;;

@@ -8,6 +8,7 @@ use common::*;
 use llmcad::engine::{Device, Engine, EngineOptions, GenerateRequest, Output, Prompt};
 use llmcad::generate::StopReason;
 use llmcad::quant::DType;
+use llmcad::spec::frequent::DraftVocab;
 use llmcad::spec::pass_store::PassStore;
 use llmcad::spec::SpecOptions;
 use llmcad::tokenizer::ChatMessage;
@@ -119,7 +120,7 @@ fn speculation_gives_the_target_only_tokens() {
     let mut spec = Engine::load(spec_opts()).unwrap();
     // a drafter restricted to a few frequent tokens: drafts it cannot make only shorten paths
     let mut o = spec_opts();
-    o.spec.as_mut().unwrap().draft_vocab = Some(40);
+    o.spec.as_mut().unwrap().draft_vocab = DraftVocab::Top(40);
     let mut restricted = Engine::load(o).unwrap();
     for p in ["in the", " and then", " the end"] {
         let r = req(Prompt::Text(p.into()), 12);

@@ -10,6 +10,7 @@ use llmcad::backend::Backend;
 use llmcad::cpu::Precision;
 use llmcad::generate::GenerateOptions;
 use llmcad::model::Model;
+use llmcad::spec::frequent::{draft_tokens, DraftVocab, FrequencyTable};
 use llmcad::spec::{generate_speculative, SpecMode, SpecOptions};
 use llmcad::tokenizer::ChatMessage;
 use std::sync::OnceLock;
@@ -82,6 +83,34 @@ fn the_pair_shares_its_vocabulary() {
     assert!(llmcad::spec::check_pair(t, d).unwrap().is_empty());
 }
 
+/// The frequency table shipped for Qwen2's vocabulary is found for both models of the pair, and
+/// what the drafter keeps by default covers nearly all of the target's tokens on the reference
+/// lines (text the table was not built from).
+#[test]
+fn the_shipped_frequency_table_fits_the_pair() {
+    let Some((t, d)) = pair() else { return };
+    let table = FrequencyTable::shipped_for(&d.tokenizer).expect("a table for Qwen2's vocabulary");
+    assert_eq!(
+        FrequencyTable::shipped_for(&t.tokenizer),
+        Some(table.clone())
+    );
+    let ids = draft_tokens(&d.config, Some(&table), DraftVocab::Auto).expect("a restriction");
+    assert!(ids.len() >= table.recommended as usize && ids.len() < d.config.vocab);
+    assert!(ids.iter().all(|&id| (id as usize) < d.config.vocab));
+    assert!(d.config.special.stop.iter().all(|s| ids.contains(s)));
+    let outputs: Vec<u32> = references(QWEN_REFERENCES)
+        .iter()
+        .flat_map(|r| r.output_ids.clone())
+        .collect();
+    let covered = outputs
+        .iter()
+        .filter(|t| ids.binary_search(t).is_ok())
+        .count();
+    let share = covered as f64 / outputs.len() as f64;
+    eprintln!("the default draft vocabulary covers {share:.3} of the reference tokens");
+    assert!(share > 0.9, "{share:.3}");
+}
+
 fn chat_prompt(m: &Model, text: &str) -> Vec<u32> {
     let template = m.chat_template.as_ref().expect("Qwen has a chat template");
     let rendered = template
@@ -96,7 +125,8 @@ fn target_only(t: &mut dyn Backend, prompt: &[u32], opts: &GenerateOptions) -> V
         .tokens
 }
 
-/// Tree (cost-sized and fixed 16 nodes) and chain speculation give the target-only tokens.
+/// Tree (cost-sized and fixed 16 nodes) and chain speculation give the target-only tokens, and
+/// so does a drafter restricted to the frequency table's tokens (as the engine sets it up).
 #[test]
 fn speculation_with_the_real_pair_is_lossless_on_the_cpu() {
     let Some((t, d)) = pair() else { return };
@@ -136,6 +166,15 @@ fn speculation_with_the_real_pair_is_lossless_on_the_cpu() {
                 passes += out.generation.stats.target_passes;
             }
         }
+        let mut tb = cpu(t, Precision::default(), 2);
+        let mut db = cpu(d, Precision::default(), 2);
+        let table = FrequencyTable::shipped_for(&d.tokenizer);
+        let ids = draft_tokens(&d.config, table.as_ref(), DraftVocab::Auto).unwrap();
+        assert!(db.restrict_vocab(&ids));
+        let spec = SpecOptions::default();
+        let out = generate_speculative(&mut tb, &mut db, &prompt, &[], &opts, &spec, &mut |_| true)
+            .unwrap();
+        assert_eq!(out.generation.tokens, want, "{p:?}, restricted drafter");
     }
     let per_pass = emitted as f64 / passes as f64;
     eprintln!("16-node trees: {per_pass:.2} tokens per target pass");

@@ -24,6 +24,7 @@ use llmcad::cpu::Precision;
 use llmcad::engine::{Device, Engine, EngineOptions};
 use llmcad::model::{LoadOptions, Model};
 use llmcad::quant::DType;
+use llmcad::spec::frequent::DraftVocab;
 use llmcad::spec::{FallbackPolicy, Overlap, SpecMode, SpecOptions};
 use std::path::PathBuf;
 
@@ -217,10 +218,12 @@ pub struct SpecArgs {
     /// both would share the cores and the memory bandwidth), on or off.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub overlap: String,
-    /// The drafter proposes only the N lowest token ids, taken as the most frequent (FR-Spec;
-    /// its output head shrinks to N rows); 0: its whole vocabulary. Exact either way.
-    #[arg(long, default_value_t = 0)]
-    pub draft_vocab: usize,
+    /// The drafter proposes only the N most frequent tokens (FR-Spec: its output head shrinks
+    /// to N rows), by the frequency table shipped for its vocabulary, else the N lowest ids;
+    /// auto: the table's own size where one matches, else all; all (or 0): every token. Exact
+    /// either way.
+    #[arg(long, default_value = "auto")]
+    pub draft_vocab: DraftVocab,
 }
 
 impl SpecArgs {
@@ -241,7 +244,7 @@ impl SpecArgs {
             max_nodes: self.tree_nodes,
             max_depth: self.tree_depth,
             branch_threshold: self.branch_threshold,
-            draft_vocab: (self.draft_vocab > 0).then_some(self.draft_vocab),
+            draft_vocab: self.draft_vocab,
             overlap: match self.overlap.as_str() {
                 "on" => Overlap::On,
                 "off" => Overlap::Off,

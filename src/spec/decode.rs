@@ -4,6 +4,7 @@
 use super::cost::{CostModel, PassTimes, RoundCost};
 use super::drafter::{Draft, Drafter, Extension, Growth, TreeShape};
 use super::fallback::{Fallback, FallbackPolicy, Outcome, ThresholdTrace};
+use super::frequent::DraftVocab;
 use super::verify::{accept, Verdict};
 use crate::backend::{Backend, Batch, Logits, Rows, Want};
 use crate::error::{Error, Result};
@@ -32,9 +33,9 @@ pub struct SpecOptions {
     pub max_children: usize,
     /// Keep drafting on another thread while the target verifies (tree mode).
     pub overlap: Overlap,
-    /// The drafter's output head keeps only this many of the most frequent tokens (FR-Spec;
-    /// `None`: the whole vocabulary). Exact either way: the target verifies every token.
-    pub draft_vocab: Option<usize>,
+    /// Which tokens the drafter may propose: its output head keeps only the most frequent
+    /// (FR-Spec). Exact either way: the target verifies every token.
+    pub draft_vocab: DraftVocab,
     /// The verifier's pass times learned so far (by earlier generations, or kept from an
     /// earlier process), to size trees by cost from the first round.
     pub pass_times: PassTimes,
@@ -65,7 +66,7 @@ impl Default for SpecOptions {
             branch_threshold: 0.02,
             max_children: 4,
             overlap: Overlap::Auto,
-            draft_vocab: None,
+            draft_vocab: DraftVocab::Auto,
             pass_times: PassTimes::default(),
         }
     }
