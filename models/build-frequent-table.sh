@@ -33,8 +33,8 @@ concat /usr/include '*.h' c.txt
 concat "$(dirname "$(command -v npm)")/../lib/node_modules/npm" '*.js' javascript.txt
 concat "${CARGO_HOME:-$HOME/.cargo}/registry/src" '*.md' markdown.txt
 
-# the most frequent words with their frequencies per billion, as a text would show them: after a space, at a
-# line's start, capitalised (languages written without spaces: as they are)
+# the most frequent words with their frequencies per billion, as a text would show them: after
+# a space, at a line's start, capitalised (languages written without spaces: as they are)
 python3 - "$corpus" <<'PY'
 import sys, wordfreq
 out = sys.argv[1]

@@ -34,7 +34,7 @@ use crate::model::{LoadOptions, Model};
 use crate::progress::LoadProgress;
 use crate::quant::DType;
 use crate::spec::cost::PassTimes;
-use crate::spec::frequent::{draft_tokens, FrequencyTable};
+use crate::spec::frequent::{draft_tokens, DraftVocab, FrequencyTable};
 use crate::spec::pass_store::{self, PassStore};
 use crate::spec::{check_pair, generate_speculative, SpecOptions, SpecStats};
 use crate::tokenizer::{ChatMessage, Tokenizer};
@@ -485,7 +485,11 @@ impl Engine {
                 warnings.extend(check_pair(&model, &d)?);
                 let mut backend =
                     Box::new(cpu_backend(&d, &opts, opts.draft_threads.or(opts.threads))?);
-                let table = FrequencyTable::shipped_for(&d.tokenizer);
+                // (fingerprinting the vocabulary is for nothing when every token is kept)
+                let table = match spec.draft_vocab {
+                    DraftVocab::Whole => None,
+                    _ => FrequencyTable::shipped_for(&d.tokenizer),
+                };
                 if let Some(ids) = draft_tokens(&d.config, table.as_ref(), spec.draft_vocab) {
                     backend.restrict_vocab(&ids);
                 }

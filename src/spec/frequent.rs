@@ -5,15 +5,15 @@
 //! every drafted token, so a token the drafter cannot propose is only a shorter accepted path
 //! (the target emits it itself).
 //!
-//! Which tokens are frequent comes from a *frequency table*: token ids in order of how often
-//! they occur in text, counted by `examples/frequent_tokens.rs` over the corpus that
-//! `models/build-frequent-table.sh` assembles (code, prose in several languages, chat). Tables
-//! ship inside the library (`frequent/*.bin`) and apply to every model whose vocabulary has the
-//! table's fingerprint, whatever its size or quantization (Qwen2.5's 0.5B to 72B share one).
-//! Without a table, the lowest ids stand in: byte-level BPE vocabularies number tokens in merge
-//! order, most frequent merges first. That proxy is rough (with the real pair it dropped the
-//! accepted tokens per pass on code from 3.3–4.1 to 1.4–1.5 at 32,768 tokens), so it is used
-//! only when asked for.
+//! Which tokens are frequent comes from a *frequency table*. Byte-level BPE vocabularies
+//! number tokens in merge order, most frequent merges first, which ranks them by the
+//! tokenizer's own training text but puts pieces that chat and code use all the time late. So a
+//! table takes that ranking in turn with counts from real text (code, and prose in several
+//! languages), made by `examples/frequent_tokens.rs` over what `models/build-frequent-table.sh`
+//! assembles. Tables ship inside the library (`frequent/*.bin`) and apply to every model whose
+//! vocabulary has the table's fingerprint, whatever its size or quantization (Qwen2.5's 0.5B to
+//! 72B share one). Without a table, merge order alone (the lowest ids) stands in, only when
+//! asked for.
 
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
