@@ -11,7 +11,9 @@
 # as a chat turn (llmcad --chat; llama.cpp gets the same turn in Qwen's chat format), MODES
 # picks llmcad's modes (default "none default chain-k4"; also "default-q4": the drafter
 # requantized to Q4_0 and kept in the cache directory; "default-all": the drafter's whole vocabulary
-# instead of the shipped frequency table's tokens) and LLAMA_K llama.cpp's draft lengths
+# instead of the shipped frequency table's tokens; "default-q16": the drafter with 16-bit
+# activations instead of 8-bit; "none-q8" and "default-q8": the target with 8-bit activations
+# too) and LLAMA_K llama.cpp's draft lengths
 # (default "4 8"). Prints decode tokens/s per mode (all tokens over all decode time) and the
 # ratios.
 set -euo pipefail
@@ -63,6 +65,9 @@ head -n "$prompts" benches/prompts.txt | while IFS= read -r prompt; do
             default) llmcad default --draft "$drafter" ;;
             default-all) llmcad default-all --draft "$drafter" --draft-vocab all ;;
             default-q4) llmcad default-q4 --draft "$drafter" --draft-quantize q4_0 ;;
+            default-q16) llmcad default-q16 --draft "$drafter" --draft-activations q16 ;;
+            none-q8) llmcad none-q8 --spec none --activations q8 ;;
+            default-q8) llmcad default-q8 --draft "$drafter" --activations q8 ;;
             chain-k4) llmcad chain-k4 --draft "$drafter" --spec chain --draft-max 4 ;;
             *) echo "unknown mode $mode" >&2 && exit 2 ;;
         esac

@@ -89,6 +89,9 @@ pub struct EngineOptions {
     pub context: Option<usize>,
     /// CPU matmul precision.
     pub precision: Precision,
+    /// The drafter's CPU matmul precision. The default, 8-bit activations, runs the fastest
+    /// kernels; the target verifies every drafted token, so it costs no exactness.
+    pub draft_precision: Precision,
     /// Quantize the target's matrices that have more bits per weight while loading.
     pub quantize: Option<DType>,
     /// Quantize the drafter's matrices that have more bits per weight while loading (a leaner
@@ -120,6 +123,7 @@ impl EngineOptions {
             draft_threads: None,
             context: None,
             precision: Precision::default(),
+            draft_precision: Precision::Q8Activations,
             quantize: None,
             draft_quantize: None,
             spec: None,
@@ -339,7 +343,7 @@ fn open_target(
         )?))
     };
     match opts.device {
-        Device::Cpu => Ok(Box::new(cpu_backend(model, opts, opts.threads)?)),
+        Device::Cpu => Ok(Box::new(target_cpu_backend(model, opts)?)),
         Device::Gpu => gpu(gpu::open(&opts.gpu)?),
         Device::Auto => {
             let tried = gpu::open(&opts.gpu).and_then(|ctx| {
@@ -353,19 +357,28 @@ fn open_target(
             });
             tried.or_else(|e| {
                 warnings.push(format!("no usable GPU, running the target on the CPU: {e}"));
-                Ok(Box::new(cpu_backend(model, opts, opts.threads)?))
+                Ok(Box::new(target_cpu_backend(model, opts)?))
             })
         }
     }
 }
 
-fn cpu_backend(model: &Model, opts: &EngineOptions, threads: Option<usize>) -> Result<CpuBackend> {
+fn target_cpu_backend(model: &Model, opts: &EngineOptions) -> Result<CpuBackend> {
+    cpu_backend(model, opts, opts.threads, opts.precision)
+}
+
+fn cpu_backend(
+    model: &Model,
+    opts: &EngineOptions,
+    threads: Option<usize>,
+    precision: Precision,
+) -> Result<CpuBackend> {
     CpuBackend::new(
         model.config.clone(),
         model.weights.clone(),
         &CpuOptions {
             threads: threads.unwrap_or_else(default_threads).max(1),
-            precision: opts.precision,
+            precision,
             context: opts.context.unwrap_or(model.config.max_context),
         },
     )
@@ -483,8 +496,12 @@ impl Engine {
                     None => load(path, opts.draft_quantize)?,
                 };
                 warnings.extend(check_pair(&model, &d)?);
-                let mut backend =
-                    Box::new(cpu_backend(&d, &opts, opts.draft_threads.or(opts.threads))?);
+                let mut backend = Box::new(cpu_backend(
+                    &d,
+                    &opts,
+                    opts.draft_threads.or(opts.threads),
+                    opts.draft_precision,
+                )?);
                 // (fingerprinting the vocabulary is for nothing when every token is kept)
                 let table = match spec.draft_vocab {
                     DraftVocab::Whole => None,
@@ -623,7 +640,7 @@ impl Engine {
         if let Err(Error::Gpu(e)) = &result {
             // the tokens streamed so far stand; this call fails, later ones run on the CPU
             // (the caller has the error; the switch is a notice for whoever keeps the engine)
-            if let Ok(cpu) = cpu_backend(&self.model, &self.options, self.options.threads) {
+            if let Ok(cpu) = target_cpu_backend(&self.model, &self.options) {
                 let notice =
                     format!("the GPU failed ({e}); the target runs on the CPU from now on");
                 log::info!("{notice}");

@@ -187,6 +187,18 @@ fn bad_models_and_options_give_clear_errors() {
         ],
         &["fixed:X"],
     );
+    fails_with(
+        &[
+            "generate",
+            "-m",
+            path(&m.gguf),
+            "-p",
+            "x",
+            "--draft-activations",
+            "q4",
+        ],
+        &["expected q16, q8 or f32"],
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use super::{ModelArgs, RunArgs};
 use anyhow::Context;
 use clap::Args;
 use llmcad::backend::Backend;
-use llmcad::cpu::{CpuBackend, CpuOptions};
+use llmcad::cpu::{CpuBackend, CpuOptions, Precision};
 use llmcad::generate::{generate, prefill, GenerateOptions};
 use llmcad::model::{LoadOptions, Model};
 use llmcad::spec::cost::CostCurve;
@@ -117,12 +117,26 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn cpu_backend(a: &BenchArgs, m: &Model, threads: usize) -> llmcad::Result<CpuBackend> {
+    cpu_backend_with(a, m, threads, a.run.precision())
+}
+
+/// The drafter's backend, with the drafter's precision.
+fn draft_backend(a: &BenchArgs, m: &Model, threads: usize) -> llmcad::Result<CpuBackend> {
+    cpu_backend_with(a, m, threads, a.run.draft_activations)
+}
+
+fn cpu_backend_with(
+    a: &BenchArgs,
+    m: &Model,
+    threads: usize,
+    precision: Precision,
+) -> llmcad::Result<CpuBackend> {
     CpuBackend::new(
         m.config.clone(),
         m.weights.clone(),
         &CpuOptions {
             threads,
-            precision: a.run.precision(),
+            precision,
             context: a.run.ctx_size.unwrap_or(m.config.max_context),
         },
     )
@@ -294,7 +308,7 @@ fn spec_table(a: &BenchArgs, target: &Model, drafter: &Model) -> anyhow::Result<
             let g = match &mut spec {
                 None => generate(&mut t, p, &[], &opts, &mut |_| true)?,
                 Some(s) => {
-                    let mut d = cpu_backend(a, drafter, threads)?;
+                    let mut d = draft_backend(a, drafter, threads)?;
                     let r = generate_speculative(&mut t, &mut d, p, &[], &opts, s, &mut |_| true)?;
                     // like an engine, carry what was learned of the verifier's pass times
                     if let Some(times) = &r.spec.pass_times {
@@ -347,7 +361,7 @@ fn machine() -> String {
 
 /// The GPU sections: the pass table against the roofline and the LLMCad comparison.
 mod gpu_bench {
-    use super::{cpu_backend, BenchArgs, PROMPTS};
+    use super::{draft_backend, BenchArgs, PROMPTS};
     use anyhow::Context;
     use llmcad::backend::Backend;
     use llmcad::generate::{generate, GenerateOptions};
@@ -690,7 +704,7 @@ mod gpu_bench {
                             ..SpecOptions::default()
                         }
                     };
-                    let mut d = cpu_backend(a, drafter, threads)?;
+                    let mut d = draft_backend(a, drafter, threads)?;
                     let s =
                         generate_speculative(&mut g, &mut d, p, &[], &opts, &spec, &mut |_| true)?;
                     r.emitted += s.spec.emitted_tokens;

@@ -101,6 +101,7 @@ impl EngineArgs {
         opts.threads = self.run.threads;
         opts.context = self.run.ctx_size;
         opts.precision = self.run.precision();
+        opts.draft_precision = self.run.draft_activations;
         let (bar, progress) = progress::load_bar();
         opts.progress = Some(progress);
         opts.memory_budget = self.memory_budget;
@@ -175,6 +176,10 @@ pub struct RunArgs {
     /// reference), q8 (llama.cpp's 8-bit activations, fastest prefill) or f32 (exact, slowest).
     #[arg(long, default_value = "q16")]
     pub activations: Precision,
+    /// The same for the drafter: q8 (default; the fastest kernels, and the target verifies
+    /// every drafted token anyway), q16 or f32.
+    #[arg(long, default_value = "q8")]
+    pub draft_activations: Precision,
 }
 
 impl RunArgs {

@@ -17,6 +17,9 @@
 //! multiplied by their scales while decoding from three tokens on, so that each token's sums need
 //! no further integer work.
 //!
+//! 8-bit activations take the `quads` kernels instead: four weights per lane as bytes, one
+//! `vpdpbusd` per four values, half the instructions.
+//!
 //! Types without a kernel here (Q5_1, Q5_K, Q8_K, Q2_K, Q3_K) keep the AVX2 kernels, whose
 //! results are also the same at every T.
 
@@ -25,6 +28,54 @@ use crate::quant::{DType, QK};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
+
+/// The loop every kernel here shares: the rows 16 at a time, the tokens up to `TMAX` at a
+/// time, the blocks of each row in order. The body adds block `$i` of the 16 rows at
+/// `$blk + $offs[r]` to the accumulators `$acc` of tokens `$t0..`, which are then stored (rows
+/// past the range repeat its last row, and are not stored). A macro, because the compiler
+/// would not inline a closure this large, and each block then paid a call.
+macro_rules! row_groups {
+    (
+        ($w:expr, $rb:expr, $bb:expr, $rows:expr, $n_t:expr, $blocks:expr, $out:expr, $out_stride:expr),
+        |$blk:ident, $offs:ident, $i:ident, $t0:ident, $acc:ident| $body:block
+    ) => {{
+        let (rb, bb, rows, n_t, blocks, out_stride) = ($rb, $bb, $rows, $n_t, $blocks, $out_stride);
+        let wp = $w.as_ptr();
+        let mut accs = [_mm512_setzero_ps(); TMAX];
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let valid = G.min(rows.end - r0);
+            let offs: [i32; G] = std::array::from_fn(|i| (i.min(valid - 1) * rb) as i32);
+            let group = wp.add(r0 * rb);
+            for $t0 in (0..n_t).step_by(TMAX) {
+                let nt = TMAX.min(n_t - $t0);
+                accs[..nt].fill(_mm512_setzero_ps());
+                for $i in 0..blocks {
+                    // the next group of rows (one contiguous run), spread over this group's
+                    // blocks: sixteen interleaved short streams are more than the hardware
+                    // prefetchers follow
+                    let run = G * rb;
+                    let (from, to) = ($i * run / blocks, ($i + 1) * run / blocks);
+                    for l in (from..to).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(group.wrapping_add(run + l) as *const i8);
+                    }
+                    let ($blk, $offs, $acc) = (group.add($i * bb), &offs, &mut accs[..nt]);
+                    $body
+                }
+                let mask: __mmask16 = if valid == G { !0 } else { (1 << valid) - 1 };
+                for (t, a) in accs[..nt].iter().enumerate() {
+                    let o = $out
+                        .as_mut_ptr()
+                        .add(($t0 + t) * out_stride + r0 - rows.start);
+                    _mm512_mask_storeu_ps(o, mask, *a);
+                }
+            }
+            r0 += G;
+        }
+    }};
+}
+
+mod quads;
 
 /// Weight rows per group: one per 32-bit lane.
 pub(super) const G: usize = 16;
@@ -344,7 +395,7 @@ unsafe fn small_direct<const K: u8, const N: usize>(
 ) {
     let mut sums = [_mm512_setzero_si512(); N];
     let (d, m) = small_block::<K>(base, offs, &mut |p, w| {
-        dot_pairs(&mut sums, w, at.pair(p));
+        dot_pairs(&mut sums, w, at.dword(p));
     });
     let m_set = _mm512_cmpneq_ps_mask(m, _mm512_setzero_ps());
     for t in 0..N {
@@ -454,16 +505,23 @@ unsafe fn q6_k_scales(base: *const u8, rows: __m512i) -> (__m512, [[__m512i; 2];
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn q6_k_codes(l0: __m512i, l1: __m512i, hb: __m512i) -> [__m512i; 4] {
+    [0, 1, 2, 3].map(|k| q6_k_code(k, l0, l1, hb))
+}
+
+/// Element `k` of `q6_k_codes`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn q6_k_code(k: usize, l0: __m512i, l1: __m512i, hb: __m512i) -> __m512i {
     // bits 0..4 of a code from `ql`, bits 4..6 from `qh`
     let select = |lo: __m512i, hi: __m512i| {
         _mm512_ternarylogic_epi32::<0xE4>(lo, hi, _mm512_set1_epi32(0x0f0f_0f0f))
     };
-    [
-        select(l0, _mm512_slli_epi32::<4>(hb)),
-        select(l1, _mm512_slli_epi32::<2>(hb)),
-        select(_mm512_srli_epi32::<4>(l0), hb),
-        select(_mm512_srli_epi32::<4>(l1), _mm512_srli_epi32::<2>(hb)),
-    ]
+    match k {
+        0 => select(l0, _mm512_slli_epi32::<4>(hb)),
+        1 => select(l1, _mm512_slli_epi32::<2>(hb)),
+        2 => select(_mm512_srli_epi32::<4>(l0), hb),
+        _ => select(_mm512_srli_epi32::<4>(l1), _mm512_srli_epi32::<2>(hb)),
+    }
 }
 
 // Type codes for the const-generic kernels.
@@ -472,7 +530,7 @@ pub(super) const Q4_0: u8 = 1;
 pub(super) const Q4_1: u8 = 2;
 pub(super) const Q5_0: u8 = 3;
 pub(super) const Q4_K: u8 = 4;
-const Q6_K: u8 = 5;
+pub(super) const Q6_K: u8 = 5;
 
 pub(super) const fn dtype_of(k: u8) -> DType {
     match k {
@@ -485,35 +543,45 @@ pub(super) const fn dtype_of(k: u8) -> DType {
     }
 }
 
-/// The activations of one call, reordered to meet `Decoded`'s pairs: per block of 32, i16
-/// values (0, 2, 1, 3, 4, 6, 5, 7, ...), so that dword p holds the pair weight pair p meets.
-/// Every table is interleaved by token (`pairs[i * n_t + t]` is pair i of token t), so that the
-/// tokens of a pass find their operands at fixed displacements from one pointer instead of an
-/// address each. Also the sums of each 16 values (`sums`), which Q6_K's raw codes need, and
-/// each block's scale and scaled sum (`d`, `s`).
+/// The activations of one call as dwords, in the order the kernels meet them. 16-bit ones are
+/// reordered to meet `Decoded`'s pairs: per block of 32, values (0, 2, 1, 3, 4, 6, 5, 7, ...),
+/// so that dword p holds the pair weight pair p meets. 8-bit ones stay in order, four values
+/// per dword (`quads`). Every table is interleaved by token (`dwords[i * n_t + t]` is dword i
+/// of token t), so that the tokens of a pass find their operands at fixed displacements from
+/// one pointer instead of an address each. Also the sums of each 16 values (`sums`), which
+/// offset and Q6_K's raw codes need, and each block's scale and scaled sum (`d`, `s`).
 struct Permuted {
-    pairs: Vec<i32>,
+    dwords: Vec<i32>,
+    /// Dwords per block of 32 values: 16 pairs or 8 quads.
+    per_block: usize,
     sums: Vec<i32>,
     d: Vec<f32>,
     s: Vec<f32>,
 }
 
-fn permute<Q: ActInt>(acts: &QActs<Q>, out: &mut Permuted) {
+/// Lays out `acts` for the pairs kernels, or (`quads`, 8-bit activations only) the quads ones.
+fn permute<Q: ActInt>(acts: &QActs<Q>, out: &mut Permuted, quads: bool) {
     let (n, n_t) = (acts.qs.len(), acts.rows());
     if n == 0 {
         return;
     }
     let nb = n / QK / n_t;
-    out.pairs.resize(n / 2, 0);
+    out.per_block = if quads { QK / 4 } else { QK / 2 };
+    out.dwords.resize(nb * n_t * out.per_block, 0);
     out.sums.resize(n / 16, 0);
-    // SAFETY: the caller checked `available()`; the buffers hold n values (i16 pairs in
-    // `pairs`) and a sum per 16
+    // SAFETY: the caller checked `available()`; the buffers hold n values (i16 pairs or i8
+    // quads in `dwords`) and a sum per 16
     unsafe {
-        permute_k::<Q>(
+        let permute = if quads {
+            permute_k::<Q, true>
+        } else {
+            permute_k::<Q, false>
+        };
+        permute(
             acts.qs.as_ptr() as *const u8,
             n_t,
             nb,
-            out.pairs.as_mut_ptr(),
+            out.dwords.as_mut_ptr(),
             out.sums.as_mut_ptr(),
         )
     }
@@ -530,7 +598,7 @@ fn permute<Q: ActInt>(acts: &QActs<Q>, out: &mut Permuted) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn permute_k<Q: ActInt>(
+unsafe fn permute_k<Q: ActInt, const QUADS: bool>(
     qs: *const u8,
     n_t: usize,
     nb: usize,
@@ -542,24 +610,31 @@ unsafe fn permute_k<Q: ActInt>(
         (i & !3) | [0, 2, 1, 3][i as usize & 3]
     });
     let idx = _mm512_loadu_si512(order.as_ptr() as *const _);
-    // dword i of a block goes to pair i·n_t of its token
+    // dword i of a block goes to dword i·n_t of its token
     let spread = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(n_t as i32),
     );
+    let (per_block, lanes) = if QUADS { (QK / 4, 0xff) } else { (QK / 2, !0) };
     for i in 0..n_t * nb {
         let (t, b) = (i / nb, i % nb);
-        let v = if Q::WIDE {
-            _mm512_loadu_si512(qs.add(2 * QK * i) as *const _)
+        let (v, dwords) = if Q::WIDE {
+            let v = _mm512_loadu_si512(qs.add(2 * QK * i) as *const _);
+            (v, _mm512_permutexvar_epi16(idx, v))
         } else {
-            _mm512_cvtepi8_epi16(_mm256_loadu_si256(qs.add(QK * i) as *const __m256i))
+            let raw = _mm256_loadu_si256(qs.add(QK * i) as *const __m256i);
+            let v = _mm512_cvtepi8_epi16(raw);
+            if QUADS {
+                (v, _mm512_castsi256_si512(raw))
+            } else {
+                (v, _mm512_permutexvar_epi16(idx, v))
+            }
         };
-        let pairs = _mm512_permutexvar_epi16(idx, v);
-        let to = out.add(QK / 2 * b * n_t + t);
+        let to = out.add(per_block * b * n_t + t);
         if n_t == 1 {
-            _mm512_storeu_si512(to as *mut _, pairs);
+            _mm512_mask_storeu_epi32(to, lanes, dwords);
         } else {
-            _mm512_i32scatter_epi32::<4>(to as *mut _, spread, pairs);
+            _mm512_mask_i32scatter_epi32::<4>(to as *mut _, lanes, spread, dwords);
         }
         let pair_sums = _mm512_madd_epi16(v, _mm512_set1_epi16(1));
         *sums.add(2 * b * n_t + t) = _mm512_mask_reduce_add_epi32(0x00ff, pair_sums);
@@ -571,7 +646,7 @@ unsafe fn permute_k<Q: ActInt>(
 /// the interleaved tables of `Permuted`.
 #[derive(Clone, Copy)]
 struct Interleaved {
-    pairs: *const i32,
+    dwords: *const i32,
     sums: *const i32,
     d: *const f32,
     s: *const f32,
@@ -580,9 +655,10 @@ struct Interleaved {
 
 impl Interleaved {
     /// Sub-block `b` (of 32 values) for tokens `t..` of `perm`, `n_t` tokens in all.
+    #[inline(always)]
     fn new(perm: &Permuted, n_t: usize, b: usize, t: usize) -> Self {
         Interleaved {
-            pairs: perm.pairs[QK / 2 * b * n_t + t..].as_ptr(),
+            dwords: perm.dwords[perm.per_block * b * n_t + t..].as_ptr(),
             sums: perm.sums[2 * b * n_t + t..].as_ptr(),
             d: perm.d[b * n_t + t..].as_ptr(),
             s: perm.s[b * n_t + t..].as_ptr(),
@@ -590,10 +666,23 @@ impl Interleaved {
         }
     }
 
-    /// Pair `p` from the start (sub-block p / 16), for the first token; the next tokens follow.
+    /// Dword `p` from the start (of sub-block p / `per_block`), for the first token; the next
+    /// tokens follow.
     #[inline(always)]
-    unsafe fn pair(self, p: usize) -> *const i32 {
-        self.pairs.add(p * self.n_t)
+    unsafe fn dword(self, p: usize) -> *const i32 {
+        self.dwords.add(p * self.n_t)
+    }
+
+    /// The same tables from token `t` of the run on.
+    #[inline(always)]
+    unsafe fn at_token(self, t: usize) -> Self {
+        Interleaved {
+            dwords: self.dwords.add(t),
+            sums: self.sums.add(t),
+            d: self.d.add(t),
+            s: self.s.add(t),
+            n_t: self.n_t,
+        }
     }
 
     /// The scale of sub-block `j` from the start, for token `t` of the run.
@@ -618,7 +707,8 @@ impl Interleaved {
 thread_local! {
     static PERMUTED: RefCell<Permuted> = const {
         RefCell::new(Permuted {
-            pairs: Vec::new(),
+            dwords: Vec::new(),
+            per_block: 0,
             sums: Vec::new(),
             d: Vec::new(),
             s: Vec::new(),
@@ -641,7 +731,7 @@ unsafe fn sub_block<const K: u8, const N: usize>(
     let mut halves = [[_mm512_setzero_si512(); N]; 2];
     for (h, hs) in halves.iter_mut().enumerate() {
         for (p, &wp) in w.iter().enumerate().skip(8 * h).take(8) {
-            dot_pairs(hs, wp, at.pair(p));
+            dot_pairs(hs, wp, at.dword(p));
         }
     }
     let m_set = _mm512_cmpneq_ps_mask(m, _mm512_setzero_ps());
@@ -727,8 +817,8 @@ unsafe fn q4_k_direct<const N: usize>(
             for (h, shift) in [0, 4].into_iter().enumerate() {
                 let pairs = nibble_pairs(vg, shift);
                 let first = (2 * n + h) * QK / 2 + 2 * g;
-                dot_pairs(&mut sums[h], pairs[0], at.pair(first));
-                dot_pairs(&mut sums[h], pairs[1], at.pair(first + 1));
+                dot_pairs(&mut sums[h], pairs[0], at.dword(first));
+                dot_pairs(&mut sums[h], pairs[1], at.dword(first + 1));
             }
         }
         for (h, hs) in sums.iter().enumerate() {
@@ -743,43 +833,62 @@ unsafe fn q4_k_direct<const N: usize>(
     }
 }
 
-/// `acc[t]` plus, per lane, the two i16 products of `w` with pair t at `a` (broadcast), for N
-/// tokens whose pairs lie side by side: one `vpdpwssd` per token with a memory operand at a
-/// fixed displacement. Written out because the compiler splits the intrinsic into `vpmaddwd` +
-/// `vpaddd` for CPUs it does not know to have a fast one, and an operand of its own per token
-/// would cost an address computation per instruction.
-#[inline]
-#[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn dot_pairs<const N: usize>(acc: &mut [__m512i; N], w: __m512i, a: *const i32) {
-    macro_rules! vnni {
-        ($k:expr; $($x:ident $i:literal $off:literal),+) => {
-            std::arch::asm!(
-                $(concat!("vpdpwssd {", stringify!($x), "}, {w}, dword ptr [{a} + ",
-                    stringify!($off), "]{{1to16}}"),)+
-                w = in(zmm_reg) w,
-                a = in(reg) a.add($k),
-                $($x = inout(zmm_reg) acc[$k + $i],)+
-                options(pure, readonly, nostack, preserves_flags)
-            )
-        };
-    }
-    let mut k = 0;
-    while k + 8 <= N {
-        vnni!(k; x0 0 0, x1 1 4, x2 2 8, x3 3 12, x4 4 16, x5 5 20, x6 6 24, x7 7 28);
-        k += 8;
-    }
-    if k + 4 <= N {
-        vnni!(k; x0 0 0, x1 1 4, x2 2 8, x3 3 12);
-        k += 4;
-    }
-    if k + 2 <= N {
-        vnni!(k; x0 0 0, x1 1 4);
-        k += 2;
-    }
-    if k < N {
-        vnni!(k; x0 0 0);
-    }
+/// Defines `$name(acc, w, a)`: `acc[t]` plus, per lane, the products of `w` with dword t at
+/// `a` (broadcast) by `$op`, for N tokens whose dwords lie side by side: one instruction per
+/// token with a memory operand at a fixed displacement. Written out because the compiler splits
+/// the intrinsics into `vpmaddwd` + `vpaddd` for CPUs it does not know to have fast ones, and
+/// an operand of its own per token would cost an address computation per instruction.
+macro_rules! vnni_dots {
+    ($(#[$doc:meta])* $name:ident, $op:literal) => {
+        $(#[$doc])*
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn $name<const N: usize>(acc: &mut [__m512i; N], w: __m512i, a: *const i32) {
+            let mut k = 0;
+            while k + 8 <= N {
+                vnni_asm!($op, acc, w, a, k; x0 0 0, x1 1 4, x2 2 8, x3 3 12, x4 4 16, x5 5 20,
+                    x6 6 24, x7 7 28);
+                k += 8;
+            }
+            if k + 4 <= N {
+                vnni_asm!($op, acc, w, a, k; x0 0 0, x1 1 4, x2 2 8, x3 3 12);
+                k += 4;
+            }
+            if k + 2 <= N {
+                vnni_asm!($op, acc, w, a, k; x0 0 0, x1 1 4);
+                k += 2;
+            }
+            if k < N {
+                vnni_asm!($op, acc, w, a, k; x0 0 0);
+            }
+        }
+    };
 }
+
+/// `$op` of `$w` into `acc[$k + i]` with the dword at byte `off` past `$a + $k` (broadcast).
+macro_rules! vnni_asm {
+    ($op:literal, $acc:ident, $w:ident, $a:ident, $k:expr; $($x:ident $i:literal $off:literal),+) => {
+        std::arch::asm!(
+            $(concat!($op, " {", stringify!($x), "}, {w}, dword ptr [{a} + ",
+                stringify!($off), "]{{1to16}}"),)+
+            w = in(zmm_reg) $w,
+            a = in(reg) $a.add($k),
+            $($x = inout(zmm_reg) $acc[$k + $i],)+
+            options(pure, readonly, nostack, preserves_flags)
+        )
+    };
+}
+
+vnni_dots!(
+    /// Two i16 products per lane (`w`: pairs of i16 weights; `a`: pairs of i16 activations).
+    dot_pairs,
+    "vpdpwssd"
+);
+vnni_dots!(
+    /// Four byte products per lane (`w`: unsigned bytes; `a`: four signed bytes).
+    dot_quads,
+    "vpdpbusd"
+);
 
 /// `f32(x + y)` per lane with the sum taken in i64.
 #[cold]
@@ -809,17 +918,29 @@ pub unsafe fn matmul_q<Q: ActInt>(
     assert!(w.len() >= rows.end * rb);
     assert!(acts.rows() == 0 || out.len() >= (acts.rows() - 1) * out_stride + rows.len());
     assert!(G * rb < i32::MAX as usize);
+    // 8-bit activations take the quads kernels, except for Q6_K over several tokens, whose
+    // pairs carry the scales from the decode on (measured: `cargo bench --bench cpu_kernels`)
+    let quads = !(Q::WIDE || dtype == DType::Q6_K && acts.rows() >= Q6_K_SCALED_FROM);
     PERMUTED.with_borrow_mut(|perm| {
-        permute(acts, perm);
+        permute(acts, perm, quads);
         let args = (w, rb, rows, acts, &*perm, out, out_stride);
-        match dtype {
-            DType::Q8_0 => matmul_k::<Q8_0, Q>(args),
-            DType::Q4_0 => matmul_k::<Q4_0, Q>(args),
-            DType::Q4_1 => matmul_k::<Q4_1, Q>(args),
-            DType::Q5_0 => matmul_k::<Q5_0, Q>(args),
-            DType::Q4_K => matmul_k::<Q4_K, Q>(args),
-            DType::Q6_K => matmul_k::<Q6_K, Q>(args),
-            _ => unreachable!("{dtype} has no AVX-512 kernel"),
+        macro_rules! by_type {
+            ($($kernel:ident)::+) => {
+                match dtype {
+                    DType::Q8_0 => $($kernel)::+::<Q8_0, Q>(args),
+                    DType::Q4_0 => $($kernel)::+::<Q4_0, Q>(args),
+                    DType::Q4_1 => $($kernel)::+::<Q4_1, Q>(args),
+                    DType::Q5_0 => $($kernel)::+::<Q5_0, Q>(args),
+                    DType::Q4_K => $($kernel)::+::<Q4_K, Q>(args),
+                    DType::Q6_K => $($kernel)::+::<Q6_K, Q>(args),
+                    _ => unreachable!("{dtype} has no AVX-512 kernel"),
+                }
+            };
+        }
+        if quads {
+            by_type!(quads::matmul_k)
+        } else {
+            by_type!(matmul_k)
         }
     })
 }
@@ -839,10 +960,8 @@ unsafe fn matmul_k<const K: u8, Q: ActInt>(
     (w, rb, rows, acts, perm, out, out_stride): Args<'_, Q>,
 ) {
     let dtype = dtype_of(K);
-    let (bb, per) = (block_bytes(dtype), per_block(dtype));
-    let cols = acts.cols;
-    let (nb, n_t) = (cols / QK, acts.rows());
-    let wp = w.as_ptr();
+    let per = per_block(dtype);
+    let n_t = acts.rows();
     let mut dec = Decoded {
         w: [[_mm512_setzero_si512(); 16]; 8],
         d: [_mm512_setzero_ps(); 8],
@@ -850,86 +969,61 @@ unsafe fn matmul_k<const K: u8, Q: ActInt>(
         sc: [[_mm512_setzero_si512(); 2]; 8],
         scaled: false,
     };
-    let mut acc = [_mm512_setzero_ps(); TMAX];
-    let mut r0 = rows.start;
-    while r0 < rows.end {
-        let valid = G.min(rows.end - r0);
-        // rows past the range repeat its last row; their results are not stored
-        let offs: [i32; G] = std::array::from_fn(|i| (i.min(valid - 1) * rb) as i32);
-        let group = wp.add(r0 * rb);
-        for t0 in (0..n_t).step_by(TMAX) {
-            let nt = TMAX.min(n_t - t0);
-            dec.scaled = nt >= Q6_K_SCALED_FROM;
-            acc[..nt].fill(_mm512_setzero_ps());
-            let blocks = nb / per;
-            for i in 0..blocks {
-                // the next group of rows (one contiguous run), spread over this group's blocks:
-                // sixteen interleaved short streams are more than the hardware prefetchers
-                // follow
-                let run = G * rb;
-                let (from, to) = (i * run / blocks, (i + 1) * run / blocks);
-                for l in (from..to).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(group.wrapping_add(run + l) as *const i8);
+    let (bb, blocks) = (block_bytes(dtype), acts.cols / QK / per);
+    row_groups!(
+        (w, rb, bb, rows, n_t, blocks, out, out_stride),
+        |blk, offs, i, t0, acc| {
+            let nt = acc.len();
+            if nt <= 8 && K != Q6_K {
+                // the weights go straight into the dots (Q4_K and the blocks of 32)
+                let at = Interleaved::new(perm, n_t, i * per, t0);
+                macro_rules! direct {
+                    ($n:literal) => {{
+                        if K == Q4_K {
+                            q4_k_direct::<$n>(blk, offs, at, acc)
+                        } else {
+                            small_direct::<K, $n>(blk, offs, at, acc)
+                        }
+                    }};
                 }
-                if nt <= 8 && K != Q6_K {
-                    // the weights go straight into the dots (Q4_K and the blocks of 32)
-                    let at = Interleaved::new(perm, n_t, i * per, t0);
-                    macro_rules! direct {
+                match nt {
+                    1 => direct!(1),
+                    2 => direct!(2),
+                    3 => direct!(3),
+                    4 => direct!(4),
+                    5 => direct!(5),
+                    6 => direct!(6),
+                    7 => direct!(7),
+                    _ => direct!(8),
+                }
+                continue;
+            }
+            dec.scaled = nt >= Q6_K_SCALED_FROM;
+            decode::<K>(blk, offs, &mut dec);
+            for j in 0..per {
+                let b = i * per + j;
+                let mut t = 0;
+                while t < nt {
+                    let left = nt - t;
+                    let accs = &mut acc[t..];
+                    let at = Interleaved::new(perm, n_t, b, t0 + t);
+                    macro_rules! run {
                         ($n:literal) => {{
-                            let blk = group.add(i * bb);
-                            if K == Q4_K {
-                                q4_k_direct::<$n>(blk, &offs, at, &mut acc)
-                            } else {
-                                small_direct::<K, $n>(blk, &offs, at, &mut acc)
-                            }
+                            sub_block::<K, $n>(&dec, j, at, accs);
+                            $n
                         }};
                     }
-                    match nt {
-                        1 => direct!(1),
-                        2 => direct!(2),
-                        3 => direct!(3),
-                        4 => direct!(4),
-                        5 => direct!(5),
-                        6 => direct!(6),
-                        7 => direct!(7),
-                        _ => direct!(8),
-                    }
-                    continue;
+                    t += if left >= 8 {
+                        run!(8)
+                    } else if left >= 4 {
+                        run!(4)
+                    } else if left >= 2 {
+                        run!(2)
+                    } else {
+                        run!(1)
+                    };
                 }
-                decode::<K>(group.add(i * bb), &offs, &mut dec);
-                for j in 0..per {
-                    let b = i * per + j;
-                    let mut t = 0;
-                    while t < nt {
-                        let left = nt - t;
-                        let accs = &mut acc[t..];
-                        let at = Interleaved::new(perm, n_t, b, t0 + t);
-                        macro_rules! run {
-                            ($n:literal) => {{
-                                sub_block::<K, $n>(&dec, j, at, accs);
-                                $n
-                            }};
-                        }
-                        t += if left >= 8 {
-                            run!(8)
-                        } else if left >= 4 {
-                            run!(4)
-                        } else if left >= 2 {
-                            run!(2)
-                        } else {
-                            run!(1)
-                        };
-                    }
-                }
-            }
-            let mask: __mmask16 = if valid == G { !0 } else { (1 << valid) - 1 };
-            for (t, a) in acc[..nt].iter().enumerate() {
-                let o = out
-                    .as_mut_ptr()
-                    .add((t0 + t) * out_stride + r0 - rows.start);
-                _mm512_mask_storeu_ps(o, mask, *a);
             }
         }
-        r0 += G;
-    }
+    )
 }

@@ -1,0 +1,238 @@
+//! 8-bit activations on AVX-512 VNNI: four weights of a row per lane as unsigned bytes, and one
+//! `vpdpbusd` per four values of 16 rows and token, its four activations broadcast from
+//! memory. That is half the instructions of the 16-bit pairs the parent module multiplies, and
+//! the codes need only a mask to come out of their nibbles.
+//!
+//! The codes go in as they are stored, unsigned (Q8_0's signed bytes are offset by 128), so the
+//! offset a type subtracts from its codes is applied once per sub-block and token, as
+//! offset·Σa, from the activations' integer sums. Those are the scalar reference's exact integer
+//! sums, and the float steps are the parent's `add_sub_block`, so the bits are the reference's.
+//!
+//! Q6_K from three tokens on stays with the pairs: there its weights are multiplied by their
+//! scales once while decoding, where here each token's sums would need the scales applied.
+
+use super::{
+    add_sub_block, block_bytes, dot_quads, dtype_of, f16s, gather, halves_sum, lanes4, lanes8,
+    nibble_heads, per_block, q4_k_scales, q6_k_code, q6_k_scales, Args, Interleaved, NibbleHeads,
+    G, Q4_0, Q4_K, Q5_0, Q6_K, Q8_0, TMAX,
+};
+use crate::quant::dot::ActInt;
+use crate::quant::QK;
+use std::arch::x86_64::*;
+
+/// What the heads of a block of 16 rows say: the sub-blocks' scales `d` and minimums `m`, Q6_K's
+/// integer scales of each 16 values (`sc[j][h]`), Q5_0's fifth bits (`qh`), and where the
+/// nibbles of a block of 32 start (`qs`).
+struct Heads {
+    d: [__m512; 8],
+    m: [__m512; 8],
+    sc: [[__m512i; 2]; 8],
+    qh: __m512i,
+    qs: usize,
+}
+
+/// What type `K` subtracts from its codes as they are decoded here.
+const fn offset(k: u8) -> i32 {
+    match k {
+        Q4_0 => 8,
+        Q5_0 => 16,
+        Q6_K => 32,
+        Q8_0 => 128,
+        _ => 0,
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,f16c")]
+unsafe fn heads<const K: u8>(blk: *const u8, offs: &[i32; G]) -> Heads {
+    let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
+    let mut h = Heads {
+        d: [_mm512_setzero_ps(); 8],
+        m: [_mm512_setzero_ps(); 8],
+        sc: [[_mm512_setzero_si512(); 2]; 8],
+        qh: _mm512_setzero_si512(),
+        qs: 0,
+    };
+    match K {
+        Q4_K => (h.d, h.m) = q4_k_scales(blk, rows),
+        Q6_K => {
+            let (d, sc) = q6_k_scales(blk, rows);
+            (h.d, h.sc) = ([d; 8], sc);
+        }
+        Q8_0 => h.d[0] = f16s::<false>(gather(blk, rows, 0)),
+        _ => {
+            let NibbleHeads { d, m, qh, qs, .. } = nibble_heads::<K>(blk, rows);
+            (h.d[0], h.m[0], h.qh, h.qs) = (d, m, qh, qs);
+        }
+    }
+    h
+}
+
+/// Adds the blocks at `blk + offs[r]` (heads `h`) to the accumulators of N tokens, whose
+/// activations start at `at`. The codes go straight from the weights into the dots, never
+/// through memory, and the dots of two sub-blocks (or two halves of one) form two independent
+/// chains, since one chain would wait on the dots' latency with few tokens.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn block<const K: u8, const N: usize>(
+    blk: *const u8,
+    offs: &[i32; G],
+    h: &Heads,
+    at: Interleaved,
+    acc: &mut [__m512],
+) {
+    let p: [*const u8; G] = std::array::from_fn(|i| blk.add(offs[i] as usize));
+    let nibble = _mm512_set1_epi8(0x0f);
+    let zeros = [_mm512_setzero_si512(); N];
+    // dword g of sub-block j, for the first token
+    let a = |j: usize, g: usize| at.dword(QK / 4 * j + g);
+    match K {
+        Q4_K => {
+            // low nibbles: sub-block 2n; high nibbles: 2n + 1
+            for n in 0..4 {
+                let v = lanes8(&p, 16 + 32 * n);
+                let mut sums = [[_mm512_setzero_si512(); N]; 2];
+                for (g, &vg) in v.iter().enumerate() {
+                    let high = _mm512_srli_epi32::<4>(vg);
+                    dot_quads(&mut sums[0], _mm512_and_si512(vg, nibble), a(2 * n, g));
+                    dot_quads(
+                        &mut sums[1],
+                        _mm512_and_si512(high, nibble),
+                        a(2 * n + 1, g),
+                    );
+                }
+                finish::<K, N>(&sums[0], &zeros, 2 * n, h, at, acc);
+                finish::<K, N>(&sums[1], &zeros, 2 * n + 1, h, at, acc);
+            }
+        }
+        Q6_K => {
+            // the scales cover 16 values: dwords 0..4 and 4..8 are summed apart
+            let six = _mm512_set1_epi8(0x3f);
+            for n in 0..2 {
+                let (l0, l1, hb) = (
+                    lanes8(&p, 64 * n),
+                    lanes8(&p, 64 * n + 32),
+                    lanes8(&p, 128 + 32 * n),
+                );
+                for k in 0..4 {
+                    let mut halves = [[_mm512_setzero_si512(); N]; 2];
+                    for g in 0..8 {
+                        let c = _mm512_and_si512(q6_k_code(k, l0[g], l1[g], hb[g]), six);
+                        dot_quads(&mut halves[g / 4], c, a(4 * n + k, g));
+                    }
+                    finish::<K, N>(&halves[0], &halves[1], 4 * n + k, h, at, acc);
+                }
+            }
+        }
+        _ => {
+            let mut c = [_mm512_setzero_si512(); 8];
+            if K == Q8_0 {
+                for (g, v) in lanes8(&p, 2).into_iter().enumerate() {
+                    c[g] = _mm512_xor_si512(v, _mm512_set1_epi8(-128));
+                }
+            } else {
+                // blocks of 32: low nibbles are values 0..16, high nibbles 16..32
+                for (g, v) in lanes4(&p, h.qs).into_iter().enumerate() {
+                    c[g] = _mm512_and_si512(v, nibble);
+                    c[g + 4] = _mm512_and_si512(_mm512_srli_epi32::<4>(v), nibble);
+                }
+            }
+            if K == Q5_0 {
+                let sixteen = _mm512_set1_epi8(16);
+                for (g, x) in c.iter_mut().enumerate() {
+                    *x = _mm512_mask_add_epi8(*x, fifth_bits(h.qh, g), *x, sixteen);
+                }
+            }
+            let mut chains = [[_mm512_setzero_si512(); N]; 2];
+            for (g, &cg) in c.iter().enumerate() {
+                dot_quads(&mut chains[g % 2], cg, a(0, g));
+            }
+            finish::<K, N>(&chains[0], &chains[1], 0, h, at, acc);
+        }
+    }
+}
+
+/// The float steps of sub-block j for N tokens, from each token's two integer sums: Q6_K's
+/// values 0..16 (`x`) and 16..32 (`y`), whose scales differ; for the other types two parts of
+/// one sum.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn finish<const K: u8, const N: usize>(
+    x: &[__m512i; N],
+    y: &[__m512i; N],
+    j: usize,
+    h: &Heads,
+    at: Interleaved,
+    acc: &mut [__m512],
+) {
+    let m_set = _mm512_cmpneq_ps_mask(h.m[j], _mm512_setzero_ps());
+    for t in 0..N {
+        // Σ(code − off)·a = Σcode·a − off·Σa, the activations summed per 16
+        let offset_sum = |half: usize| _mm512_set1_epi32(offset(K) * at.sum16(2 * j + half, t));
+        let f = if K == Q6_K {
+            let scaled = |half: usize, sum: __m512i| {
+                let s = _mm512_sub_epi32(sum, offset_sum(half));
+                _mm512_mullo_epi32(h.sc[j][half], s)
+            };
+            halves_sum(scaled(0, x[t]), scaled(1, y[t]))
+        } else {
+            let mut s = _mm512_add_epi32(x[t], y[t]);
+            if offset(K) != 0 {
+                s = _mm512_sub_epi32(s, offset_sum(0));
+                s = _mm512_sub_epi32(s, offset_sum(1));
+            }
+            _mm512_cvtepi32_ps(s)
+        };
+        acc[t] = add_sub_block::<K>(acc[t], h.d[j], h.m[j], m_set, f, at.d(j, t), at.s(j, t));
+    }
+}
+
+/// The bytes of dword g (Q5_0 values 4g..4g+4) whose fifth bit is set in their lane's `qh`:
+/// byte j of a lane needs bit 4g + j, which is bit 4(g mod 2) + j of the lane's byte g / 2.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn fifth_bits(qh: __m512i, g: usize) -> __mmask64 {
+    // byte g / 2 of each lane, in all four of its bytes (the shuffle indexes 128-bit lanes)
+    let select = _mm512_add_epi8(
+        _mm512_set4_epi32(0x0c0c_0c0c, 0x0808_0808, 0x0404_0404, 0),
+        _mm512_set1_epi8((g / 2) as i8),
+    );
+    let bytes = _mm512_shuffle_epi8(qh, select);
+    let bits = (0x0804_0201u32 << (4 * (g % 2))) as i32;
+    _mm512_test_epi8_mask(bytes, _mm512_set1_epi32(bits))
+}
+
+/// `super::matmul_k` for 8-bit activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn matmul_k<const K: u8, Q: ActInt>(
+    (w, rb, rows, acts, perm, out, out_stride): Args<'_, Q>,
+) {
+    let dtype = dtype_of(K);
+    let per = per_block(dtype);
+    let n_t = acts.rows();
+    let (bb, blocks) = (block_bytes(dtype), acts.cols / QK / per);
+    row_groups!(
+        (w, rb, bb, rows, n_t, blocks, out, out_stride),
+        |blk, offs, i, t0, acc| {
+            let h = heads::<K>(blk, offs);
+            let at = Interleaved::new(perm, n_t, i * per, t0);
+            // runs of up to 8 tokens, each decoding the block again: trees fit one run
+            let mut t = 0;
+            while t < acc.len() {
+                let n = (acc.len() - t).min(8);
+                let (at, acc) = (at.at_token(t), &mut acc[t..t + n]);
+                match n {
+                    1 => block::<K, 1>(blk, offs, &h, at, acc),
+                    2 => block::<K, 2>(blk, offs, &h, at, acc),
+                    3 => block::<K, 3>(blk, offs, &h, at, acc),
+                    4 => block::<K, 4>(blk, offs, &h, at, acc),
+                    5 => block::<K, 5>(blk, offs, &h, at, acc),
+                    6 => block::<K, 6>(blk, offs, &h, at, acc),
+                    7 => block::<K, 7>(blk, offs, &h, at, acc),
+                    _ => block::<K, 8>(blk, offs, &h, at, acc),
+                }
+                t += n;
+            }
+        }
+    )
+}
