@@ -166,15 +166,16 @@ fn speculation_with_the_real_pair_is_lossless_on_the_cpu() {
                 passes += out.generation.stats.target_passes;
             }
         }
+        // the drafter as the engine runs it by default: restricted, with its own precision
         let mut tb = cpu(t, Precision::default(), 2);
-        let mut db = cpu(d, Precision::default(), 2);
+        let mut db = cpu(d, llmcad::engine::EngineOptions::new("").draft_precision, 2);
         let table = FrequencyTable::shipped_for(&d.tokenizer);
         let ids = draft_tokens(&d.config, table.as_ref(), DraftVocab::Auto).unwrap();
         assert!(db.restrict_vocab(&ids));
         let spec = SpecOptions::default();
         let out = generate_speculative(&mut tb, &mut db, &prompt, &[], &opts, &spec, &mut |_| true)
             .unwrap();
-        assert_eq!(out.generation.tokens, want, "{p:?}, restricted drafter");
+        assert_eq!(out.generation.tokens, want, "{p:?}, the default drafter");
     }
     let per_pass = emitted as f64 / passes as f64;
     eprintln!("16-node trees: {per_pass:.2} tokens per target pass");
