@@ -175,30 +175,15 @@ fn bad_models_and_options_give_clear_errors() {
         ],
         &["vocabularies differ"],
     );
-    fails_with(
-        &[
-            "generate",
-            "-m",
-            path(&m.gguf),
-            "-p",
-            "x",
-            "--fallback",
-            "sometimes",
-        ],
-        &["fixed:X"],
-    );
-    fails_with(
-        &[
-            "generate",
-            "-m",
-            path(&m.gguf),
-            "-p",
-            "x",
-            "--draft-activations",
-            "q4",
-        ],
-        &["expected q16, q8 or f32"],
-    );
+    for (flag, value, says) in [
+        ("--fallback", "sometimes", "fixed:X"),
+        ("--draft-activations", "q4", "expected q16, q8 or f32"),
+    ] {
+        fails_with(
+            &["generate", "-m", path(&m.gguf), "-p", "x", flag, value],
+            &[says],
+        );
+    }
 }
 
 #[test]
