@@ -505,7 +505,12 @@ unsafe fn q6_k_scales(base: *const u8, rows: __m512i) -> (__m512, [[__m512i; 2];
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn q6_k_codes(l0: __m512i, l1: __m512i, hb: __m512i) -> [__m512i; 4] {
-    [0, 1, 2, 3].map(|k| q6_k_code(k, l0, l1, hb))
+    [
+        q6_k_code(0, l0, l1, hb),
+        q6_k_code(1, l0, l1, hb),
+        q6_k_code(2, l0, l1, hb),
+        q6_k_code(3, l0, l1, hb),
+    ]
 }
 
 /// Element `k` of `q6_k_codes`.
@@ -548,8 +553,8 @@ pub(super) const fn dtype_of(k: u8) -> DType {
 /// so that dword p holds the pair weight pair p meets. 8-bit ones stay in order, four values
 /// per dword (`quads`). Every table is interleaved by token (`dwords[i * n_t + t]` is dword i
 /// of token t), so that the tokens of a pass find their operands at fixed displacements from
-/// one pointer instead of an address each. Also the sums of each 16 values (`sums`), which
-/// offset and Q6_K's raw codes need, and each block's scale and scaled sum (`d`, `s`).
+/// one pointer instead of an address each. Also the sums of each 16 values (`sums`), which the
+/// quads' offsets and Q6_K's raw codes need, and each block's scale and scaled sum (`d`, `s`).
 struct Permuted {
     dwords: Vec<i32>,
     /// Dwords per block of 32 values: 16 pairs or 8 quads.
