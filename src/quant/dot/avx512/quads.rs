@@ -168,18 +168,18 @@ unsafe fn finish<const K: u8, const N: usize>(
     let m_set = _mm512_cmpneq_ps_mask(h.m[j], _mm512_setzero_ps());
     for t in 0..N {
         // Σ(code − off)·a = Σcode·a − off·Σa, the activations summed per 16
-        let offset_sum = |half: usize| _mm512_set1_epi32(offset(K) * at.sum16(2 * j + half, t));
+        let sum16 = |half: usize| at.sum16(2 * j + half, t);
         let f = if K == Q6_K {
             let scaled = |half: usize, sum: __m512i| {
-                let s = _mm512_sub_epi32(sum, offset_sum(half));
+                let s = _mm512_sub_epi32(sum, _mm512_set1_epi32(offset(K) * sum16(half)));
                 _mm512_mullo_epi32(h.sc[j][half], s)
             };
             halves_sum(scaled(0, x[t]), scaled(1, y[t]))
         } else {
             let mut s = _mm512_add_epi32(x[t], y[t]);
             if offset(K) != 0 {
-                s = _mm512_sub_epi32(s, offset_sum(0));
-                s = _mm512_sub_epi32(s, offset_sum(1));
+                let off = offset(K) * (sum16(0) + sum16(1));
+                s = _mm512_sub_epi32(s, _mm512_set1_epi32(off));
             }
             _mm512_cvtepi32_ps(s)
         };
