@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Rebuilds the drafter's frequency table for Qwen2's vocabulary (src/spec/frequent/qwen2.bin;
-# what it is for: src/spec/frequent.rs). The corpus is text any machine here has or gets from
+# Rebuilds a drafter's frequency table (src/spec/frequent/VOCAB.bin; what it is for:
+# src/spec/frequent.rs) for one of the vocabularies the library ships a table for. The corpus is text any machine here has or gets from
 # PyPI, in seven sources of equal weight:
 #   - code: Python's standard library, the Rust crates this project builds with (cargo's
 #     registry), C headers (/usr/include), the JavaScript of npm;
@@ -8,14 +8,22 @@
 #     Chinese, and for ten more languages together.
 # Each source is cut at 24 MB. The benchmark prompts and their outputs are not part of it.
 #
-#   bash models/build-frequent-table.sh [RECOMMENDED]
+#   bash models/build-frequent-table.sh VOCAB [RECOMMENDED]
 #
-# RECOMMENDED (default 65536) is how many of the top tokens the drafter keeps by default.
+# VOCAB: qwen2 (Qwen2 and Qwen2.5, 151,936 tokens: 65,536 ranked, 65,536 kept by default) or
+# smollm2 (SmolLM2, 49,152 tokens: 32,768 ranked, 16,384 kept). RECOMMENDED overrides how many
+# of the top tokens the drafter keeps by default (chosen by measurement: BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-recommended=${1:-65536}
-model=models/cache/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
-[ -f "$model" ] || bash models/fetch-qwen-pair.sh
+vocab=${1:?"usage: $0 qwen2|smollm2 [RECOMMENDED]"}
+case $vocab in
+    qwen2) model=models/cache/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf fetch=fetch-qwen-pair.sh
+        top=65536 recommended=${2:-65536} ;;
+    smollm2) model=models/cache/SmolLM2-135M-Instruct.Q4_1.gguf fetch=fetch-smollm2.sh
+        top=32768 recommended=${2:-16384} ;;
+    *) echo "unknown vocabulary $vocab (qwen2 or smollm2)" >&2 && exit 2 ;;
+esac
+[ -f "$model" ] || bash "models/$fetch"
 python3 -c "import wordfreq" 2>/dev/null || pip install --quiet wordfreq
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
@@ -54,5 +62,5 @@ write("words-zh", ["zh"])
 write("words-more", ["es", "fr", "de", "ja", "ru", "pt", "it", "nl", "pl", "ar"])
 PY
 ls -l "$corpus"
-cargo run --release --quiet --example frequent_tokens -- "$model" src/spec/frequent/qwen2.bin \
-    --top 65536 --recommended "$recommended" "$corpus"/*
+cargo run --release --quiet --example frequent_tokens -- "$model" "src/spec/frequent/$vocab.bin" \
+    --top "$top" --recommended "$recommended" "$corpus"/*

@@ -508,6 +508,16 @@ impl Engine {
                     _ => FrequencyTable::shipped_for(&d.tokenizer),
                 };
                 if let Some(ids) = draft_tokens(&d.config, table.as_ref(), spec.draft_vocab) {
+                    log::info!(
+                        "the drafter proposes {} of its {} tokens ({})",
+                        ids.len(),
+                        d.config.vocab,
+                        if table.is_some() {
+                            "the most frequent by the shipped table"
+                        } else {
+                            "the lowest ids"
+                        }
+                    );
                     backend.restrict_vocab(&ids);
                 }
                 Some(Drafter {

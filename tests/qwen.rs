@@ -10,7 +10,6 @@ use llmcad::backend::Backend;
 use llmcad::cpu::Precision;
 use llmcad::generate::GenerateOptions;
 use llmcad::model::Model;
-use llmcad::spec::frequent::{draft_tokens, DraftVocab, FrequencyTable};
 use llmcad::spec::{generate_speculative, SpecMode, SpecOptions};
 use llmcad::tokenizer::ChatMessage;
 use std::sync::OnceLock;
@@ -83,32 +82,12 @@ fn the_pair_shares_its_vocabulary() {
     assert!(llmcad::spec::check_pair(t, d).unwrap().is_empty());
 }
 
-/// The frequency table shipped for Qwen2's vocabulary is found for both models of the pair, and
-/// what the drafter keeps by default covers nearly all of the target's tokens on the reference
-/// lines (text the table was not built from).
+/// The frequency table shipped for Qwen2's vocabulary fits the pair (see
+/// `check_shipped_frequency_table`).
 #[test]
 fn the_shipped_frequency_table_fits_the_pair() {
     let Some((t, d)) = pair() else { return };
-    let table = FrequencyTable::shipped_for(&d.tokenizer).expect("a table for Qwen2's vocabulary");
-    assert_eq!(
-        FrequencyTable::shipped_for(&t.tokenizer),
-        Some(table.clone())
-    );
-    let ids = draft_tokens(&d.config, Some(&table), DraftVocab::Auto).expect("a restriction");
-    assert!(ids.len() >= table.recommended as usize && ids.len() < d.config.vocab);
-    assert!(ids.iter().all(|&id| (id as usize) < d.config.vocab));
-    assert!(d.config.special.stop.iter().all(|s| ids.contains(s)));
-    let outputs: Vec<u32> = references(QWEN_REFERENCES)
-        .iter()
-        .flat_map(|r| r.output_ids.clone())
-        .collect();
-    let covered = outputs
-        .iter()
-        .filter(|t| ids.binary_search(t).is_ok())
-        .count();
-    let share = covered as f64 / outputs.len() as f64;
-    eprintln!("the default draft vocabulary covers {share:.3} of the reference tokens");
-    assert!(share > 0.9, "{share:.3}");
+    check_shipped_frequency_table(t, d, QWEN_REFERENCES, 0.9);
 }
 
 fn chat_prompt(m: &Model, text: &str) -> Vec<u32> {
@@ -166,12 +145,8 @@ fn speculation_with_the_real_pair_is_lossless_on_the_cpu() {
                 passes += out.generation.stats.target_passes;
             }
         }
-        // the drafter as the engine runs it by default: restricted, with its own precision
         let mut tb = cpu(t, Precision::default(), 2);
-        let mut db = cpu(d, llmcad::engine::EngineOptions::new("").draft_precision, 2);
-        let table = FrequencyTable::shipped_for(&d.tokenizer);
-        let ids = draft_tokens(&d.config, table.as_ref(), DraftVocab::Auto).unwrap();
-        assert!(db.restrict_vocab(&ids));
+        let mut db = default_drafter(d);
         let spec = SpecOptions::default();
         let out = generate_speculative(&mut tb, &mut db, &prompt, &[], &opts, &spec, &mut |_| true)
             .unwrap();

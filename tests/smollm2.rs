@@ -26,6 +26,14 @@ fn drafter() -> &'static Model {
     })
 }
 
+/// The frequency table shipped for SmolLM2's vocabulary fits the target and its drafter (see
+/// `check_shipped_frequency_table`).
+#[test]
+fn the_shipped_frequency_table_fits_the_pair() {
+    let Some(t) = target() else { return };
+    check_shipped_frequency_table(t, drafter(), SMOLLM2_REFERENCES, 0.9);
+}
+
 /// How many reference lines the reference tests run: all, or the first
 /// LLMCAD_SMOLLM2_PROMPTS (the emulated aarch64 run in tests/run.sh keeps to a few).
 fn reference_limit() -> usize {
@@ -141,7 +149,12 @@ fn speculation_with_the_distilled_drafter_is_lossless() {
                 continue;
             }
             let mut t = cpu(m, Precision::default(), 2);
-            let mut dr = cpu(d, Precision::default(), 2);
+            // the default mode with the drafter as the engine runs it (restricted, 8-bit)
+            let mut dr = if mode == 0 {
+                default_drafter(d)
+            } else {
+                cpu(d, Precision::default(), 2)
+            };
             let out =
                 generate_speculative(&mut t, &mut dr, &prompt, &[], &opts, spec, &mut |_| true)
                     .unwrap();

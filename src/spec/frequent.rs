@@ -60,7 +60,10 @@ pub struct FrequencyTable {
 const MAGIC: &[u8; 8] = b"LLMCADFT";
 
 /// The tables built into the library.
-const SHIPPED: &[&[u8]] = &[include_bytes!("frequent/qwen2.bin")];
+const SHIPPED: &[&[u8]] = &[
+    include_bytes!("frequent/qwen2.bin"),
+    include_bytes!("frequent/smollm2.bin"),
+];
 
 impl FrequencyTable {
     /// Layout (little-endian): magic `LLMCADFT`, fingerprint u64, recommended u32, count u32,

@@ -192,6 +192,55 @@ pub fn references(file: &str) -> Vec<Reference> {
         .collect()
 }
 
+/// The drafter as the engine runs it by default: restricted to the shipped frequency table's
+/// tokens (where one matches), with the drafter's own activation precision, on 2 threads.
+pub fn default_drafter(d: &Model) -> CpuBackend {
+    use llmcad::spec::frequent::{draft_tokens, DraftVocab, FrequencyTable};
+    let mut db = cpu(d, llmcad::engine::EngineOptions::new("").draft_precision, 2);
+    let table = FrequencyTable::shipped_for(&d.tokenizer);
+    if let Some(ids) = draft_tokens(&d.config, table.as_ref(), DraftVocab::Auto) {
+        assert!(db.restrict_vocab(&ids));
+    }
+    db
+}
+
+/// A frequency table ships for the pair's vocabulary and is found for both models; what the
+/// drafter keeps by default is a real restriction that keeps the stop tokens and covers more
+/// than `min_share` of the target's tokens on the reference lines of `references_file` (text
+/// the table was not built from).
+pub fn check_shipped_frequency_table(
+    target: &Model,
+    drafter: &Model,
+    references_file: &str,
+    min_share: f64,
+) {
+    use llmcad::spec::frequent::{draft_tokens, DraftVocab, FrequencyTable};
+    let table = FrequencyTable::shipped_for(&drafter.tokenizer).expect("a shipped table");
+    assert_eq!(
+        FrequencyTable::shipped_for(&target.tokenizer),
+        Some(table.clone())
+    );
+    let vocab = drafter.config.vocab;
+    let ids = draft_tokens(&drafter.config, Some(&table), DraftVocab::Auto).expect("a restriction");
+    assert!(ids.len() >= table.recommended as usize && ids.len() < vocab);
+    assert!(ids.iter().all(|&id| (id as usize) < vocab));
+    assert!(drafter.config.special.stop.iter().all(|s| ids.contains(s)));
+    let outputs: Vec<u32> = references(references_file)
+        .iter()
+        .flat_map(|r| r.output_ids.clone())
+        .collect();
+    let covered = outputs
+        .iter()
+        .filter(|t| ids.binary_search(t).is_ok())
+        .count();
+    let share = covered as f64 / outputs.len() as f64;
+    eprintln!(
+        "the default draft vocabulary ({} of {vocab}) covers {share:.3} of the reference tokens",
+        ids.len()
+    );
+    assert!(share > min_share, "{share:.3}");
+}
+
 /// Greedy continuation of `prompt` for `n` tokens (stopping at a stop token).
 pub fn greedy(b: &mut dyn Backend, prompt: &[u32], n: usize, stop: &[u32]) -> Vec<u32> {
     let opts = llmcad::generate::GenerateOptions {
