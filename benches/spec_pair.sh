@@ -15,7 +15,7 @@
 # activations instead of 8-bit; "none-q8" and "default-q8": the target with 8-bit activations
 # too) and LLAMA_K llama.cpp's draft lengths
 # (default "4 8"). Prints decode tokens/s per mode (all tokens over all decode time) and the
-# ratios.
+# ratios, then each prompt's tokens/s and its ratio to `--spec none`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 llama=${1:-}
@@ -34,7 +34,7 @@ cache=$(mktemp -d)
 out=$(mktemp)
 trap 'rm -rf "$cache" "$out"' EXIT
 
-# llmcad MODE ARGS...: appends "MODE tokens seconds"
+# llmcad MODE ARGS...: appends "MODE tokens seconds PROMPT_NUMBER"
 llmcad() {
     local mode=$1
     shift
@@ -42,10 +42,10 @@ llmcad() {
     [ "$chat" = 1 ] && as_chat=(--chat)
     LLMCAD_CACHE_DIR=$cache "$bin" generate -m "$target" -p "$prompt" "${as_chat[@]}" -n "$tokens" \
         --ignore-eos -t "$threads" --json "$@" 2>/dev/null |
-        python3 -c "import json,sys; s=json.load(sys.stdin)['stats']; print('$mode', s['decode_ms']/1e3 * s['tokens_per_s'], s['decode_ms']/1e3)" >>"$out"
+        python3 -c "import json,sys; s=json.load(sys.stdin)['stats']; print('$mode', s['decode_ms']/1e3 * s['tokens_per_s'], s['decode_ms']/1e3, $number)" >>"$out"
 }
 
-# llama K: appends "llama-spec-K tokens seconds"
+# llama K: appends "llama-spec-K tokens seconds PROMPT_NUMBER"
 llama_spec() {
     local text=$prompt
     if [ "$chat" = 1 ]; then
@@ -55,10 +55,12 @@ llama_spec() {
     "$llama/llama-speculative-simple" -m "$target" -md "$drafter" --spec-type draft-simple \
         --spec-draft-n-max "$1" -p "$text" -n "$tokens" --ignore-eos -t "$threads" --temp 0 \
         -c 2048 2>&1 | sed -n 's/.*decoded *\([0-9]*\) tokens in *\([0-9.]*\) seconds.*/\1 \2/p' |
-        sed "s/^/llama-spec-k$1 /" >>"$out"
+        sed "s/^/llama-spec-k$1 /; s/\$/ $number/" >>"$out"
 }
 
+number=0
 head -n "$prompts" benches/prompts.txt | while IFS= read -r prompt; do
+    number=$((number + 1))
     for mode in $modes; do
         case $mode in
             none) llmcad none --spec none ;;
@@ -81,9 +83,11 @@ done
 python3 - "$out" <<'PY'
 import collections, sys
 tok, sec, runs = collections.Counter(), collections.Counter(), collections.Counter()
+per_prompt = collections.defaultdict(dict)
 for line in open(sys.argv[1]):
-    mode, n, s = line.split()
+    mode, n, s, number = line.split()
     tok[mode] += float(n); sec[mode] += float(s); runs[mode] += 1
+    per_prompt[int(number)][mode] = float(n) / float(s)
 rate = {m: tok[m] / sec[m] for m in tok}
 base = rate["none"]
 best_llama = max((r for m, r in rate.items() if m.startswith("llama")), default=None)
@@ -92,4 +96,13 @@ print("|---|---|---|---|---|")
 for m in rate:
     vs = f"{rate[m] / best_llama:.2f}x" if best_llama else "-"
     print(f"| {m} | {runs[m]} | {rate[m]:.2f} | {rate[m] / base:.2f}x | {vs} |")
+print()
+# where a mode loses to target-only, it shows here, prompt by prompt
+print("| prompt | " + " | ".join(rate) + " |")
+print("|---" * (len(rate) + 1) + "|")
+for number, by_mode in sorted(per_prompt.items()):
+    none = by_mode.get("none")
+    cells = [f"{by_mode[m]:.2f}" + (f" ({by_mode[m] / none:.2f}x)" if none and m != "none" else "")
+             if m in by_mode else "-" for m in rate]
+    print(f"| {number} | " + " | ".join(cells) + " |")
 PY
