@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds a drafter's frequency table (src/spec/frequent/VOCAB.bin; what it is for:
-# src/spec/frequent.rs) for one of the vocabularies the library ships a table for. The corpus is text any machine here has or gets from
-# PyPI, in seven sources of equal weight:
+# src/spec/frequent.rs) for one of the vocabularies the library ships a table for. The corpus
+# is text any machine here has or gets from PyPI, in seven sources of equal weight:
 #   - code: Python's standard library, the Rust crates this project builds with (cargo's
 #     registry), C headers (/usr/include), the JavaScript of npm;
 #   - prose: the crates' Markdown documents; word counts from `wordfreq` (PyPI) for English, for
