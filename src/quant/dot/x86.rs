@@ -661,6 +661,9 @@ unsafe fn tile_f<const K: u8, const R: usize, const T: usize>(
     out
 }
 
+/// How far ahead a single-row pass asks for its rows.
+const ROWS_AHEAD: usize = 2;
+
 /// Asks for `len` bytes from `p` to be brought into the cache.
 #[inline(always)]
 fn prefetch(p: *const u8, len: usize) {
@@ -786,6 +789,9 @@ unsafe fn matmul_q_k<const K: u8, const WIDE: bool, Q>(
             )
         },
         |r, t| {
+            if one_row {
+                prefetch(wp.wrapping_add((r + ROWS_AHEAD) * rb), rb);
+            }
             store(
                 r,
                 t,
