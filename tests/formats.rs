@@ -155,6 +155,56 @@ fn quantize_on_load_matches_a_quantized_gguf() {
     assert_eq!(kept.weights.layers[0].wq.dtype, DType::Q4_0);
 }
 
+/// Requantizing (on load, or into the drafter's cache file) leaves untied embeddings as stored:
+/// they are looked up a row at a time, so fewer bits would save nothing and lose accuracy. Tied
+/// ones are the head too, and are requantized.
+#[test]
+fn untied_embeddings_are_not_requantized() {
+    let spec = TinySpec {
+        seed: 12,
+        tied: false,
+        ..Default::default()
+    };
+    let m = write_tiny(scratch_dir(), "untied-q8", &spec, DType::Q8_0, DType::F32).unwrap();
+    let with = |path: &Path| {
+        let opts = LoadOptions {
+            quantize: Some(DType::Q4_0),
+            progress: None,
+        };
+        Model::load(path, &opts).unwrap()
+    };
+    for path in [&m.gguf, &m.hf_dir] {
+        let w = &with(path).weights;
+        assert!(!w.tied_head);
+        assert_ne!(w.embed.dtype, DType::Q4_0, "{}", path.display());
+        assert_eq!(w.head.dtype, DType::Q4_0);
+        assert_eq!(w.layers[0].wq.dtype, DType::Q4_0);
+    }
+    let kept = scratch_dir().join("untied-q4_0.gguf");
+    let changed = llmcad::format::requantize::requantize_gguf(&m.gguf, DType::Q4_0, &kept).unwrap();
+    let (original, requantized) = (load(&m.gguf), load(&kept));
+    assert_eq!(
+        changed,
+        1 + 7 * spec.n_layers,
+        "the head and every layer matrix"
+    );
+    assert_eq!(requantized.weights.embed.dtype, DType::Q8_0);
+    assert_eq!(
+        &*requantized.weights.embed.data,
+        &*original.weights.embed.data
+    );
+    assert_eq!(requantized.weights.head.dtype, DType::Q4_0);
+
+    let tied = TinySpec {
+        seed: 12,
+        ..Default::default()
+    };
+    let m = write_tiny(scratch_dir(), "tied-q8", &tied, DType::Q8_0, DType::F32).unwrap();
+    let w = &with(&m.gguf).weights;
+    assert!(w.tied_head);
+    assert_eq!(w.embed.dtype, DType::Q4_0);
+}
+
 fn expect_err(path: &Path, needles: &[&str]) -> Error {
     let err = match Model::load(path, &LoadOptions::default()) {
         Ok(_) => panic!("{} loaded but should not", path.display()),

@@ -25,11 +25,14 @@ pub fn requantize_gguf(src: &Path, to: DType, dst: &Path) -> Result<usize> {
             out.meta(key, value.clone());
         }
     }
+    // as when loading: untied embeddings are looked up, not multiplied, so they stay as stored
+    let untied = file.tensors.iter().any(|t| t.name == "output.weight");
     let mut changed = 0;
     for t in &file.tensors {
         let data = match t.shape[..] {
             [rows, cols]
-                if t.dtype.bits_per_weight() > to.bits_per_weight()
+                if !(untied && t.name == "token_embd.weight")
+                    && t.dtype.bits_per_weight() > to.bits_per_weight()
                     && cols.is_multiple_of(to.block_len()) =>
             {
                 changed += 1;

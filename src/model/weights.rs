@@ -347,14 +347,21 @@ impl<'a> WeightLoader<'a> {
             let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             progress(d, total);
         };
-        let embed = self.matrix(Role::Embed, 0, c.vocab, c.hidden)?;
+        let tied_head = !self.tensors.contains_key(&self.name(Role::Head, 0));
+        // embeddings are looked up a row at a time: requantizing them gains nothing and loses
+        // accuracy, unless they are also the head
+        let embed = if tied_head {
+            self.matrix(Role::Embed, 0, c.vocab, c.hidden)?
+        } else {
+            self.as_stored(Role::Embed, 0, c.vocab, c.hidden)?
+        };
         tick();
         let norm = self.norm(Role::Norm, 0, c.hidden)?;
         tick();
-        let (head, tied_head) = if self.tensors.contains_key(&self.name(Role::Head, 0)) {
-            (self.matrix(Role::Head, 0, c.vocab, c.hidden)?, false)
+        let head = if tied_head {
+            embed.clone()
         } else {
-            (embed.clone(), true)
+            self.matrix(Role::Head, 0, c.vocab, c.hidden)?
         };
         tick();
         let q = c.q_dim();
@@ -459,7 +466,8 @@ impl<'a> WeightLoader<'a> {
         Ok(t)
     }
 
-    fn matrix(&self, role: Role, layer: usize, rows: usize, cols: usize) -> Result<Matrix> {
+    /// A matrix as the file stores it, never requantized.
+    fn as_stored(&self, role: Role, layer: usize, rows: usize, cols: usize) -> Result<Matrix> {
         let t = self.get(role, layer)?;
         if t.shape != [rows, cols] {
             return Err(format_err!(
@@ -468,7 +476,12 @@ impl<'a> WeightLoader<'a> {
                 t.shape
             ));
         }
-        let m = Matrix::from_raw(t, rows, cols);
+        Ok(Matrix::from_raw(t, rows, cols))
+    }
+
+    /// A matrix, requantized to `quantize_to` where that has fewer bits per weight.
+    fn matrix(&self, role: Role, layer: usize, rows: usize, cols: usize) -> Result<Matrix> {
+        let m = self.as_stored(role, layer, rows, cols)?;
         match self.quantize_to {
             // smaller types are kept: requantizing only loses accuracy
             Some(to) if to.bits_per_weight() >= m.dtype.bits_per_weight() => Ok(m),
