@@ -441,6 +441,58 @@ unsafe fn quants<const K: u8>(p: *const u8, j: usize, h: &Header) -> ([__m256i; 
     }
 }
 
+/// Kinds whose codes meet 8-bit activations as bytes (`maddubs`, 32 values per product)
+/// instead of being widened to i16 with them. (Q5_0 measured slower so: its rows' extra
+/// registers spill.)
+const fn byte_codes(k: u8) -> bool {
+    matches!(k, Q4_K | Q6_K)
+}
+
+/// Sub-block `j` of the block at `p` for 8-bit activations (kinds with `byte_codes`): its 32
+/// codes as bytes in element order (Q4_K: 0..15; Q6_K: −32..31, its offset subtracted), and
+/// the integer scale of each 16 values as i16 lanes (lanes 0..8 for values 0..16; 1 for Q4_K,
+/// whose scales are in the header's).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn code_bytes<const K: u8>(p: *const u8, j: usize) -> (__m256i, __m256i) {
+    let ones = _mm256_set1_epi16(1);
+    match K {
+        Q4_K => (
+            bit_field(p.add(16 + 32 * (j / 2)), 4 * (j as u32 % 2), 0x0f),
+            ones,
+        ),
+        _ => {
+            let (n, k) = (j / 4, j % 4);
+            let lo = bit_field(p.add(64 * n + 32 * (k & 1)), 4 * (k as u32 / 2), 0x0f);
+            let hi = bit_field(p.add(128 + 32 * n), 2 * k as u32, 3);
+            let q = _mm256_sub_epi8(
+                _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)),
+                _mm256_set1_epi8(32),
+            );
+            let sc = p.add(192 + 8 * n + 2 * k) as *const i8;
+            let scales = _mm256_set_m128i(
+                _mm_set1_epi16(*sc.add(1) as i16),
+                _mm_set1_epi16(*sc as i16),
+            );
+            (q, scales)
+        }
+    }
+}
+
+/// Eight i32 partial sums of codes `c` with scales `sc` (from `code_bytes`) times 32 8-bit
+/// activations `a`. Signed codes go through `maddubs` as |c| and a·sign(c), as in `isum8`;
+/// no pair sum saturates (|c| ≤ 32, |a| ≤ 127).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn isum_bytes<const K: u8>(c: __m256i, sc: __m256i, a: __m256i) -> __m256i {
+    let pairs = if K == Q4_K {
+        _mm256_maddubs_epi16(c, a)
+    } else {
+        _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(a, c))
+    };
+    _mm256_madd_epi16(pairs, sc)
+}
+
 /// As `tile_q`, for the types decoded through sub-blocks. Per block, each weight row's header
 /// is decoded once and its scales meet the activation scales of all its sub-blocks in one
 /// vector product; per sub-block, the i16 weights meet every activation row of the tile. Per
@@ -480,6 +532,21 @@ unsafe fn tile_sub<const K: u8, const WIDE: bool, const R: usize, const T: usize
         }
         for j in 0..per {
             let b = i * per + j;
+            if !WIDE && byte_codes(K) {
+                let mut codes = [(_mm256_setzero_si256(), _mm256_setzero_si256()); R];
+                for (r, c) in codes.iter_mut().enumerate() {
+                    *c = code_bytes::<K>(p[r], j);
+                }
+                for t in 0..T {
+                    let qa = _mm256_loadu_si256(a.q[t].add(b * qbytes) as *const __m256i);
+                    for (r, &(c, sc)) in codes.iter().enumerate() {
+                        let isum = isum_bytes::<K>(c, sc, qa);
+                        let scale = splat_lane8(dd[r][t], j);
+                        acc[r][t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[r][t]);
+                    }
+                }
+                continue;
+            }
             let wq: [_; R] = std::array::from_fn(|r| quants::<K>(p[r], j, &hdr[r]));
             for t in 0..T {
                 let qp = a.q[t].add(b * qbytes);
