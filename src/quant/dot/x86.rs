@@ -442,21 +442,29 @@ unsafe fn quants<const K: u8>(p: *const u8, j: usize, h: &Header) -> ([__m256i; 
 }
 
 /// Kinds whose codes meet 8-bit activations as bytes (`maddubs`, 32 values per product)
-/// instead of being widened to i16 with them. (Q5_0 measured slower so: its rows' extra
-/// registers spill.)
+/// instead of being widened to i16 with them: the real pair's types.
 const fn byte_codes(k: u8) -> bool {
-    matches!(k, Q4_K | Q6_K)
+    matches!(k, Q5_0 | Q4_K | Q6_K)
 }
 
 /// Sub-block `j` of the block at `p` for 8-bit activations (kinds with `byte_codes`): its 32
-/// codes as bytes in element order (Q4_K: 0..15; Q6_K: −32..31, its offset subtracted), and
-/// the integer scale of each 16 values as i16 lanes (lanes 0..8 for values 0..16; 1 for Q4_K,
-/// whose scales are in the header's).
+/// codes as bytes in element order (Q4_K: 0..15; Q5_0: 0..31, its offset of 16 left to the
+/// caller; Q6_K: −32..31), and the integer scale of each 16 values as i16 lanes (lanes 0..8
+/// for values 0..16; 1 where the scales are in the header's).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn code_bytes<const K: u8>(p: *const u8, j: usize) -> (__m256i, __m256i) {
     let ones = _mm256_set1_epi16(1);
     match K {
+        Q5_0 => {
+            let nib = _mm_loadu_si128(p.add(6) as *const __m128i);
+            let q = _mm256_and_si256(
+                _mm256_set_m128i(_mm_srli_epi16(nib, 4), nib),
+                _mm256_set1_epi8(0x0f),
+            );
+            let qh = qh_bits((p.add(2) as *const u32).read_unaligned());
+            (_mm256_or_si256(q, qh), ones)
+        }
         Q4_K => (
             bit_field(p.add(16 + 32 * (j / 2)), 4 * (j as u32 % 2), 0x0f),
             ones,
@@ -480,15 +488,15 @@ unsafe fn code_bytes<const K: u8>(p: *const u8, j: usize) -> (__m256i, __m256i) 
 }
 
 /// Eight i32 partial sums of codes `c` with scales `sc` (from `code_bytes`) times 32 8-bit
-/// activations `a`. Signed codes go through `maddubs` as |c| and a·sign(c), as in `isum8`;
-/// no pair sum saturates (|c| ≤ 32, |a| ≤ 127).
+/// activations `a`. Q6_K's signed codes go through `maddubs` as |c| and a·sign(c), as in
+/// `isum8`; no pair sum saturates (|c| ≤ 32, |a| ≤ 127).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn isum_bytes<const K: u8>(c: __m256i, sc: __m256i, a: __m256i) -> __m256i {
-    let pairs = if K == Q4_K {
-        _mm256_maddubs_epi16(c, a)
-    } else {
+    let pairs = if K == Q6_K {
         _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(a, c))
+    } else {
+        _mm256_maddubs_epi16(c, a)
     };
     _mm256_madd_epi16(pairs, sc)
 }
@@ -539,8 +547,16 @@ unsafe fn tile_sub<const K: u8, const WIDE: bool, const R: usize, const T: usize
                 }
                 for t in 0..T {
                     let qa = _mm256_loadu_si256(a.q[t].add(b * qbytes) as *const __m256i);
+                    // Q5_0's offset: Σ(c − 16)·a = Σc·a − 16·Σa, with Σa in the same lanes
+                    let offset = if K == Q5_0 {
+                        let ones = _mm256_set1_epi16(1);
+                        let sums = _mm256_maddubs_epi16(_mm256_set1_epi8(1), qa);
+                        _mm256_slli_epi32::<4>(_mm256_madd_epi16(sums, ones))
+                    } else {
+                        _mm256_setzero_si256()
+                    };
                     for (r, &(c, sc)) in codes.iter().enumerate() {
-                        let isum = isum_bytes::<K>(c, sc, qa);
+                        let isum = _mm256_sub_epi32(isum_bytes::<K>(c, sc, qa), offset);
                         let scale = splat_lane8(dd[r][t], j);
                         acc[r][t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[r][t]);
                     }
