@@ -354,6 +354,34 @@ unsafe fn qh_bits(qh: u32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(16))
 }
 
+/// The 32 codes (0..31) of the Q5_0 / Q5_1 block at `p` as bytes, element order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn five_bit_codes<const K: u8>(p: *const u8) -> __m256i {
+    let (qh, nib) = if K == Q5_0 { (2, 6) } else { (4, 8) };
+    let nib = _mm_loadu_si128(p.add(nib) as *const __m128i);
+    let q = _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16(nib, 4), nib),
+        _mm256_set1_epi8(0x0f),
+    );
+    _mm256_or_si256(q, qh_bits((p.add(qh) as *const u32).read_unaligned()))
+}
+
+/// Sub-block `j` of the Q6_K block at `p`: its 32 values (−32..31) as bytes, element order,
+/// and where the integer scales of its two halves of 16 are.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_codes(p: *const u8, j: usize) -> (__m256i, *const i8) {
+    let (n, k) = (j / 4, j % 4);
+    let lo = bit_field(p.add(64 * n + 32 * (k & 1)), 4 * (k as u32 / 2), 0x0f);
+    let hi = bit_field(p.add(128 + 32 * n), 2 * k as u32, 3);
+    let q = _mm256_sub_epi8(
+        _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)),
+        _mm256_set1_epi8(32),
+    );
+    (q, p.add(192 + 8 * n + 2 * k) as *const i8)
+}
+
 /// Two i16 vectors times the integer scales of their 16 values.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -374,13 +402,7 @@ unsafe fn quants<const K: u8>(p: *const u8, j: usize, h: &Header) -> ([__m256i; 
     let zero = [_mm256_setzero_si256(); 2];
     match K {
         Q5_0 | Q5_1 => {
-            let (qh, nib) = if K == Q5_0 { (2, 6) } else { (4, 8) };
-            let nib = _mm_loadu_si128(p.add(nib) as *const __m128i);
-            let q = _mm256_and_si256(
-                _mm256_set_m128i(_mm_srli_epi16(nib, 4), nib),
-                _mm256_set1_epi8(0x0f),
-            );
-            let q = _mm256_or_si256(q, qh_bits((p.add(qh) as *const u32).read_unaligned()));
+            let q = five_bit_codes::<K>(p);
             if K == Q5_0 {
                 (
                     widen::<true>(_mm256_sub_epi8(q, _mm256_set1_epi8(16))),
@@ -404,14 +426,7 @@ unsafe fn quants<const K: u8>(p: *const u8, j: usize, h: &Header) -> ([__m256i; 
             (widen::<false>(q), zero)
         }
         Q6_K => {
-            let (n, k) = (j / 4, j % 4);
-            let lo = bit_field(p.add(64 * n + 32 * (k & 1)), 4 * (k as u32 / 2), 0x0f);
-            let hi = bit_field(p.add(128 + 32 * n), 2 * k as u32, 3);
-            let q = _mm256_sub_epi8(
-                _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)),
-                _mm256_set1_epi8(32),
-            );
-            let sc = p.add(192 + 8 * n + 2 * k) as *const i8;
+            let (q, sc) = q6_k_codes(p, j);
             (
                 scale16(widen::<true>(q), [*sc as i16, *sc.add(1) as i16]),
                 zero,
@@ -456,28 +471,13 @@ const fn byte_codes(k: u8) -> bool {
 unsafe fn code_bytes<const K: u8>(p: *const u8, j: usize) -> (__m256i, __m256i) {
     let ones = _mm256_set1_epi16(1);
     match K {
-        Q5_0 => {
-            let nib = _mm_loadu_si128(p.add(6) as *const __m128i);
-            let q = _mm256_and_si256(
-                _mm256_set_m128i(_mm_srli_epi16(nib, 4), nib),
-                _mm256_set1_epi8(0x0f),
-            );
-            let qh = qh_bits((p.add(2) as *const u32).read_unaligned());
-            (_mm256_or_si256(q, qh), ones)
-        }
+        Q5_0 => (five_bit_codes::<K>(p), ones),
         Q4_K => (
             bit_field(p.add(16 + 32 * (j / 2)), 4 * (j as u32 % 2), 0x0f),
             ones,
         ),
         _ => {
-            let (n, k) = (j / 4, j % 4);
-            let lo = bit_field(p.add(64 * n + 32 * (k & 1)), 4 * (k as u32 / 2), 0x0f);
-            let hi = bit_field(p.add(128 + 32 * n), 2 * k as u32, 3);
-            let q = _mm256_sub_epi8(
-                _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)),
-                _mm256_set1_epi8(32),
-            );
-            let sc = p.add(192 + 8 * n + 2 * k) as *const i8;
+            let (q, sc) = q6_k_codes(p, j);
             let scales = _mm256_set_m128i(
                 _mm_set1_epi16(*sc.add(1) as i16),
                 _mm_set1_epi16(*sc as i16),
