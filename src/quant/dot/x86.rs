@@ -503,8 +503,9 @@ unsafe fn isum_bytes<const K: u8>(c: __m256i, sc: __m256i, a: __m256i) -> __m256
 
 /// As `tile_q`, for the types decoded through sub-blocks. Per block, each weight row's header
 /// is decoded once and its scales meet the activation scales of all its sub-blocks in one
-/// vector product; per sub-block, the i16 weights meet every activation row of the tile. Per
-/// (row, activation row) the same operations run in every tile shape.
+/// vector product; per sub-block, the i16 weights (for 8-bit activations and `byte_codes`
+/// kinds, the codes as bytes) meet every activation row of the tile. Per (row, activation
+/// row) the same operations run in every tile shape.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_sub<const K: u8, const WIDE: bool, const R: usize, const T: usize>(
