@@ -12,8 +12,9 @@ use llmcad::model::{LoadOptions, Model};
 use llmcad::quant::DType;
 use llmcad::sampling::SamplingParams;
 use llmcad::spec::cost::PassTimes;
+use llmcad::spec::drafter::{Drafter, Growth, TreeShape, CATCH_UP_WINDOW};
 use llmcad::spec::{
-    check_pair, generate_speculative, FallbackPolicy, Overlap, SpecMode, SpecOptions,
+    check_pair, generate_speculative, FallbackPolicy, Overlap, SpecMode, SpecOptions, TokenTree,
 };
 use llmcad::synthetic::{derive_drafter, write_model, TinySpec};
 use std::collections::HashMap;
@@ -294,6 +295,34 @@ fn a_perfect_drafter_is_always_accepted() {
     assert!(out.spec.overlap_drafted > 0);
     assert!(out.spec.overlap_kept > 0, "{:?}", out.spec);
     assert_eq!(out.generation.tokens, plain(&f.target, &[1, 2, 3], &opts));
+}
+
+/// A drafter that skipped many rounds catches up on the newest `CATCH_UP_WINDOW` tokens
+/// only, and still drafts from there; the prompt it catches up on in full.
+#[test]
+fn a_drafter_far_behind_catches_up_on_a_window() {
+    let f = family(DType::F32);
+    let mut backend = cpu(&f.drafters[0], Precision::default(), 1);
+    let prompt: Vec<u32> = (3..43).collect();
+    let mut drafter = Drafter::new(&mut backend, &prompt, 16, 2);
+    let mut grow = |_: &TokenTree, _: f32, _: Growth| true;
+    let shape = TreeShape::chain(2);
+    let first = drafter.draft(50, &shape, &mut grow).unwrap();
+    assert_eq!(first.catch_up.tokens, prompt.len());
+    assert!(first.catch_up.ms > 0.0);
+    assert_eq!(first.tree.len(), 3, "two drafted tokens");
+    drafter.commit(&first, &[0], 51, None).unwrap();
+    for token in 51..51 + CATCH_UP_WINDOW as u32 + 9 {
+        let skipped = drafter.skip(token);
+        drafter.commit(&skipped, &[0], token + 1, None).unwrap();
+    }
+    let after = drafter.draft(100, &shape, &mut grow).unwrap();
+    assert_eq!(after.catch_up.tokens, CATCH_UP_WINDOW);
+    assert_eq!(after.tree.len(), 3);
+    drafter.commit(&after, &[0], 101, None).unwrap();
+    drop(drafter);
+    // the prompt, the first root, the window and the second root
+    assert_eq!(backend.kv_len(), prompt.len() + 1 + CATCH_UP_WINDOW + 1);
 }
 
 /// Upper tail of the chi-square distribution at p = 0.001 (Wilson–Hilferty).

@@ -265,6 +265,8 @@ pub fn spec_json(stats: &mut serde_json::Value, sp: &SpecStats, passes: usize, d
         "pass_ms_by_nodes": sp.pass_times.as_ref().map(|c| c.points()),
         "overlap_drafted": sp.overlap_drafted,
         "plain_rounds": sp.plain_rounds,
+        "catch_up_tokens": sp.catch_up_tokens,
+        "catch_up_ms": sp.catch_up_time.as_secs_f64() * 1e3,
         "overlap_kept": sp.overlap_kept,
         "overlap_dropped": sp.overlap_drafted - sp.overlap_kept,
     });

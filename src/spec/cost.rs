@@ -14,6 +14,11 @@
 //! alone without drafting, and now and then a round speculates again to see whether that
 //! changed (after [`PROBE_EVERY`] plain rounds, twice as long after each probe that lost). The
 //! choice compares measured times per emitted token, so it costs little more than the probes.
+//! A probe is not free: the drafter first catches up on the tokens it skipped (at most
+//! [`CATCH_UP_WINDOW`] of them). It probes only while that costs at most [`PROBE_SHARE`] of the
+//! plain time since the last probe and of the plain time still to come, so that probes which
+//! keep losing cannot make decoding measurably slower than plain decoding; and the catch-up
+//! does not count against the speculative rounds it measures.
 //!
 //! The verifier's pass time is learned from the passes decoding runs anyway ([`PassTimes`]):
 //! no pass is spent on measuring. Until a second size has been seen, a pass is assumed to cost
@@ -26,7 +31,7 @@
 //! rounds take over only after a few speculative ones: a single round is a coin toss, and a
 //! rejected first tree must not end speculation where extra nodes are nearly free.
 
-use super::drafter::Growth;
+use super::drafter::{CatchUp, Growth, CATCH_UP_WINDOW};
 use crate::backend::{Backend, Batch, Want};
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
@@ -37,6 +42,15 @@ use std::time::Instant;
 /// doubles after every probe that lost, up to `MAX_PROBE_EVERY`.
 pub const PROBE_EVERY: usize = 16;
 const MAX_PROBE_EVERY: usize = 256;
+
+/// A probe's catch-up may cost at most this share of the plain rounds' time since the last
+/// probe, and of their time over the tokens left to generate.
+const PROBE_SHARE: f64 = 1.0 / 32.0;
+
+/// Speculation measured faster than plain rounds comes back only where its gain over the tokens
+/// left is this many times the drafter's catch-up: the gain is an estimate from a few noisy
+/// rounds, and flapping between the two modes pays the catch-up every time.
+const RETURN_MARGIN: f64 = 2.0;
 
 /// Measured pass time (ms) of a backend vs the number of nodes in the batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -271,6 +285,7 @@ impl DecayedRatio {
 pub struct CostModel {
     verify: PassTimes,
     draft_ms_per_pass: Ema,
+    catch_up_ms_per_token: Ema,
     /// Accepted tokens per unit of drafted path confidence.
     calibration: DecayedRatio,
     /// ms per emitted token of speculative rounds and of plain (target-only) rounds.
@@ -285,6 +300,7 @@ impl CostModel {
         CostModel {
             verify,
             draft_ms_per_pass: Ema { value: None },
+            catch_up_ms_per_token: Ema { value: None },
             // confidences taken at face value until verifications say otherwise
             calibration: DecayedRatio::with_prior(1.0, 2.0),
             ms_per_token: DecayedRatio::default(),
@@ -326,29 +342,47 @@ impl CostModel {
         gain > cost
     }
 
-    /// Should the next round draft at all? Not before a one-node pass has been timed (the first
-    /// round is a plain one, unless times were kept from before); then yes for the first
-    /// [`MIN_SPECULATIVE_ROUNDS`] and while speculative rounds are at least as fast per token as
-    /// plain ones (a plain round costs a one-node pass until measured), and as a probe now and
-    /// then otherwise.
-    pub fn should_draft(&mut self) -> bool {
+    /// Should the next round draft at all, with `remaining` tokens left to generate? Not before
+    /// a one-node pass has been timed (the first round is a plain one, unless times were kept
+    /// from before), nor where even a token sure to be accepted would cost more to draft and
+    /// verify than a plain round takes per token. Then yes for the first
+    /// [`MIN_SPECULATIVE_ROUNDS`], and while speculative rounds are at least as fast per token
+    /// as plain ones (a plain round costs a one-node pass until measured), by enough to pay
+    /// for the drafter's catch-up over the tokens left ([`RETURN_MARGIN`]); otherwise as a
+    /// probe now and then.
+    pub fn should_draft(&mut self, remaining: usize) -> bool {
         if self.verify.is_empty() {
             return false;
         }
         let plain = self.plain_ms_per_token.get_or(self.verify.ms(1));
+        let one_more_node = self.verify.ms(2) - self.verify.ms(1);
         let spec = self.ms_per_token.get();
-        if self.ms_per_token.rounds < MIN_SPECULATIVE_ROUNDS || spec.is_none_or(|s| s <= plain) {
+        // every round since the drafter last ran left it a token to catch up on
+        let catch_up =
+            self.catch_up_ms_per_token.get_or(0.0) * self.plain_rounds.min(CATCH_UP_WINDOW) as f64;
+        let mut probe = false;
+        let draft = if one_more_node + self.draft_ms_per_pass.get_or(0.0) >= plain {
+            false
+        } else if self.ms_per_token.rounds < MIN_SPECULATIVE_ROUNDS {
+            true
+        } else if let Some(s) = spec.filter(|&s| s <= plain) {
+            (plain - s) * remaining as f64 >= RETURN_MARGIN * catch_up
+        } else {
+            let waited = self.plain_rounds + 1;
+            probe = waited >= self.probe_every
+                && catch_up <= PROBE_SHARE * plain * waited.min(remaining) as f64;
+            probe
+        };
+        if draft {
             self.plain_rounds = 0;
-            self.probe_every = PROBE_EVERY;
-            return true;
+            self.probe_every = match probe {
+                true => (2 * self.probe_every).min(MAX_PROBE_EVERY),
+                false => PROBE_EVERY,
+            };
+        } else {
+            self.plain_rounds += 1;
         }
-        self.plain_rounds += 1;
-        if self.plain_rounds < self.probe_every {
-            return false;
-        }
-        self.plain_rounds = 0;
-        self.probe_every = (2 * self.probe_every).min(MAX_PROBE_EVERY);
-        true
+        draft
     }
 
     /// Learns from a round that verified the target's token alone, without drafting.
@@ -357,18 +391,25 @@ impl CostModel {
     }
 
     /// Learns from one round: drafting time and passes, the summed confidence of the drafted
-    /// nodes, how many were accepted, and the round's total time and emitted tokens.
+    /// nodes, how many were accepted, and the round's total time and emitted tokens. The
+    /// drafter's catch-up on skipped tokens (part of its drafting time) is learned apart.
     pub fn record(&mut self, round: &RoundCost) {
+        let one_off = round.catch_up.ms;
+        if round.catch_up.tokens > 0 {
+            self.catch_up_ms_per_token
+                .push(one_off / round.catch_up.tokens as f64);
+        }
         if round.draft_passes > 0 {
             self.draft_ms_per_pass
-                .push(round.draft_ms / round.draft_passes as f64);
+                .push((round.draft_ms - one_off).max(0.0) / round.draft_passes as f64);
         }
         if round.drafted_conf > 0.0 {
             self.calibration
                 .push(round.accepted as f64, round.drafted_conf);
         }
         if round.emitted > 0 {
-            self.ms_per_token.push(round.total_ms, round.emitted as f64);
+            self.ms_per_token
+                .push((round.total_ms - one_off).max(0.0), round.emitted as f64);
         }
     }
 }
@@ -380,6 +421,7 @@ pub struct RoundCost {
     pub accepted: usize,
     pub total_ms: f64,
     pub emitted: usize,
+    pub catch_up: CatchUp,
 }
 
 #[cfg(test)]
@@ -447,6 +489,7 @@ mod tests {
                 accepted: 0,
                 total_ms: 11.0,
                 emitted: 1,
+                catch_up: CatchUp::default(),
             });
         }
         assert!(!at(&m), "a drafter that is never right stops paying");
@@ -460,6 +503,7 @@ mod tests {
             accepted: emitted - 1,
             total_ms,
             emitted,
+            catch_up: CatchUp::default(),
         }
     }
 
@@ -467,19 +511,115 @@ mod tests {
     fn speculation_pauses_while_plain_rounds_are_faster() {
         let mut m = CostModel::new(times(&[(1, 10.0), (64, 200.0)]));
         for _ in 0..MIN_SPECULATIVE_ROUNDS {
-            assert!(m.should_draft(), "speculation is tried first");
+            assert!(m.should_draft(usize::MAX), "speculation is tried first");
             m.record(&round(30.0, 2));
         }
         // 15 ms per token against a 10 ms one-node pass: plain rounds, with probes that
         // come less often while they keep losing
-        let drafts: Vec<usize> = (1..=7 * PROBE_EVERY).filter(|_| m.should_draft()).collect();
+        let drafts: Vec<usize> = (1..=7 * PROBE_EVERY)
+            .filter(|_| m.should_draft(usize::MAX))
+            .collect();
         assert_eq!(drafts, [PROBE_EVERY, 3 * PROBE_EVERY, 7 * PROBE_EVERY]);
         // a probe finds speculation paying again (plain rounds measured slower)
         m.record_plain(12.0);
         for _ in 0..20 {
             m.record(&round(20.0, 4));
         }
-        assert!((0..4).all(|_| m.should_draft()));
+        assert!((0..4).all(|_| m.should_draft(usize::MAX)));
+    }
+
+    /// Speculation that lost, measured after a catch-up costing `catch_up_ms` per token, with
+    /// plain rounds of 10 ms.
+    fn lost_after_catching_up(catch_up_ms: f64) -> CostModel {
+        let mut m = CostModel::new(times(&[(1, 10.0), (64, 200.0)]));
+        for i in 0..MIN_SPECULATIVE_ROUNDS {
+            assert!(m.should_draft(usize::MAX));
+            let tokens = if i == 0 { 40 } else { 0 };
+            let catch_up = catch_up_ms * tokens as f64;
+            m.record(&RoundCost {
+                catch_up: CatchUp {
+                    tokens,
+                    ms: catch_up,
+                },
+                ..round(30.0 + catch_up, 2)
+            });
+        }
+        m.record_plain(10.0);
+        m
+    }
+
+    /// A probe first runs the drafter over what it skipped: probes wait until that is a small
+    /// share of the plain time since the last one, and of the plain time left.
+    #[test]
+    fn probes_wait_until_their_catch_up_is_cheap() {
+        let probes = |catch_up_ms: f64, remaining: usize| -> Vec<usize> {
+            let mut m = lost_after_catching_up(catch_up_ms);
+            (1..=400)
+                .filter(|&i| m.should_draft(remaining.saturating_sub(i)))
+                .collect()
+        };
+        // nearly free: the usual schedule
+        assert_eq!(probes(0.001, 1000), [16, 48, 112, 240]);
+        // a tenth of a plain round per token: the 32 tokens of the window cost 32 ms, a 32nd
+        // of the plain time only after 103 plain rounds
+        assert_eq!(CATCH_UP_WINDOW, 32);
+        assert_eq!(probes(1.0, 1000), [103, 206, 309]);
+        // ... and not when fewer tokens than that are left to use what it finds
+        assert_eq!(probes(1.0, 200), Vec::<usize>::new());
+        // as dear as a plain round per token: never
+        assert_eq!(probes(10.0, 1000), Vec::<usize>::new());
+    }
+
+    /// Plain rounds turning slower than speculation bring it back only where what it gains
+    /// over the tokens left pays for the drafter's catch-up.
+    #[test]
+    fn speculation_returns_when_its_gain_pays_for_the_catch_up() {
+        let back_after = |remaining: usize| {
+            let mut m = lost_after_catching_up(10.0);
+            assert!((0..10).all(|_| !m.should_draft(usize::MAX)));
+            // plain rounds now about 23 ms per token, speculation 15: 8 ms per token against
+            // 100 ms of catching up on 10 tokens, twice
+            (0..5).for_each(|_| m.record_plain(30.0));
+            m.should_draft(remaining)
+        };
+        assert!(back_after(1000));
+        assert!(!back_after(10));
+    }
+
+    /// The catch-up is the price of a probe, not of speculation: a probe whose speculative
+    /// round is fast brings speculation back however long its catch-up took.
+    #[test]
+    fn a_probe_is_judged_without_its_catch_up() {
+        let mut m = lost_after_catching_up(0.001);
+        assert!((1..PROBE_EVERY).all(|_| !m.should_draft(usize::MAX)));
+        assert!(m.should_draft(usize::MAX));
+        for tokens in [16, 0, 0] {
+            m.record(&RoundCost {
+                catch_up: CatchUp {
+                    tokens,
+                    ms: 1000.0 * tokens as f64,
+                },
+                ..round(12.0 + 1000.0 * tokens as f64, 4)
+            });
+        }
+        assert!((0..4).all(|_| m.should_draft(usize::MAX)));
+    }
+
+    /// A verifier whose second node costs as much as a plain round per token (a compute-bound
+    /// CPU) gets no drafts at all, not even trial rounds; kept times say so only until a pass
+    /// of this process says otherwise.
+    #[test]
+    fn no_round_drafts_where_even_a_certain_token_cannot_pay() {
+        let mut m = CostModel::new(times(&[(1, 10.0), (2, 20.0)]));
+        assert!(!m.should_draft(usize::MAX), "kept times");
+        // measured now: the prior's quarter of a pass per node until a second size is seen
+        m.record_pass(1, 10.0);
+        assert!(m.should_draft(usize::MAX));
+        m.record_pass(2, 20.0);
+        assert!((0..100).all(|_| !m.should_draft(usize::MAX)));
+        m.record_pass(2, 12.0);
+        m.record_pass(2, 12.0);
+        assert!(m.should_draft(usize::MAX));
     }
 
     /// Where extra nodes are nearly free (a verifier waiting on streamed weights), a first tree
@@ -488,7 +628,7 @@ mod tests {
     #[test]
     fn one_rejected_tree_does_not_end_speculation() {
         let mut m = CostModel::new(times(&[(1, 2400.0), (3, 2450.0)]));
-        assert!(m.should_draft());
+        assert!(m.should_draft(usize::MAX));
         m.record(&RoundCost {
             draft_ms: 20.0,
             draft_passes: 2,
@@ -496,18 +636,19 @@ mod tests {
             accepted: 0,
             total_ms: 2470.0,
             emitted: 1,
+            catch_up: CatchUp::default(),
         });
         m.record_plain(2400.0);
-        assert!(m.should_draft());
+        assert!(m.should_draft(usize::MAX));
         assert!(m.worth_growing(3, 0.5, Growth::Expand));
     }
 
     #[test]
     fn nothing_known_means_a_plain_round_first() {
         let mut m = CostModel::new(PassTimes::default());
-        assert!(!m.should_draft());
+        assert!(!m.should_draft(usize::MAX));
         m.record_pass(1, 50.0);
-        assert!(m.should_draft());
+        assert!(m.should_draft(usize::MAX));
     }
 
     /// Decoding simulated round by round against a verifier whose real pass time is `truth`,
@@ -523,7 +664,7 @@ mod tests {
         let mut m = CostModel::new(start);
         (0..rounds)
             .map(|_| {
-                if !m.should_draft() {
+                if !m.should_draft(usize::MAX) {
                     let ms = truth(1);
                     m.record_pass(1, ms);
                     m.record_plain(ms);
@@ -550,6 +691,7 @@ mod tests {
                     accepted,
                     total_ms: total,
                     emitted: accepted + 1,
+                    catch_up: CatchUp::default(),
                 });
                 total / (accepted + 1) as f64
             })

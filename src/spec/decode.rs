@@ -107,6 +107,10 @@ pub struct SpecStats {
     pub threshold: ThresholdTrace,
     /// Rounds that verified the target's token alone because speculation did not pay.
     pub plain_rounds: usize,
+    /// The drafter's catch-up on the prompt and on the tokens of those rounds, before it
+    /// drafted (part of `draft_time`).
+    pub catch_up_tokens: usize,
+    pub catch_up_time: Duration,
     /// Nodes drafted while the target verified, and how many of them were used.
     pub overlap_drafted: usize,
     pub overlap_kept: usize,
@@ -228,7 +232,8 @@ pub fn generate_speculative(
         }
         // trees sized by cost: speculate only while it pays (or while work drafted during
         // the last verification is waiting)
-        let drafting = drafter.has_carry() || cost.as_mut().is_none_or(|c| c.should_draft());
+        let drafting =
+            drafter.has_carry() || cost.as_mut().is_none_or(|c| c.should_draft(remaining));
         // the fallback decides when drafting stops; leaves the drafter already proposed cost
         // only verification, which the cost model weighs when trees are sized by cost
         let draft = if drafting {
@@ -261,6 +266,8 @@ pub fn generate_speculative(
         out.spec.overlap_kept += drafter.commit(&draft, &verdict.path, verdict.next, extension)?;
         out.spec.verify_time += t.elapsed();
         out.spec.draft_time += draft_ms;
+        out.spec.catch_up_tokens += draft.catch_up.tokens;
+        out.spec.catch_up_time += Duration::from_secs_f64(draft.catch_up.ms / 1e3);
 
         let drafted = draft.tree.len() - 1;
         let accepted = verdict.path.len() - 1;
@@ -280,6 +287,7 @@ pub fn generate_speculative(
                 accepted,
                 total_ms: round_ms,
                 emitted: accepted + 1,
+                catch_up: draft.catch_up,
             }),
             None => {}
         }

@@ -18,6 +18,7 @@ use super::tree::TokenTree;
 use crate::backend::{Backend, Batch, BatchMask, CacheView, Logits, Want};
 use crate::error::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 /// How a tree may grow.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +59,18 @@ pub struct Draft {
     pub passes: usize,
     /// Nodes that came ready-made from drafting during the previous verification.
     pub reused: usize,
+    /// Catching up on the tokens of rounds that did not draft, before this tree.
+    pub catch_up: CatchUp,
+}
+
+/// The drafter's one-off work on the prompt and on the tokens of rounds that did not draft:
+/// the price of starting or returning to speculation, not a cost of each speculative round.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CatchUp {
+    /// Such tokens run.
+    pub tokens: usize,
+    /// Their share of the time of the passes that ran them.
+    pub ms: f64,
 }
 
 /// One node the drafter ran while the target was verifying: its token, its cache slot and the
@@ -103,10 +116,20 @@ struct Carry {
     chain: Vec<Step>,
 }
 
+/// A drafter that skipped more tokens than this runs only the newest of them: it drafts across
+/// a gap in its context, which costs acceptance but never exactness, and keeps returning to
+/// speculation cheap.
+pub const CATCH_UP_WINDOW: usize = 32;
+
 pub struct Drafter<'m> {
     model: &'m mut dyn Backend,
-    /// Committed tokens the drafter has not run yet (the prompt, an accepted leaf).
+    /// Committed tokens the drafter has not run yet (the prompt, an accepted leaf, the tokens
+    /// of rounds that did not draft).
     backlog: Vec<u32>,
+    /// How many of the backlog's tokens are the prompt's, and how many of its newest come
+    /// from rounds that did not draft.
+    prompt_left: usize,
+    skipped: usize,
     prefill_chunk: usize,
     /// Candidates kept per drafted node (enough for every branch a shape may open).
     max_children: usize,
@@ -138,6 +161,8 @@ impl<'m> Drafter<'m> {
         Drafter {
             model,
             backlog: prompt.to_vec(),
+            prompt_left: prompt.len(),
+            skipped: 0,
             prefill_chunk: prefill_chunk.max(1),
             max_children: max_children.max(1),
             carry: None,
@@ -149,17 +174,32 @@ impl<'m> Drafter<'m> {
     pub fn draft(&mut self, root: u32, shape: &TreeShape, grow: &mut GrowthRule) -> Result<Draft> {
         let carry = self.carry.take().filter(|c| c.root == root);
         let mut passes = 0;
+        let mut catch_up = CatchUp::default();
         let (root_cands, chain) = match carry {
             Some(c) => (c.root_cands, c.chain),
             None => {
                 let mut pending = std::mem::take(&mut self.backlog);
+                if self.skipped > CATCH_UP_WINDOW {
+                    pending.drain(..pending.len() - CATCH_UP_WINDOW);
+                    self.skipped = CATCH_UP_WINDOW;
+                    self.prompt_left = 0;
+                }
                 pending.push(root);
+                let started = Instant::now();
                 let mut logits = None;
                 for part in pending.chunks(self.prefill_chunk) {
                     let batch = Batch::chain(part, self.model.kv_len());
                     logits = Some(self.model.forward(&batch, Want::LAST_FULL)?);
                     passes += 1;
                 }
+                let one_off = self.prompt_left + self.skipped;
+                catch_up = CatchUp {
+                    tokens: one_off,
+                    ms: started.elapsed().as_secs_f64() * 1e3 * one_off as f64
+                        / pending.len() as f64,
+                };
+                self.prompt_left = 0;
+                self.skipped = 0;
                 (self.candidates(&logits.expect("the root ran")), Vec::new())
             }
         };
@@ -171,6 +211,7 @@ impl<'m> Drafter<'m> {
             committed,
             passes,
             reused: 0,
+            catch_up,
         };
         let shape = TreeShape {
             max_nodes: shape
@@ -216,6 +257,7 @@ impl<'m> Drafter<'m> {
     pub fn skip(&mut self, root: u32) -> Draft {
         debug_assert!(self.carry.is_none(), "a carried chain would be lost");
         self.backlog.push(root);
+        self.skipped += 1;
         Draft {
             tree: TokenTree::new(root),
             slots: vec![None],
@@ -223,6 +265,7 @@ impl<'m> Drafter<'m> {
             committed: self.model.kv_len(),
             passes: 0,
             reused: 0,
+            catch_up: CatchUp::default(),
         }
     }
 
@@ -487,6 +530,7 @@ mod tests {
             committed: 1,
             passes: 0,
             reused: 0,
+            catch_up: CatchUp::default(),
         };
         let cands = |token: u32| -> Vec<(u32, f32)> {
             (0..probs.len())
