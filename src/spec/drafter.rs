@@ -59,7 +59,7 @@ pub struct Draft {
     pub passes: usize,
     /// Nodes that came ready-made from drafting during the previous verification.
     pub reused: usize,
-    /// Catching up on the tokens of rounds that did not draft, before this tree.
+    /// The drafter's catch-up on the prompt and on rounds that did not draft, before this tree.
     pub catch_up: CatchUp,
 }
 
