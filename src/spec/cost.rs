@@ -285,12 +285,14 @@ impl DecayedRatio {
 pub struct CostModel {
     verify: PassTimes,
     draft_ms_per_pass: Ema,
+    /// The drafter's catch-up on tokens it skipped, per token.
     catch_up_ms_per_token: Ema,
     /// Accepted tokens per unit of drafted path confidence.
     calibration: DecayedRatio,
     /// ms per emitted token of speculative rounds and of plain (target-only) rounds.
     ms_per_token: DecayedRatio,
     plain_ms_per_token: Ema,
+    /// Rounds since the drafter last ran (each left it a token to catch up on).
     plain_rounds: usize,
     probe_every: usize,
 }
