@@ -133,9 +133,9 @@ typedef struct LlmcadOptions {
   // "auto", "64MiB", "1.5GB", "25%" (of the available memory), or NULL for "auto".
   // On a GPU target, weights beyond it stream from the model file for every pass.
   const char *memory_budget;
-  // Directory where the verifier's learned pass times are kept between processes, "" to
-  // keep them nowhere, or NULL for the default ($LLMCAD_CACHE_DIR, else the platform's cache
-  // directory).
+  // Directory where the learned pass times (the verifier's and the drafter's) are kept
+  // between processes, "" to keep them nowhere, or NULL for the default ($LLMCAD_CACHE_DIR,
+  // else the platform's cache directory).
   const char *pass_times_dir;
   // Told the load's progress during llmcad_engine_new (see LlmcadProgressCallback), or
   // NULL (the default) for no reports.

@@ -429,18 +429,29 @@ fn requantized_drafter(opts: &EngineOptions, path: &Path) -> Option<PathBuf> {
     }
 }
 
+/// What learned pass times depend on: both models (file name and size), how each runs
+/// (device, kernels, threads, precision, quantization at load) and the weight budget.
 fn pass_key(opts: &EngineOptions, target: &dyn Backend) -> String {
-    let file = opts
-        .target
-        .file_name()
-        .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
-    let size = std::fs::metadata(&opts.target).map_or(0, |m| m.len());
+    let file = |path: &Path| {
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        format!("{name}-{size}")
+    };
     format!(
-        "{file}-{size}-{}-{}-{:?}-{:?}",
+        "{}-{}-{}-{:?}-{:?}-{:?}-{:?}-draft-{}-{:?}-{:?}-{:?}",
+        file(&opts.target),
         target.device_name(),
         crate::quant::Simd::active().name(),
+        opts.precision,
+        opts.quantize,
         opts.memory_budget,
-        opts.io_bandwidth
+        opts.io_bandwidth,
+        opts.drafter.as_deref().map_or_else(String::new, file),
+        opts.draft_threads,
+        opts.draft_precision,
+        opts.draft_quantize,
     )
 }
 

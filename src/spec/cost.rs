@@ -23,9 +23,13 @@
 //! The verifier's pass time is learned from the passes decoding runs anyway ([`PassTimes`]):
 //! no pass is spent on measuring. Until a second size has been seen, a pass is assumed to cost
 //! a one-node pass plus a quarter of one per extra node; past the largest size seen, the slope
-//! measured up to it continues. What was learned can be kept between processes (the engine
-//! stores it per model, device, kernels and threads); the first pass of a size seen in this
-//! process replaces a kept value, so a stale one is gone after a round.
+//! measured up to it continues. The drafter's time per pass is learned alongside. What was
+//! learned can be kept between processes (the engine stores it per pair of models and how they
+//! run: device, kernels, threads); the first pass of a size seen in this process replaces a kept
+//! value, so a stale one is gone after a round. Kept times that say drafting cannot pay at all
+//! are believed from the first round, so that a new process on a compute-bound CPU spends no
+//! trial rounds, but for [`KEPT_VETO_RUNS`] generations in a row at most: then one generation
+//! tries again and measures for itself.
 //!
 //! Acceptance and speculative time per token are ratios of decayed sums over rounds, and plain
 //! rounds take over only after a few speculative ones: a single round is a coin toss, and a
@@ -124,14 +128,40 @@ const MIN_NODE_SHARE: f64 = 1.0 / 64.0;
 /// drew a rejection is too little evidence against speculation.
 const MIN_SPECULATIVE_ROUNDS: usize = 3;
 
-/// The verifier's pass time (ms) against the nodes in the pass, learned from real passes.
+/// How often a drafter's most confident token is accepted, at best: a node whose drafting and
+/// verification cost more than this share of a plain round per token cannot pay.
+const BEST_ACCEPTANCE: f64 = 0.8;
+
+/// Generations in a row that kept times alone may keep from drafting: the next one tries
+/// speculation again, so that a kept curve too steep cannot rule it out for good.
+const KEPT_VETO_RUNS: u32 = 8;
+
+/// What passes cost, learned from real passes: the verifier's pass time (ms) against the nodes
+/// in the pass, and the drafter's time per drafting pass.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PassTimes {
     /// Nodes → pass ms (a moving average of the passes seen).
     points: BTreeMap<usize, f64>,
+    /// The drafter's ms per drafting pass (a moving average), once it has drafted.
+    #[serde(default)]
+    draft_ms: Option<f64>,
+    /// Generations in a row in which the kept times alone ruled drafting out.
+    #[serde(default)]
+    vetoed_runs: u32,
     /// Sizes seen in this process; a size not in it holds a value from an earlier one.
     #[serde(skip)]
     fresh: BTreeSet<usize>,
+    /// Whether `draft_ms` was measured in this process.
+    #[serde(skip)]
+    draft_fresh: bool,
+    /// Whether the kept times ruled drafting out in this generation.
+    #[serde(skip)]
+    vetoed: bool,
+    /// What a node costs (one more node and one drafter pass) as a share of a one-node pass,
+    /// by the kept times alone: taken before this process's passes mix in, so that its noise
+    /// does not move a verdict that the kept times give on their own.
+    #[serde(skip)]
+    kept_node_share: Option<f64>,
     /// The part of every pass spent reading streamed weights (ms), when the verifier streams.
     #[serde(skip)]
     io_ms: Option<f64>,
@@ -147,8 +177,7 @@ impl PassTimes {
                 .into_iter()
                 .filter(|&(n, ms)| n > 0 && ms.is_finite() && ms > 0.0)
                 .collect(),
-            fresh: BTreeSet::new(),
-            io_ms: None,
+            ..PassTimes::default()
         }
     }
 
@@ -193,6 +222,67 @@ impl PassTimes {
     /// The sizes seen and their times.
     pub fn points(&self) -> Vec<(usize, f64)> {
         self.points.iter().map(|(&n, &t)| (n, t)).collect()
+    }
+
+    /// Folds in the drafter's time per pass of one drafting round.
+    pub fn observe_draft(&mut self, ms_per_pass: f64) {
+        if !ms_per_pass.is_finite() || ms_per_pass < 0.0 {
+            return;
+        }
+        self.draft_ms = Some(match (self.draft_ms, self.draft_fresh) {
+            (Some(v), true) => v + Ema::WEIGHT * (ms_per_pass - v),
+            _ => ms_per_pass,
+        });
+        self.draft_fresh = true;
+    }
+
+    /// The drafter's time per pass: measured in this process, else kept, else 0.
+    pub fn draft_ms(&self) -> f64 {
+        self.draft_ms.unwrap_or(0.0)
+    }
+
+    /// Whether even a token accepted as often as any drafted token ([`BEST_ACCEPTANCE`]) would
+    /// cost more to draft (one drafter pass) and verify (one more node) than it saves of
+    /// `plain` ms (a plain round's time per token). Told by this process's own passes; by the
+    /// kept times as well, unless they have ruled drafting out for [`KEPT_VETO_RUNS`]
+    /// generations in a row.
+    fn hopeless(&mut self, plain: f64) -> bool {
+        let fresh_draft = if self.draft_fresh {
+            self.draft_ms()
+        } else {
+            0.0
+        };
+        if self.ms(2) - self.ms(1) + fresh_draft >= BEST_ACCEPTANCE * plain {
+            return true;
+        }
+        let veto = self.vetoed_runs < KEPT_VETO_RUNS
+            && self
+                .kept_node_share
+                .is_some_and(|share| share >= BEST_ACCEPTANCE);
+        self.vetoed |= veto;
+        veto
+    }
+
+    /// Reads the kept times' verdict on nodes ([`PassTimes::kept_node_share`]), once, before
+    /// this process has measured anything.
+    fn judge_kept(&mut self) {
+        if self.fresh.is_empty() && !self.draft_fresh && self.kept_node_share.is_none() {
+            let one = estimate(&self.points, 1, self.io_ms);
+            let node = estimate(&self.points, 2, self.io_ms) - one + self.draft_ms();
+            self.kept_node_share = (one > 0.0).then(|| node / one);
+        }
+    }
+
+    /// Closes a generation's account of the kept times: a generation that verified a tree
+    /// has measured the curve itself, one that the kept times kept from drafting adds to
+    /// their run of vetoes.
+    pub fn end_generation(&mut self) {
+        if self.fresh.iter().any(|&n| n > 1) {
+            self.vetoed_runs = 0;
+        } else if self.vetoed {
+            self.vetoed_runs += 1;
+        }
+        self.vetoed = false;
     }
 }
 
@@ -284,7 +374,6 @@ impl DecayedRatio {
 #[derive(Clone, Debug)]
 pub struct CostModel {
     verify: PassTimes,
-    draft_ms_per_pass: Ema,
     /// The drafter's catch-up on tokens it skipped, per token.
     catch_up_ms_per_token: Ema,
     /// Accepted tokens per unit of drafted path confidence.
@@ -298,10 +387,10 @@ pub struct CostModel {
 }
 
 impl CostModel {
-    pub fn new(verify: PassTimes) -> Self {
+    pub fn new(mut verify: PassTimes) -> Self {
+        verify.judge_kept();
         CostModel {
             verify,
-            draft_ms_per_pass: Ema { value: None },
             catch_up_ms_per_token: Ema { value: None },
             // confidences taken at face value until verifications say otherwise
             calibration: DecayedRatio::with_prior(1.0, 2.0),
@@ -312,9 +401,10 @@ impl CostModel {
         }
     }
 
-    /// The pass times learned so far.
-    pub fn pass_times(&self) -> &PassTimes {
-        &self.verify
+    /// The pass times learned by the end of a generation, for the next one to start from.
+    pub fn into_pass_times(mut self) -> PassTimes {
+        self.verify.end_generation();
+        self.verify
     }
 
     /// Tells how much of each verification pass goes to reading streamed weights.
@@ -329,7 +419,7 @@ impl CostModel {
 
     /// Should a tree of `nodes` nodes take one more step at confidence `conf`?
     pub fn worth_growing(&self, nodes: usize, conf: f32, step: Growth) -> bool {
-        let draft_ms = self.draft_ms_per_pass.get_or(0.0);
+        let draft_ms = self.verify.draft_ms();
         let per_token = self
             .ms_per_token
             .get()
@@ -346,8 +436,8 @@ impl CostModel {
 
     /// Should the next round draft at all, with `remaining` tokens left to generate? Not before
     /// a one-node pass has been timed (the first round is a plain one, unless times were kept
-    /// from before), nor where even a token sure to be accepted would cost more to draft and
-    /// verify than a plain round takes per token. Then yes for the first
+    /// from before), nor where even a token accepted as often as the likeliest drafted tokens
+    /// would cost more to draft and verify than it saves (`PassTimes::hopeless`). Then yes for the first
     /// [`MIN_SPECULATIVE_ROUNDS`], and while speculative rounds are at least as fast per token
     /// as plain ones (a plain round costs a one-node pass until measured), by enough to pay
     /// for the drafter's catch-up over the tokens left ([`RETURN_MARGIN`]); otherwise as a
@@ -357,13 +447,12 @@ impl CostModel {
             return false;
         }
         let plain = self.plain_ms_per_token.get_or(self.verify.ms(1));
-        let one_more_node = self.verify.ms(2) - self.verify.ms(1);
         let spec = self.ms_per_token.get();
         // every round since the drafter last ran left it a token to catch up on
         let catch_up =
             self.catch_up_ms_per_token.get_or(0.0) * self.plain_rounds.min(CATCH_UP_WINDOW) as f64;
         let mut probe = false;
-        let draft = if one_more_node + self.draft_ms_per_pass.get_or(0.0) >= plain {
+        let draft = if self.verify.hopeless(plain) {
             false
         } else if self.ms_per_token.rounds < MIN_SPECULATIVE_ROUNDS {
             true
@@ -402,8 +491,8 @@ impl CostModel {
                 .push(one_off / round.catch_up.tokens as f64);
         }
         if round.draft_passes > 0 {
-            self.draft_ms_per_pass
-                .push((round.draft_ms - one_off).max(0.0) / round.draft_passes as f64);
+            self.verify
+                .observe_draft((round.draft_ms - one_off).max(0.0) / round.draft_passes as f64);
         }
         if round.drafted_conf > 0.0 {
             self.calibration
@@ -607,21 +696,67 @@ mod tests {
         assert!((0..4).all(|_| m.should_draft(usize::MAX)));
     }
 
+    /// The times a new process starts from: what the engine keeps of `times`.
+    fn kept(times: PassTimes) -> PassTimes {
+        serde_json::from_str(&serde_json::to_string(&times).unwrap()).unwrap()
+    }
+
     /// A verifier whose second node costs as much as a plain round per token (a compute-bound
-    /// CPU) gets no drafts at all, not even trial rounds; kept times say so only until a pass
-    /// of this process says otherwise.
+    /// CPU) gets no drafts at all, not even trial rounds: kept times say so from the first
+    /// round, for [`KEPT_VETO_RUNS`] generations in a row at most; the next generation tries
+    /// again, and then its own passes say so. A node that would pay only if always accepted
+    /// does not count as paying.
     #[test]
-    fn no_round_drafts_where_even_a_certain_token_cannot_pay() {
-        let mut m = CostModel::new(times(&[(1, 10.0), (2, 20.0)]));
-        assert!(!m.should_draft(usize::MAX), "kept times");
-        // measured now: the prior's quarter of a pass per node until a second size is seen
+    fn no_round_drafts_where_even_the_likeliest_token_cannot_pay() {
+        let mut m = CostModel::new(times(&[(1, 10.0), (2, 18.5)]));
         m.record_pass(1, 10.0);
-        assert!(m.should_draft(usize::MAX));
+        assert!(
+            (0..100).all(|_| !m.should_draft(usize::MAX)),
+            "85% of a round"
+        );
+
+        let mut times = PassTimes::from_points([(1, 10.0), (2, 20.0)]);
+        for run in 0..KEPT_VETO_RUNS {
+            let mut m = CostModel::new(kept(times));
+            for _ in 0..100 {
+                assert!(!m.should_draft(usize::MAX), "generation {run}");
+                m.record_pass(1, 10.0);
+                m.record_plain(10.0);
+            }
+            times = m.into_pass_times();
+        }
+        let mut m = CostModel::new(kept(times));
+        m.record_pass(1, 10.0);
+        // measured now: the prior's quarter of a pass per node until a second size is seen
+        assert!(m.should_draft(usize::MAX), "the vetoes ran out");
         m.record_pass(2, 20.0);
         assert!((0..100).all(|_| !m.should_draft(usize::MAX)));
         m.record_pass(2, 12.0);
         m.record_pass(2, 12.0);
         assert!(m.should_draft(usize::MAX));
+        // a generation that measured the curve itself restarts the count
+        let mut m = CostModel::new(kept(m.into_pass_times()));
+        m.record_pass(1, 10.0);
+        m.record_pass(2, 20.0);
+        assert_eq!(kept(m.into_pass_times()).vetoed_runs, 0);
+    }
+
+    /// The drafter's time per pass counts from the first round of a new process: a drafter
+    /// pass as slow as a plain round rules drafting out even where extra nodes are free.
+    #[test]
+    fn a_kept_drafter_time_counts_from_the_first_round() {
+        let mut m = CostModel::new(times(&[(1, 10.0), (2, 10.5)]));
+        m.record_pass(1, 10.0);
+        assert!(m.should_draft(usize::MAX));
+        m.record(&RoundCost {
+            draft_ms: 30.0,
+            draft_passes: 3,
+            ..round(40.0, 2)
+        });
+        let mut m = CostModel::new(kept(m.into_pass_times()));
+        assert!(!m.should_draft(usize::MAX));
+        m.record_pass(1, 10.0);
+        assert!(!m.should_draft(usize::MAX));
     }
 
     /// Where extra nodes are nearly free (a verifier waiting on streamed weights), a first tree
@@ -656,15 +791,15 @@ mod tests {
     /// Decoding simulated round by round against a verifier whose real pass time is `truth`,
     /// starting from the times `start`: a drafter whose nodes have confidence 0.9, 0.85, ...
     /// and are accepted while it stays above 0.6, `draft_ms` per drafted node. Returns the ms
-    /// per emitted token of each round.
+    /// per emitted token of each round, and the times learned.
     fn simulate(
         start: PassTimes,
         truth: impl Fn(usize) -> f64,
         draft_ms: f64,
         rounds: usize,
-    ) -> Vec<f64> {
+    ) -> (Vec<f64>, PassTimes) {
         let mut m = CostModel::new(start);
-        (0..rounds)
+        let per_token = (0..rounds)
             .map(|_| {
                 if !m.should_draft(usize::MAX) {
                     let ms = truth(1);
@@ -697,20 +832,22 @@ mod tests {
                 });
                 total / (accepted + 1) as f64
             })
-            .collect()
+            .collect();
+        (per_token, m.into_pass_times())
     }
 
     /// A deliberately wrong curve costs a few rounds at most: told that extra nodes are free
     /// when each costs a whole pass (a compute-bound verifier), decoding is back to the plain
     /// rounds' speed within a few rounds; told that they cost a whole pass when they are nearly
-    /// free, it still finds the trees that pay.
+    /// free, it decodes at the plain speed and finds the trees that pay once the kept curve's
+    /// vetoes run out ([`KEPT_VETO_RUNS`] generations).
     #[test]
     fn a_wrong_curve_is_unlearned_within_a_few_rounds() {
         let steep = |n: usize| 100.0 * n as f64;
         let flat = |n: usize| 100.0 + 2.0 * (n - 1) as f64;
         // free nodes claimed, whole passes real: a slow speculative round or two, then plain
         // rounds (and rare probes) at the plain speed
-        let per_token = simulate(times(&[(1, 100.0), (64, 101.0)]), steep, 20.0, 200);
+        let (per_token, _) = simulate(times(&[(1, 100.0), (64, 101.0)]), steep, 20.0, 200);
         let slow: Vec<usize> = (0..per_token.len())
             .filter(|&i| per_token[i] > 100.0 * 1.01)
             .collect();
@@ -722,8 +859,15 @@ mod tests {
             "{total} ms against {} plain",
             200.0 * 100.0
         );
-        // whole passes claimed, nearly free nodes real: speculation wins after a few rounds
-        let per_token = simulate(times(&[(1, 100.0), (64, 6400.0)]), flat, 5.0, 60);
+        // whole passes claimed, nearly free nodes real: plain speed, then speculation wins
+        // after a few rounds of the first generation not vetoed
+        let mut start = times(&[(1, 100.0), (64, 6400.0)]);
+        for _ in 0..KEPT_VETO_RUNS {
+            let (per_token, learned) = simulate(kept(start), flat, 5.0, 60);
+            assert!(per_token.iter().all(|&ms| ms == 100.0), "{per_token:?}");
+            start = learned;
+        }
+        let (per_token, _) = simulate(kept(start), flat, 5.0, 60);
         let late: f64 = per_token[10..].iter().sum::<f64>() / 50.0;
         assert!(
             late < 100.0 * 0.6,

@@ -312,7 +312,7 @@ pub fn generate_speculative(
     stats.generated_tokens = tokens.len();
     out.generation.stop = stop;
     out.spec.threshold = fallback.trace().clone();
-    out.spec.pass_times = cost.map(|c| c.pass_times().clone());
+    out.spec.pass_times = cost.map(CostModel::into_pass_times);
     Ok(out)
 }
 

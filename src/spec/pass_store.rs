@@ -1,6 +1,7 @@
-//! Keeps the verifier's learned pass times between processes, so that a new `llmcad generate`
-//! sizes its first trees from what earlier runs learned: one small JSON file per model,
-//! device, CPU kernels and thread count, in the user's cache directory. Drafters requantized at
+//! Keeps the learned pass times (the verifier's, the drafter's) between processes, so that a
+//! new `llmcad generate` sizes its first trees from what earlier runs learned: one small JSON
+//! file per pair of models and how they run (device, CPU kernels, threads, precision), in the
+//! user's cache directory. Drafters requantized at
 //! load are kept there too (`requantized_file`).
 
 use super::cost::PassTimes;
@@ -47,9 +48,14 @@ impl PassStore {
     }
 }
 
-/// `key` as a file name: anything but letters, digits, dots and dashes becomes `_`.
+/// Longest file name made of a key (file systems allow 255 bytes).
+const MAX_NAME: usize = 160;
+
+/// `key` as a file name: anything but letters, digits, dots and dashes becomes `_`; a long key
+/// keeps its start and ends in a hash of the whole.
 fn file_name(key: &str) -> String {
-    key.chars()
+    let name: String = key
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
                 c
@@ -57,7 +63,14 @@ fn file_name(key: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    if name.len() <= MAX_NAME {
+        return name;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut hash = std::hash::DefaultHasher::new();
+    key.hash(&mut hash);
+    format!("{}-{:016x}", &name[..MAX_NAME - 17], hash.finish())
 }
 
 /// The times kept at `path`; nothing when there are none or the file is unreadable (it is
@@ -115,6 +128,10 @@ mod tests {
         assert!(made.is_ok_and(|s| s.success()), "mkfifo");
         assert_eq!(load(&path), PassTimes::default());
         assert_eq!(PassStore::Off.file("x"), None);
+        // long keys: short names, still one per key
+        let long = |n: usize| store.file(&"a".repeat(n)).unwrap();
+        assert!(long(300).file_name().unwrap().len() <= MAX_NAME + ".json".len());
+        assert_ne!(long(300), long(301));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
