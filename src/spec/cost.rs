@@ -12,13 +12,15 @@
 //! Speculation itself must pay too: where drafting and bigger passes cost more than they save (a
 //! CPU target, whose pass over N nodes costs nearly N passes), rounds verify the target's token
 //! alone without drafting, and now and then a round speculates again to see whether that
-//! changed (after [`PROBE_EVERY`] plain rounds, twice as long after each probe that lost). The
-//! choice compares measured times per emitted token, so it costs little more than the probes.
-//! A probe is not free: the drafter first catches up on the tokens it skipped (at most
-//! [`CATCH_UP_WINDOW`] of them). It probes only while that costs at most [`PROBE_SHARE`] of the
-//! plain time since the last probe and of the plain time still to come, so that probes which
-//! keep losing cannot make decoding measurably slower than plain decoding; and the catch-up
-//! does not count against the speculative rounds it measures.
+//! changed. The choice compares measured times per emitted token, so it costs little more than
+//! the probes. A probe is expected to lose what the speculative rounds lost over plain ones,
+//! and the drafter first catches up on the tokens it skipped (at most [`CATCH_UP_WINDOW`] of
+//! them). It probes once that costs at most [`PROBE_SHARE`] of the plain time since the last
+//! probe and of the plain time still to come (twice as long a wait after each probe that
+//! lost), so that probes which keep losing cannot make decoding measurably slower than plain
+//! decoding, while a verifier waiting on storage, whose speculative rounds cost hardly more
+//! than plain ones, keeps trying its drafter every few rounds. The catch-up does not count
+//! against the speculative rounds it measures.
 //!
 //! The verifier's pass time is learned from the passes decoding runs anyway ([`PassTimes`]):
 //! no pass is spent on measuring. Until a second size has been seen, a pass is assumed to cost
@@ -42,14 +44,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-/// While plain rounds are faster, a round speculates anyway after this many of them; the wait
-/// doubles after every probe that lost, up to `MAX_PROBE_EVERY`.
-pub const PROBE_EVERY: usize = 16;
-const MAX_PROBE_EVERY: usize = 256;
-
-/// A probe's catch-up may cost at most this share of the plain rounds' time since the last
-/// probe, and of their time over the tokens left to generate.
+/// A probe's expected cost over a plain round may be at most this share of the plain rounds'
+/// time since the last probe, and of their time over the tokens left to generate.
 const PROBE_SHARE: f64 = 1.0 / 32.0;
+
+/// Each probe that lost doubles the wait for the next, up to this factor.
+const MAX_PROBE_BACKOFF: f64 = 16.0;
 
 /// Speculation measured faster than plain rounds comes back only where its gain over the tokens
 /// left is this many times the drafter's catch-up: the gain is an estimate from a few noisy
@@ -380,10 +380,13 @@ pub struct CostModel {
     calibration: DecayedRatio,
     /// ms per emitted token of speculative rounds and of plain (target-only) rounds.
     ms_per_token: DecayedRatio,
+    /// Tokens emitted per speculative round.
+    emitted_per_round: DecayedRatio,
     plain_ms_per_token: Ema,
     /// Rounds since the drafter last ran (each left it a token to catch up on).
     plain_rounds: usize,
-    probe_every: usize,
+    /// How many times its cost the next probe waits for (doubled after each lost probe).
+    probe_backoff: f64,
 }
 
 impl CostModel {
@@ -395,9 +398,10 @@ impl CostModel {
             // confidences taken at face value until verifications say otherwise
             calibration: DecayedRatio::with_prior(1.0, 2.0),
             ms_per_token: DecayedRatio::default(),
+            emitted_per_round: DecayedRatio::default(),
             plain_ms_per_token: Ema { value: None },
             plain_rounds: 0,
-            probe_every: PROBE_EVERY,
+            probe_backoff: 1.0,
         }
     }
 
@@ -441,7 +445,7 @@ impl CostModel {
     /// [`MIN_SPECULATIVE_ROUNDS`], and while speculative rounds are at least as fast per token
     /// as plain ones (a plain round costs a one-node pass until measured), by enough to pay
     /// for the drafter's catch-up over the tokens left ([`RETURN_MARGIN`]); otherwise as a
-    /// probe now and then.
+    /// probe, once the plain time waited covers its expected cost ([`PROBE_SHARE`]).
     pub fn should_draft(&mut self, remaining: usize) -> bool {
         if self.verify.is_empty() {
             return false;
@@ -459,16 +463,18 @@ impl CostModel {
         } else if let Some(s) = spec.filter(|&s| s <= plain) {
             (plain - s) * remaining as f64 >= RETURN_MARGIN * catch_up
         } else {
+            // a probe round is expected to lose what speculative rounds lost over plain ones
+            let per_round = self.emitted_per_round.get().unwrap_or(1.0);
+            let loss = (spec.unwrap_or(plain) - plain).max(0.0) * per_round + catch_up;
             let waited = self.plain_rounds + 1;
-            probe = waited >= self.probe_every
-                && catch_up <= PROBE_SHARE * plain * waited.min(remaining) as f64;
+            probe = self.probe_backoff * loss <= PROBE_SHARE * plain * waited.min(remaining) as f64;
             probe
         };
         if draft {
             self.plain_rounds = 0;
-            self.probe_every = match probe {
-                true => (2 * self.probe_every).min(MAX_PROBE_EVERY),
-                false => PROBE_EVERY,
+            self.probe_backoff = match probe {
+                true => (2.0 * self.probe_backoff).min(MAX_PROBE_BACKOFF),
+                false => 1.0,
             };
         } else {
             self.plain_rounds += 1;
@@ -501,6 +507,7 @@ impl CostModel {
         if round.emitted > 0 {
             self.ms_per_token
                 .push((round.total_ms - one_off).max(0.0), round.emitted as f64);
+            self.emitted_per_round.push(round.emitted as f64, 1.0);
         }
     }
 }
@@ -606,11 +613,11 @@ mod tests {
             m.record(&round(30.0, 2));
         }
         // 15 ms per token against a 10 ms one-node pass: plain rounds, with probes that
-        // come less often while they keep losing
-        let drafts: Vec<usize> = (1..=7 * PROBE_EVERY)
-            .filter(|_| m.should_draft(usize::MAX))
-            .collect();
-        assert_eq!(drafts, [PROBE_EVERY, 3 * PROBE_EVERY, 7 * PROBE_EVERY]);
+        // come less often while they keep losing. A probe is expected to lose 5 ms on each of
+        // its 2 tokens; it waits until 32 times that is plain time waited (32 rounds of 10 ms),
+        // then twice and four times as long.
+        let drafts: Vec<usize> = (1..=240).filter(|_| m.should_draft(usize::MAX)).collect();
+        assert_eq!(drafts, [32, 32 + 64, 32 + 64 + 128]);
         // a probe finds speculation paying again (plain rounds measured slower)
         m.record_plain(12.0);
         for _ in 0..20 {
@@ -639,26 +646,43 @@ mod tests {
         m
     }
 
-    /// A probe first runs the drafter over what it skipped: probes wait until that is a small
-    /// share of the plain time since the last one, and of the plain time left.
+    /// A probe first runs the drafter over what it skipped: probes wait until that, with what
+    /// the speculative rounds lost, is a small share of the plain time since the last one, and
+    /// of the plain time left.
     #[test]
     fn probes_wait_until_their_catch_up_is_cheap() {
         let probes = |catch_up_ms: f64, remaining: usize| -> Vec<usize> {
             let mut m = lost_after_catching_up(catch_up_ms);
-            (1..=400)
+            (1..=450)
                 .filter(|&i| m.should_draft(remaining.saturating_sub(i)))
                 .collect()
         };
-        // nearly free: the usual schedule
-        assert_eq!(probes(0.001, 1000), [16, 48, 112, 240]);
-        // a tenth of a plain round per token: the 32 tokens of the window cost 32 ms, a 32nd
-        // of the plain time only after 103 plain rounds
+        // free: what the rounds lost alone (10 ms), as in the test above
+        assert_eq!(probes(0.0, 1000), [32, 96, 224]);
+        // a tenth of a plain round per token: the 32 tokens of the window cost 32 ms, with the
+        // 10 ms lost a 32nd of the plain time only after 135 plain rounds, then after 269
         assert_eq!(CATCH_UP_WINDOW, 32);
-        assert_eq!(probes(1.0, 1000), [103, 206, 309]);
+        assert_eq!(probes(1.0, 1000), [135, 135 + 269]);
         // ... and not when fewer tokens than that are left to use what it finds
         assert_eq!(probes(1.0, 200), Vec::<usize>::new());
         // as dear as a plain round per token: never
         assert_eq!(probes(10.0, 1000), Vec::<usize>::new());
+    }
+
+    /// A verifier waiting on storage (2.5 s a pass, nodes nearly free) keeps trying its drafter
+    /// after three rounds that accepted nothing: such a round costs hardly more than a plain
+    /// one, and one accepted token is worth a whole pass.
+    #[test]
+    fn cheap_speculative_rounds_are_probed_often() {
+        let mut m = CostModel::new(times(&[(1, 2500.0), (4, 2530.0)]));
+        for _ in 0..MIN_SPECULATIVE_ROUNDS {
+            assert!(m.should_draft(usize::MAX));
+            m.record(&round(2550.0, 1));
+        }
+        m.record_plain(2500.0);
+        // 50 ms lost a probe, 78 ms of budget per plain round: probes after 1, 2, 3, 6 rounds
+        let probes: Vec<usize> = (1..=16).filter(|_| m.should_draft(16)).collect();
+        assert_eq!(probes, [1, 3, 6, 12]);
     }
 
     /// Plain rounds turning slower than speculation bring it back only where what it gains
@@ -681,8 +705,9 @@ mod tests {
     /// round is fast brings speculation back however long its catch-up took.
     #[test]
     fn a_probe_is_judged_without_its_catch_up() {
-        let mut m = lost_after_catching_up(0.001);
-        assert!((1..PROBE_EVERY).all(|_| !m.should_draft(usize::MAX)));
+        // the first probe comes after 32 plain rounds (see the tests above)
+        let mut m = lost_after_catching_up(0.0);
+        assert!((1..32).all(|_| !m.should_draft(usize::MAX)));
         assert!(m.should_draft(usize::MAX));
         for tokens in [16, 0, 0] {
             m.record(&RoundCost {
