@@ -441,11 +441,11 @@ impl CostModel {
     /// Should the next round draft at all, with `remaining` tokens left to generate? Not before
     /// a one-node pass has been timed (the first round is a plain one, unless times were kept
     /// from before), nor where even a token accepted as often as the likeliest drafted tokens
-    /// would cost more to draft and verify than it saves (`PassTimes::hopeless`). Then yes for the first
-    /// [`MIN_SPECULATIVE_ROUNDS`], and while speculative rounds are at least as fast per token
-    /// as plain ones (a plain round costs a one-node pass until measured), by enough to pay
-    /// for the drafter's catch-up over the tokens left ([`RETURN_MARGIN`]); otherwise as a
-    /// probe, once the plain time waited covers its expected cost ([`PROBE_SHARE`]).
+    /// would cost more to draft and verify than it saves (`PassTimes::hopeless`). Then yes for
+    /// the first [`MIN_SPECULATIVE_ROUNDS`], and while speculative rounds are at least as fast
+    /// per token as plain ones (a plain round costs a one-node pass until measured), by enough
+    /// to pay for the drafter's catch-up over the tokens left ([`RETURN_MARGIN`]); otherwise
+    /// as a probe, once the plain time waited covers its expected cost ([`PROBE_SHARE`]).
     pub fn should_draft(&mut self, remaining: usize) -> bool {
         if self.verify.is_empty() {
             return false;
