@@ -1,8 +1,8 @@
 //! Keeps the learned pass times (the verifier's, the drafter's) between processes, so that a
 //! new `llmcad generate` sizes its first trees from what earlier runs learned: one small JSON
 //! file per pair of models and how they run (device, CPU kernels, threads, precision), in the
-//! user's cache directory. Drafters requantized at
-//! load are kept there too (`requantized_file`).
+//! user's cache directory. Drafters requantized at load are kept there too
+//! (`requantized_file`).
 
 use super::cost::PassTimes;
 use std::path::{Path, PathBuf};
