@@ -318,7 +318,7 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], slot: usize, out
     let nibble = _mm512_set1_epi8(0x0f);
     match K {
         Q4_K => {
-            (out.d, out.m) = q4_k_scales(base, rows);
+            (out.d, out.m) = q4_k_scales(&p);
             for n in 0..4 {
                 // low nibbles: sub-block 2n; high nibbles: 2n + 1
                 for (g, v) in lanes8(&p, 16 + 32 * n).into_iter().enumerate() {

@@ -252,18 +252,14 @@ unsafe fn fifth_bits(x: __m512i) -> [__m512i; 2] {
     ]
 }
 
-/// The sub-block scales and minimums of the Q4_K blocks at `base + rows[i]`.
+/// The sub-block scales and minimums of the Q4_K blocks at `p`. Their first 16 bytes are
+/// read with `lanes4`, not four gathers, which cost a fifth of the whole kernel on Zen 5.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
-pub(super) unsafe fn q4_k_scales(base: *const u8, rows: __m512i) -> ([__m512; 8], [__m512; 8]) {
+pub(super) unsafe fn q4_k_scales(p: &[*const u8; G]) -> ([__m512; 8], [__m512; 8]) {
     let mut out = ([_mm512_setzero_ps(); 8], [_mm512_setzero_ps(); 8]);
-    let head = gather(base, rows, 0);
+    let [head, q0, q1, q2] = lanes4(p, 0);
     let (d, dmin) = (f16s::<false>(head), f16s::<true>(head));
-    let (q0, q1, q2) = (
-        gather(base, rows, 4),
-        gather(base, rows, 8),
-        gather(base, rows, 12),
-    );
     let (k1, k2, k3) = (
         _mm512_set1_epi32(0x3f3f_3f3f),
         _mm512_set1_epi32(0x0f0f_0f0f),
@@ -409,7 +405,6 @@ unsafe fn small_direct<const K: u8, const N: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decoded) {
     let scaled = out.scaled;
-    let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
     let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
     let dtype = dtype_of(K);
     match dtype {
@@ -417,7 +412,7 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decode
             (out.d[0], out.m[0]) = small_block::<K>(base, offs, &mut |p, w| out.w[0][p] = w);
         }
         DType::Q4_K => {
-            (out.d, out.m) = q4_k_scales(base, rows);
+            (out.d, out.m) = q4_k_scales(&p);
             for n in 0..4 {
                 for (g, v) in lanes8(&p, 16 + 32 * n).into_iter().enumerate() {
                     let [a, b] = nibble_pairs(v, 0);
@@ -430,7 +425,7 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decode
             }
         }
         _ => {
-            let (d, sc) = q6_k_scales(base, rows);
+            let (d, sc) = q6_k_scales(base, offs);
             (out.d, out.sc) = ([d; 8], sc);
             if scaled {
                 q6_k_weights::<true>(&p, &sc, &mut out.w)
@@ -479,14 +474,16 @@ unsafe fn q6_k_weights<const SCALED: bool>(
     }
 }
 
-/// The Q6_K blocks at `base + rows[i]`: the scale `d`, and the integer scales of values
+/// The Q6_K blocks at `base + offs[i]`: the scale `d`, and the integer scales of values
 /// 16s..16s+16 as `sc[s / 2][s % 2]`, sign-extended.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
-unsafe fn q6_k_scales(base: *const u8, rows: __m512i) -> (__m512, [[__m512i; 2]; 8]) {
+unsafe fn q6_k_scales(base: *const u8, offs: &[i32; G]) -> (__m512, [[__m512i; 2]; 8]) {
+    let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
     // the f16 d sits in bytes 208..210, the top half of the dword at 206
     let d = f16s::<true>(gather(base, rows, 206));
-    let scales = [0, 1, 2, 3].map(|i| gather(base, rows, 192 + 4 * i));
+    // the 16 scale bytes with `lanes4`, not gathers (see `q4_k_scales`)
+    let scales = lanes4(&std::array::from_fn(|i| base.add(offs[i] as usize)), 192);
     let mut sc = [[_mm512_setzero_si512(); 2]; 8];
     for (s, v) in sc.as_flattened_mut().iter_mut().enumerate() {
         // byte s, sign-extended
@@ -811,9 +808,8 @@ unsafe fn q4_k_direct<const N: usize>(
     at: Interleaved,
     acc: &mut [__m512],
 ) {
-    let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
     let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
-    let (d, m) = q4_k_scales(base, rows);
+    let (d, m) = q4_k_scales(&p);
     for n in 0..4 {
         let v = lanes8(&p, 16 + 32 * n);
         // sums of sub-blocks 2n (low nibbles) and 2n + 1 (high nibbles)

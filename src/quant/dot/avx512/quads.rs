@@ -54,9 +54,9 @@ unsafe fn heads<const K: u8>(blk: *const u8, offs: &[i32; G]) -> Heads {
         qs: 0,
     };
     match K {
-        Q4_K => (h.d, h.m) = q4_k_scales(blk, rows),
+        Q4_K => (h.d, h.m) = q4_k_scales(&std::array::from_fn(|i| blk.add(offs[i] as usize))),
         Q6_K => {
-            let (d, sc) = q6_k_scales(blk, rows);
+            let (d, sc) = q6_k_scales(blk, offs);
             (h.d, h.sc) = ([d; 8], sc);
         }
         Q8_0 => h.d[0] = f16s::<false>(gather(blk, rows, 0)),
