@@ -335,7 +335,7 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], slot: usize, out
             }
         }
         _ => {
-            let NibbleHeads { d, m, qh, qs, off } = nibble_heads::<K>(base, rows);
+            let NibbleHeads { d, m, qh, qs, off } = nibble_heads::<K>(&p);
             (out.d[slot], out.m[slot]) = (d, m);
             for (g, v) in lanes4(&p, qs).into_iter().enumerate() {
                 // low nibbles: values 4g..4g+4; high nibbles: 16 + 4g..

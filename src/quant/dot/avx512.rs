@@ -307,11 +307,12 @@ pub(super) struct NibbleHeads {
     pub off: i8,
 }
 
-/// The heads of the blocks of type `K` at `base + rows[i]`.
+/// The heads of the blocks of type `K` at `p`, read with `lanes4` rather than one or two
+/// gathers each (see `q4_k_scales`).
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn nibble_heads<const K: u8>(base: *const u8, rows: __m512i) -> NibbleHeads {
-    let head = gather(base, rows, 0);
+pub(super) unsafe fn nibble_heads<const K: u8>(p: &[*const u8; G]) -> NibbleHeads {
+    let [head, next, ..] = lanes4(p, 0);
     let (qs, off) = match K {
         Q4_0 => (2, 8),
         Q4_1 => (4, 0),
@@ -325,7 +326,8 @@ pub(super) unsafe fn nibble_heads<const K: u8>(base: *const u8, rows: __m512i) -
             _mm512_setzero_ps()
         },
         qh: if K == Q5_0 {
-            gather(base, rows, 2)
+            // bytes 2..6
+            _mm512_or_si512(_mm512_srli_epi32::<16>(head), _mm512_slli_epi32::<16>(next))
         } else {
             _mm512_setzero_si512()
         },
@@ -343,16 +345,15 @@ unsafe fn small_block<const K: u8>(
     offs: &[i32; G],
     pair: &mut impl FnMut(usize, __m512i),
 ) -> (__m512, __m512) {
-    let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
     let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
     if K == Q8_0 {
         for (g, v) in lanes8(&p, 2).into_iter().enumerate() {
             pair(2 * g, _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v)));
             pair(2 * g + 1, _mm512_srai_epi16::<8>(v));
         }
-        return (f16s::<false>(gather(base, rows, 0)), _mm512_setzero_ps());
+        return (f16s::<false>(lanes4(&p, 0)[0]), _mm512_setzero_ps());
     }
-    let NibbleHeads { d, m, qh, qs, off } = nibble_heads::<K>(base, rows);
+    let NibbleHeads { d, m, qh, qs, off } = nibble_heads::<K>(&p);
     for (g, v) in lanes4(&p, qs).into_iter().enumerate() {
         // low nibbles: values 4g..4g+4; high nibbles: values 16+4g..
         for (half, mut pairs) in [nibble_pairs(v, 0), nibble_pairs(v, 4)]

@@ -12,7 +12,7 @@
 //! scales once while decoding, where here each token's sums would need the scales applied.
 
 use super::{
-    add_sub_block, block_bytes, dot_quads, dtype_of, f16s, gather, halves_sum, lanes4, lanes8,
+    add_sub_block, block_bytes, dot_quads, dtype_of, f16s, halves_sum, lanes4, lanes8,
     nibble_heads, per_block, q4_k_scales, q6_k_code, q6_k_scales, Args, Interleaved, NibbleHeads,
     G, Q4_0, Q4_K, Q5_0, Q6_K, Q8_0, TMAX,
 };
@@ -45,7 +45,7 @@ const fn offset(k: u8) -> i32 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
 unsafe fn heads<const K: u8>(blk: *const u8, offs: &[i32; G]) -> Heads {
-    let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
+    let p: [*const u8; G] = std::array::from_fn(|i| blk.add(offs[i] as usize));
     let mut h = Heads {
         d: [_mm512_setzero_ps(); 8],
         m: [_mm512_setzero_ps(); 8],
@@ -54,14 +54,14 @@ unsafe fn heads<const K: u8>(blk: *const u8, offs: &[i32; G]) -> Heads {
         qs: 0,
     };
     match K {
-        Q4_K => (h.d, h.m) = q4_k_scales(&std::array::from_fn(|i| blk.add(offs[i] as usize))),
+        Q4_K => (h.d, h.m) = q4_k_scales(&p),
         Q6_K => {
             let (d, sc) = q6_k_scales(blk, offs);
             (h.d, h.sc) = ([d; 8], sc);
         }
-        Q8_0 => h.d[0] = f16s::<false>(gather(blk, rows, 0)),
+        Q8_0 => h.d[0] = f16s::<false>(lanes4(&p, 0)[0]),
         _ => {
-            let NibbleHeads { d, m, qh, qs, .. } = nibble_heads::<K>(blk, rows);
+            let NibbleHeads { d, m, qh, qs, .. } = nibble_heads::<K>(&p);
             (h.d[0], h.m[0], h.qh, h.qs) = (d, m, qh, qs);
         }
     }
