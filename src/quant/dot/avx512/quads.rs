@@ -68,8 +68,9 @@ unsafe fn heads<const K: u8>(blk: *const u8, offs: &[i32; G]) -> Heads {
     h
 }
 
-/// Adds the blocks at `blk + offs[r]` (heads `h`) to the accumulators of N tokens, whose
-/// activations start at `at`. The codes go straight from the weights into the dots, never
+/// Adds the blocks at `blk + offs[r]` to the accumulators of N tokens, whose activations start
+/// at `at`. Their heads are read here, not passed in: the compiler does not inline every N, and
+/// a `Heads` handed to a call was zeroed and written to memory for every block. The codes go straight from the weights into the dots, never
 /// through memory, and the dots of two sub-blocks (or two halves of one) form two independent
 /// chains, since one chain would wait on the dots' latency with few tokens.
 #[inline]
@@ -77,10 +78,10 @@ unsafe fn heads<const K: u8>(blk: *const u8, offs: &[i32; G]) -> Heads {
 unsafe fn block<const K: u8, const N: usize>(
     blk: *const u8,
     offs: &[i32; G],
-    h: &Heads,
     at: Interleaved,
     acc: &mut [__m512],
 ) {
+    let h = &heads::<K>(blk, offs);
     let p: [*const u8; G] = std::array::from_fn(|i| blk.add(offs[i] as usize));
     let nibble = _mm512_set1_epi8(0x0f);
     let zeros = [_mm512_setzero_si512(); N];
@@ -214,7 +215,6 @@ pub(super) unsafe fn matmul_k<const K: u8, Q: ActInt>(
     row_groups!(
         (w, rb, bb, rows, n_t, blocks, out, out_stride),
         |blk, offs, i, t0, acc| {
-            let h = heads::<K>(blk, offs);
             let at = Interleaved::new(perm, n_t, i * per, t0);
             // runs of up to 8 tokens, each decoding the block again: trees fit one run
             let mut t = 0;
@@ -222,14 +222,14 @@ pub(super) unsafe fn matmul_k<const K: u8, Q: ActInt>(
                 let n = (acc.len() - t).min(8);
                 let (at, acc) = (at.at_token(t), &mut acc[t..t + n]);
                 match n {
-                    1 => block::<K, 1>(blk, offs, &h, at, acc),
-                    2 => block::<K, 2>(blk, offs, &h, at, acc),
-                    3 => block::<K, 3>(blk, offs, &h, at, acc),
-                    4 => block::<K, 4>(blk, offs, &h, at, acc),
-                    5 => block::<K, 5>(blk, offs, &h, at, acc),
-                    6 => block::<K, 6>(blk, offs, &h, at, acc),
-                    7 => block::<K, 7>(blk, offs, &h, at, acc),
-                    _ => block::<K, 8>(blk, offs, &h, at, acc),
+                    1 => block::<K, 1>(blk, offs, at, acc),
+                    2 => block::<K, 2>(blk, offs, at, acc),
+                    3 => block::<K, 3>(blk, offs, at, acc),
+                    4 => block::<K, 4>(blk, offs, at, acc),
+                    5 => block::<K, 5>(blk, offs, at, acc),
+                    6 => block::<K, 6>(blk, offs, at, acc),
+                    7 => block::<K, 7>(blk, offs, at, acc),
+                    _ => block::<K, 8>(blk, offs, at, acc),
                 }
                 t += n;
             }
