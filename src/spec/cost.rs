@@ -157,8 +157,8 @@ pub struct PassTimes {
     /// Whether the kept times ruled drafting out in this generation.
     #[serde(skip)]
     vetoed: bool,
-    /// What a node costs (one more node and one drafter pass) as a share of a one-node pass,
-    /// by the kept times alone: taken before this process's passes mix in, so that its noise
+    /// What a node costs (the cheapest node of any kept size, plus one drafter pass) as a share
+    /// of a one-node pass, by the kept times alone: taken before this process's passes mix in, so that its noise
     /// does not move a verdict that the kept times give on their own.
     #[serde(skip)]
     kept_node_share: Option<f64>,
@@ -268,8 +268,15 @@ impl PassTimes {
     fn judge_kept(&mut self) {
         if self.fresh.is_empty() && !self.draft_fresh && self.kept_node_share.is_none() {
             let one = estimate(&self.points, 1, self.io_ms);
-            let node = estimate(&self.points, 2, self.io_ms) - one + self.draft_ms();
-            self.kept_node_share = (one > 0.0).then(|| node / one);
+            // the cheapest node any kept size shows: noise only ever lengthens a pass, and one
+            // slow pass kept at one size must not rule drafting out for generations
+            let node = self
+                .points
+                .range(2..)
+                .map(|(&n, &ms)| (ms - one) / (n - 1) as f64)
+                .reduce(f64::min)
+                .unwrap_or_else(|| estimate(&self.points, 2, self.io_ms) - one);
+            self.kept_node_share = (one > 0.0).then(|| (node + self.draft_ms()) / one);
         }
     }
 
@@ -764,6 +771,19 @@ mod tests {
         m.record_pass(1, 10.0);
         m.record_pass(2, 20.0);
         assert_eq!(kept(m.into_pass_times()).vetoed_runs, 0);
+    }
+
+    /// Noise only lengthens passes: one slow pass kept at 2 nodes does not rule drafting out
+    /// in the generations after it where other kept sizes show cheap nodes; a curve steep at
+    /// every size still does.
+    #[test]
+    fn one_slow_kept_pass_does_not_veto_drafting() {
+        let mut m = CostModel::new(kept(times(&[(1, 5.0), (2, 20.0), (3, 6.0), (4, 6.5)])));
+        m.record_pass(1, 5.0);
+        assert!(m.should_draft(usize::MAX));
+        let mut m = CostModel::new(kept(times(&[(1, 5.0), (2, 20.0), (3, 14.0)])));
+        m.record_pass(1, 5.0);
+        assert!((0..100).all(|_| !m.should_draft(usize::MAX)));
     }
 
     /// The drafter's time per pass counts from the first round of a new process: a drafter
