@@ -480,11 +480,11 @@ unsafe fn q6_k_weights<const SCALED: bool>(
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
 unsafe fn q6_k_scales(base: *const u8, offs: &[i32; G]) -> (__m512, [[__m512i; 2]; 8]) {
-    let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
-    // the f16 d sits in bytes 208..210, the top half of the dword at 206
-    let d = f16s::<true>(gather(base, rows, 206));
-    // the 16 scale bytes with `lanes4`, not gathers (see `q4_k_scales`)
-    let scales = lanes4(&std::array::from_fn(|i| base.add(offs[i] as usize)), 192);
+    let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
+    // the f16 d sits in bytes 208..210, the top half of the dword at 206; it and the 16
+    // scale bytes are read with `lanes4`, not gathers (see `q4_k_scales`)
+    let d = f16s::<true>(lanes4(&p, 194)[3]);
+    let scales = lanes4(&p, 192);
     let mut sc = [[_mm512_setzero_si512(); 2]; 8];
     for (s, v) in sc.as_flattened_mut().iter_mut().enumerate() {
         // byte s, sign-extended
