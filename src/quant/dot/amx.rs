@@ -20,7 +20,7 @@
 //! everywhere and keeps the AVX-512 kernel. Below `MIN_TOKENS` the AVX-512 kernels run too.
 //! Linux hands the tile registers to a process only when asked (`arch_prctl`), once.
 
-use super::avx512::{self, add_sub_block, f16s, gather, lanes4, lanes8, nibble_heads, q4_k_scales};
+use super::avx512::{self, add_sub_block, f16s, lanes4, lanes8, nibble_heads, q4_k_scales};
 use super::avx512::{NibbleHeads, G, Q4_0, Q4_1, Q4_K, Q5_0, Q8_0};
 use super::{ActInt, QActs};
 use crate::quant::{DType, QK};
@@ -310,7 +310,6 @@ unsafe fn matmul_k<const K: u8, const WIDE: bool, Q: ActInt>(
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
 unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], slot: usize, out: &mut Batch) {
-    let rows = _mm512_loadu_si512(offs.as_ptr() as *const _);
     let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
     let put = |v: &mut [u8; 8 * 4 * G], g: usize, x: __m512i| {
         _mm512_store_si512(v.as_mut_ptr().add(4 * G * g) as *mut _, x)
@@ -329,7 +328,7 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], slot: usize, out
             }
         }
         Q8_0 => {
-            out.d[slot] = f16s::<false>(gather(base, rows, 0));
+            out.d[slot] = f16s::<false>(lanes4(&p, 0)[0]);
             for (g, v) in lanes8(&p, 2).into_iter().enumerate() {
                 put(&mut out.w.0[slot], g, v);
             }

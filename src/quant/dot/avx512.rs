@@ -10,7 +10,9 @@
 //! floats then follow `scalar::add_sub_block` step for step, so these kernels give the scalar
 //! reference's bits, at every T, row range and thread count.
 //!
-//! Decoding reads the 16 rows with gathers: a dword of 4 bytes from each row lands in its lane.
+//! Decoding reads the 16 rows with plain loads and an in-register transpose (`lanes4`,
+//! `lanes8`): a dword of 4 bytes from each row lands in its lane. Gathers did this once, and
+//! cost up to a fifth of a kernel on Zen 5.
 //! The weights of a dword come out as pairs (k, k+2) and (k+1, k+3); the activations are
 //! reordered once per call to match, and interleaved by token, so that the tokens of a pass
 //! take their pairs at fixed displacements from one pointer (`permute`). Q6_K's weights are
@@ -135,13 +137,6 @@ pub(super) const fn per_block(dtype: DType) -> usize {
         DType::Q4_K | DType::Q6_K => 8,
         _ => 1,
     }
-}
-
-/// The dword at byte `off` of each of the 16 rows (`rows[i]`: offset of row i from `base`).
-#[inline]
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn gather(base: *const u8, rows: __m512i, off: usize) -> __m512i {
-    _mm512_i32gather_epi32::<1>(rows, base.add(off) as *const i32)
 }
 
 /// Dwords `off/4 .. off/4 + 8` of each of the 16 rows at `p`, rows in lanes: vector g holds
