@@ -158,8 +158,8 @@ pub struct PassTimes {
     #[serde(skip)]
     vetoed: bool,
     /// What a node costs (the cheapest node of any kept size, plus one drafter pass) as a share
-    /// of a one-node pass, by the kept times alone: taken before this process's passes mix in, so that its noise
-    /// does not move a verdict that the kept times give on their own.
+    /// of a one-node pass, by the kept times alone: taken before this process's passes mix in,
+    /// so that its noise does not move a verdict that the kept times give on their own.
     #[serde(skip)]
     kept_node_share: Option<f64>,
     /// The part of every pass spent reading streamed weights (ms), when the verifier streams.

@@ -421,7 +421,7 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decode
             }
         }
         _ => {
-            let (d, sc) = q6_k_scales(base, offs);
+            let (d, sc) = q6_k_scales(&p);
             (out.d, out.sc) = ([d; 8], sc);
             if scaled {
                 q6_k_weights::<true>(&p, &sc, &mut out.w)
@@ -470,16 +470,15 @@ unsafe fn q6_k_weights<const SCALED: bool>(
     }
 }
 
-/// The Q6_K blocks at `base + offs[i]`: the scale `d`, and the integer scales of values
-/// 16s..16s+16 as `sc[s / 2][s % 2]`, sign-extended.
+/// The Q6_K blocks at `p`: the scale `d`, and the integer scales of values 16s..16s+16 as
+/// `sc[s / 2][s % 2]`, sign-extended.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
-unsafe fn q6_k_scales(base: *const u8, offs: &[i32; G]) -> (__m512, [[__m512i; 2]; 8]) {
-    let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
+unsafe fn q6_k_scales(p: &[*const u8; G]) -> (__m512, [[__m512i; 2]; 8]) {
     // the f16 d sits in bytes 208..210, the top half of the dword at 206; it and the 16
     // scale bytes are read with `lanes4`, not gathers (see `q4_k_scales`)
-    let d = f16s::<true>(lanes4(&p, 194)[3]);
-    let scales = lanes4(&p, 192);
+    let d = f16s::<true>(lanes4(p, 194)[3]);
+    let scales = lanes4(p, 192);
     let mut sc = [[_mm512_setzero_si512(); 2]; 8];
     for (s, v) in sc.as_flattened_mut().iter_mut().enumerate() {
         // byte s, sign-extended

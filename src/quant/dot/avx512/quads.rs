@@ -44,8 +44,7 @@ const fn offset(k: u8) -> i32 {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
-unsafe fn heads<const K: u8>(blk: *const u8, offs: &[i32; G]) -> Heads {
-    let p: [*const u8; G] = std::array::from_fn(|i| blk.add(offs[i] as usize));
+unsafe fn heads<const K: u8>(p: &[*const u8; G]) -> Heads {
     let mut h = Heads {
         d: [_mm512_setzero_ps(); 8],
         m: [_mm512_setzero_ps(); 8],
@@ -54,14 +53,14 @@ unsafe fn heads<const K: u8>(blk: *const u8, offs: &[i32; G]) -> Heads {
         qs: 0,
     };
     match K {
-        Q4_K => (h.d, h.m) = q4_k_scales(&p),
+        Q4_K => (h.d, h.m) = q4_k_scales(p),
         Q6_K => {
-            let (d, sc) = q6_k_scales(blk, offs);
+            let (d, sc) = q6_k_scales(p);
             (h.d, h.sc) = ([d; 8], sc);
         }
-        Q8_0 => h.d[0] = f16s::<false>(lanes4(&p, 0)[0]),
+        Q8_0 => h.d[0] = f16s::<false>(lanes4(p, 0)[0]),
         _ => {
-            let NibbleHeads { d, m, qh, qs, .. } = nibble_heads::<K>(&p);
+            let NibbleHeads { d, m, qh, qs, .. } = nibble_heads::<K>(p);
             (h.d[0], h.m[0], h.qh, h.qs) = (d, m, qh, qs);
         }
     }
@@ -69,10 +68,11 @@ unsafe fn heads<const K: u8>(blk: *const u8, offs: &[i32; G]) -> Heads {
 }
 
 /// Adds the blocks at `blk + offs[r]` to the accumulators of N tokens, whose activations start
-/// at `at`. Their heads are read here, not passed in: the compiler does not inline every N, and
-/// a `Heads` handed to a call was zeroed and written to memory for every block. The codes go straight from the weights into the dots, never
-/// through memory, and the dots of two sub-blocks (or two halves of one) form two independent
-/// chains, since one chain would wait on the dots' latency with few tokens.
+/// at `at`. The codes go straight from the weights into the dots, never through memory, and the
+/// dots of two sub-blocks (or two halves of one) form two independent chains, since one chain
+/// would wait on the dots' latency with few tokens. The heads are read here, not passed in: the
+/// compiler does not inline every N, and a `Heads` handed to a call was zeroed and stored for
+/// every block.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn block<const K: u8, const N: usize>(
@@ -81,8 +81,8 @@ unsafe fn block<const K: u8, const N: usize>(
     at: Interleaved,
     acc: &mut [__m512],
 ) {
-    let h = &heads::<K>(blk, offs);
     let p: [*const u8; G] = std::array::from_fn(|i| blk.add(offs[i] as usize));
+    let h = &heads::<K>(&p);
     let nibble = _mm512_set1_epi8(0x0f);
     let zeros = [_mm512_setzero_si512(); N];
     // dword g of sub-block j, for the first token
