@@ -20,7 +20,7 @@
 //! everywhere and keeps the AVX-512 kernel. Below `MIN_TOKENS` the AVX-512 kernels run too.
 //! Linux hands the tile registers to a process only when asked (`arch_prctl`), once.
 
-use super::avx512::{self, add_sub_block, f16s, lanes4, lanes8, nibble_heads, q4_k_scales};
+use super::avx512::{self, add_sub_block, lanes4, lanes8, nibble_heads, q4_k_scales};
 use super::avx512::{NibbleHeads, G, Q4_0, Q4_1, Q4_K, Q5_0, Q8_0};
 use super::{ActInt, QActs};
 use crate::quant::{DType, QK};
@@ -328,7 +328,7 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], slot: usize, out
             }
         }
         Q8_0 => {
-            out.d[slot] = f16s::<false>(lanes4(&p, 0)[0]);
+            out.d[slot] = avx512::q8_0_scales(&p);
             for (g, v) in lanes8(&p, 2).into_iter().enumerate() {
                 put(&mut out.w.0[slot], g, v);
             }

@@ -202,10 +202,17 @@ pub(super) unsafe fn lanes4(p: &[*const u8; G], off: usize) -> [__m512i; 4] {
     ]
 }
 
+/// The scales d of the Q8_0 blocks at `p` (their first two bytes).
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+pub(super) unsafe fn q8_0_scales(p: &[*const u8; G]) -> __m512 {
+    f16s::<false>(lanes4(p, 0)[0])
+}
+
 /// The f16 in the low (`HIGH = false`) or high half of each lane, as f32.
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn f16s<const HIGH: bool>(v: __m512i) -> __m512 {
+unsafe fn f16s<const HIGH: bool>(v: __m512i) -> __m512 {
     let v = if HIGH { _mm512_srli_epi32::<16>(v) } else { v };
     _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
 }
@@ -346,7 +353,7 @@ unsafe fn small_block<const K: u8>(
             pair(2 * g, _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v)));
             pair(2 * g + 1, _mm512_srai_epi16::<8>(v));
         }
-        return (f16s::<false>(lanes4(&p, 0)[0]), _mm512_setzero_ps());
+        return (q8_0_scales(&p), _mm512_setzero_ps());
     }
     let NibbleHeads { d, m, qh, qs, off } = nibble_heads::<K>(&p);
     for (g, v) in lanes4(&p, qs).into_iter().enumerate() {

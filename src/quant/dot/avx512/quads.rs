@@ -12,9 +12,9 @@
 //! scales once while decoding, where here each token's sums would need the scales applied.
 
 use super::{
-    add_sub_block, block_bytes, dot_quads, dtype_of, f16s, halves_sum, lanes4, lanes8,
-    nibble_heads, per_block, q4_k_scales, q6_k_code, q6_k_scales, Args, Interleaved, NibbleHeads,
-    G, Q4_0, Q4_K, Q5_0, Q6_K, Q8_0, TMAX,
+    add_sub_block, block_bytes, dot_quads, dtype_of, halves_sum, lanes4, lanes8, nibble_heads,
+    per_block, q4_k_scales, q6_k_code, q6_k_scales, q8_0_scales, Args, Interleaved, NibbleHeads, G,
+    Q4_0, Q4_K, Q5_0, Q6_K, Q8_0, TMAX,
 };
 use crate::quant::dot::ActInt;
 use crate::quant::QK;
@@ -58,7 +58,7 @@ unsafe fn heads<const K: u8>(p: &[*const u8; G]) -> Heads {
             let (d, sc) = q6_k_scales(p);
             (h.d, h.sc) = ([d; 8], sc);
         }
-        Q8_0 => h.d[0] = f16s::<false>(lanes4(p, 0)[0]),
+        Q8_0 => h.d[0] = q8_0_scales(p),
         _ => {
             let NibbleHeads { d, m, qh, qs, .. } = nibble_heads::<K>(p);
             (h.d[0], h.m[0], h.qh, h.qs) = (d, m, qh, qs);
@@ -216,7 +216,7 @@ pub(super) unsafe fn matmul_k<const K: u8, Q: ActInt>(
         (w, rb, bb, rows, n_t, blocks, out, out_stride),
         |blk, offs, i, t0, acc| {
             let at = Interleaved::new(perm, n_t, i * per, t0);
-            // runs of up to 8 tokens, each decoding the block again: trees fit one run
+            // runs of up to 8 tokens, each reading and decoding the block again: trees fit one run
             let mut t = 0;
             while t < acc.len() {
                 let n = (acc.len() - t).min(8);
