@@ -6,7 +6,9 @@
 //!
 //! `cargo bench --bench cpu_kernels [-- TYPE... KERNELS...]` (for example `-- q4_k amx`).
 
-use llmcad::quant::{matmul_q_with, quantize_row, DType, Q16Acts, Q8Acts, Simd};
+use llmcad::quant::{
+    matmul_packed, matmul_q_with, quantize_row, DType, PackedWeights, Q16Acts, Q8Acts, Simd,
+};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -107,7 +109,14 @@ fn main() {
                 gb / ceiling
             );
             for &simd in &simds {
-                for acts in ["q16", "q8"] {
+                // the file's layout, then the copy packed at load where these kernels read one
+                let packed = PackedWeights::new(simd, dtype, &bytes, rows, cols);
+                let layouts = [Some(None), packed.as_ref().map(Some)];
+                for (layout, acts) in layouts
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|l| [(l, "q16"), (l, "q8")])
+                {
                     let mut one = 0.0;
                     for n_t in [1usize, 2, 4, 8, 16, 64] {
                         let x = randoms(2, n_t * cols);
@@ -115,30 +124,41 @@ fn main() {
                         // the activation quantization is part of the cost, as in a forward pass
                         let (mut a8, mut a16) = (Q8Acts::default(), Q16Acts::default());
                         let secs = time(|| {
-                            if acts == "q8" {
-                                a8.quantize_with(simd, &x, cols);
-                                matmul_q_with(
-                                    simd,
-                                    dtype,
-                                    &bytes,
-                                    cols,
-                                    0..rows,
-                                    &a8,
-                                    &mut out,
-                                    rows,
-                                )
-                            } else {
-                                a16.quantize_with(simd, &x, cols);
-                                matmul_q_with(
-                                    simd,
-                                    dtype,
-                                    &bytes,
-                                    cols,
-                                    0..rows,
-                                    &a16,
-                                    &mut out,
-                                    rows,
-                                )
+                            match (layout, acts) {
+                                (Some(p), "q8") => {
+                                    a8.quantize_with(simd, &x, cols);
+                                    matmul_packed(p, 0..rows, &a8, &mut out, rows)
+                                }
+                                (Some(p), _) => {
+                                    a16.quantize_with(simd, &x, cols);
+                                    matmul_packed(p, 0..rows, &a16, &mut out, rows)
+                                }
+                                (None, "q8") => {
+                                    a8.quantize_with(simd, &x, cols);
+                                    matmul_q_with(
+                                        simd,
+                                        dtype,
+                                        &bytes,
+                                        cols,
+                                        0..rows,
+                                        &a8,
+                                        &mut out,
+                                        rows,
+                                    )
+                                }
+                                (None, _) => {
+                                    a16.quantize_with(simd, &x, cols);
+                                    matmul_q_with(
+                                        simd,
+                                        dtype,
+                                        &bytes,
+                                        cols,
+                                        0..rows,
+                                        &a16,
+                                        &mut out,
+                                        rows,
+                                    )
+                                }
                             }
                             black_box(&mut out);
                         });
@@ -146,10 +166,14 @@ fn main() {
                             one = secs;
                         }
                         println!(
-                            "{:<10} {:<6} {:<11} {:<4} {:>3} {:>9.1} {:>7.2} {:>6.2}x",
+                            "{:<10} {:<6} {:<13} {:<4} {:>3} {:>9.1} {:>7.2} {:>6.2}x",
                             format!("{rows}x{cols}"),
                             dtype.to_string(),
-                            simd.name(),
+                            format!(
+                                "{}{}",
+                                simd.name(),
+                                if layout.is_some() { "+p" } else { "" }
+                            ),
                             acts,
                             n_t,
                             secs * 1e6,

@@ -8,8 +8,8 @@ mod quantize;
 
 pub use blocks::{sub_block, sub_blocks, SubBlock};
 pub use dot::{
-    dot_f32, dot_q16, dot_q8, matmul_f32, matmul_f32_with, matmul_q16, matmul_q8, matmul_q_with,
-    ActInt, Q16Acts, Q16Row, Q8Acts, Q8Row, QActs, QRow, Simd,
+    dot_f32, dot_q16, dot_q8, matmul_f32, matmul_f32_with, matmul_packed, matmul_q16, matmul_q8,
+    matmul_q_with, ActInt, PackedWeights, Q16Acts, Q16Row, Q8Acts, Q8Row, QActs, QRow, Simd,
 };
 pub use quantize::{quantize_q4_0, quantize_q4_1, quantize_q8_0, quantize_row};
 

@@ -21,7 +21,7 @@
 //! Linux hands the tile registers to a process only when asked (`arch_prctl`), once.
 
 use super::avx512::{self, add_sub_block, lanes4, lanes8, nibble_heads, q4_k_scales};
-use super::avx512::{NibbleHeads, G, Q4_0, Q4_1, Q4_K, Q5_0, Q8_0};
+use super::avx512::{NibbleHeads, Rows, G, Q4_0, Q4_1, Q4_K, Q5_0, Q8_0};
 use super::{ActInt, QActs};
 use crate::quant::{DType, QK};
 use std::arch::asm;
@@ -160,7 +160,7 @@ pub unsafe fn matmul_q<Q: ActInt>(
     out_stride: usize,
 ) {
     if acts.rows() < MIN_TOKENS {
-        return avx512::matmul_q(dtype, w, rows, acts, out, out_stride);
+        return avx512::matmul_q(dtype, w, false, rows, acts, out, out_stride);
     }
     let rb = dtype.row_bytes(acts.cols);
     assert!(w.len() >= rows.end * rb);
@@ -310,7 +310,7 @@ unsafe fn matmul_k<const K: u8, const WIDE: bool, Q: ActInt>(
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
 unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], slot: usize, out: &mut Batch) {
-    let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
+    let p = Rows::<false>::new::<K>(base, offs);
     let put = |v: &mut [u8; 8 * 4 * G], g: usize, x: __m512i| {
         _mm512_store_si512(v.as_mut_ptr().add(4 * G * g) as *mut _, x)
     };
@@ -334,7 +334,7 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], slot: usize, out
             }
         }
         _ => {
-            let NibbleHeads { d, m, qh, qs, off } = nibble_heads::<K>(&p);
+            let NibbleHeads { d, m, qh, qs, off } = nibble_heads::<K, false>(&p);
             (out.d[slot], out.m[slot]) = (d, m);
             for (g, v) in lanes4(&p, qs).into_iter().enumerate() {
                 // low nibbles: values 4g..4g+4; high nibbles: 16 + 4g..

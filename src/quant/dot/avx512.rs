@@ -12,7 +12,9 @@
 //!
 //! Decoding reads the 16 rows with plain loads and an in-register transpose (`lanes4`,
 //! `lanes8`): a dword of 4 bytes from each row lands in its lane. Gathers did this once, and
-//! cost up to a fifth of a kernel on Zen 5.
+//! cost up to a fifth of a kernel on Zen 5. Weights packed at load (`packed`: each block of 16
+//! rows stored as those transposes leave it) need plain loads only, and are read as one
+//! sequential stream; the kernels take both layouts (`Rows`).
 //! The weights of a dword come out as pairs (k, k+2) and (k+1, k+3); the activations are
 //! reordered once per call to match, and interleaved by token, so that the tokens of a pass
 //! take their pairs at fixed displacements from one pointer (`permute`). Q6_K's weights are
@@ -33,15 +35,23 @@ use std::ops::Range;
 
 /// The loop every kernel here shares: the rows 16 at a time, the tokens up to `TMAX` at a
 /// time, the blocks of each row in order. The body adds block `$i` of the 16 rows at
-/// `$blk + $offs[r]` to the accumulators `$acc` of tokens `$t0..`, which are then stored (rows
-/// past the range repeat its last row, and are not stored). A macro, because the compiler
-/// would not inline a closure this large, and each block then paid a call.
+/// `$blk + $offs[r]` (or packed at `$blk`, when `$packed`) to the accumulators `$acc` of
+/// tokens `$t0..`, which are then stored (rows past the range repeat its last row, or are
+/// packed as zeros, and are not stored). A macro, because the compiler would not inline a
+/// closure this large, and each block then paid a call.
 macro_rules! row_groups {
     (
-        ($w:expr, $rb:expr, $bb:expr, $rows:expr, $n_t:expr, $blocks:expr, $out:expr, $out_stride:expr),
+        ($w:expr, $packed:expr, $dtype:expr, $rows:expr, $n_t:expr, $blocks:expr, $out:expr, $out_stride:expr),
         |$blk:ident, $offs:ident, $i:ident, $t0:ident, $acc:ident| $body:block
     ) => {{
-        let (rb, bb, rows, n_t, blocks, out_stride) = ($rb, $bb, $rows, $n_t, $blocks, $out_stride);
+        let (rows, n_t, blocks, out_stride) = ($rows, $n_t, $blocks, $out_stride);
+        // packed: each block of 16 rows is one run of `G * bb` bytes (see `packed`)
+        let bb = if $packed {
+            packed::image_bytes($dtype)
+        } else {
+            block_bytes($dtype)
+        };
+        let rb = blocks * bb;
         let wp = $w.as_ptr();
         let mut accs = [_mm512_setzero_ps(); TMAX];
         let mut r0 = rows.start;
@@ -53,15 +63,24 @@ macro_rules! row_groups {
                 let nt = TMAX.min(n_t - $t0);
                 accs[..nt].fill(_mm512_setzero_ps());
                 for $i in 0..blocks {
-                    // the next group of rows (one contiguous run), spread over this group's
-                    // blocks: sixteen interleaved short streams are more than the hardware
-                    // prefetchers follow
-                    let run = G * rb;
-                    let (from, to) = ($i * run / blocks, ($i + 1) * run / blocks);
-                    for l in (from..to).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(group.wrapping_add(run + l) as *const i8);
+                    if $packed {
+                        // one stream: the bytes `PACKED_AHEAD` past this block
+                        let at = group.wrapping_add($i * G * bb + PACKED_AHEAD);
+                        for l in (0..G * bb).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(l) as *const i8);
+                        }
+                    } else {
+                        // the next group of rows (one contiguous run), spread over this
+                        // group's blocks: sixteen interleaved short streams are more than the
+                        // hardware prefetchers follow
+                        let run = G * rb;
+                        let (from, to) = ($i * run / blocks, ($i + 1) * run / blocks);
+                        for l in (from..to).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(group.wrapping_add(run + l) as *const i8);
+                        }
                     }
-                    let ($blk, $offs, $acc) = (group.add($i * bb), &offs, &mut accs[..nt]);
+                    let stride = if $packed { G * bb } else { bb };
+                    let ($blk, $offs, $acc) = (group.add($i * stride), &offs, &mut accs[..nt]);
                     $body
                 }
                 let mask: __mmask16 = if valid == G { !0 } else { (1 << valid) - 1 };
@@ -77,12 +96,19 @@ macro_rules! row_groups {
     }};
 }
 
+mod packed;
 mod quads;
+
+pub(super) use packed::{bytes as packed_bytes, pack};
 
 /// Weight rows per group: one per 32-bit lane.
 pub(super) const G: usize = 16;
 /// Tokens whose accumulators a group keeps at once (more are done in further sweeps).
 const TMAX: usize = 64;
+/// How far ahead of the block being read packed weights are prefetched, in bytes. Measured on
+/// the 1.5B's one-token decode on a Zen 5 (`llmcad bench`): 2 KB 29 tokens/s, 3 KB 32, 4 KB
+/// 34–38, 6 KB 35–36, 16 KB 28, a whole group of rows ahead (up to 80 KB) 26–30.
+const PACKED_AHEAD: usize = 4096;
 
 pub fn available() -> bool {
     x86::available()
@@ -139,12 +165,45 @@ pub(super) const fn per_block(dtype: DType) -> usize {
     }
 }
 
-/// Dwords `off/4 .. off/4 + 8` of each of the 16 rows at `p`, rows in lanes: vector g holds
-/// dword g of every row. Eight 32-byte loads per 8 rows and an 8×8 transpose in each half, far
-/// cheaper than gathers.
+/// The 16 rows of one block, as the kernels read them: in the file's layout, row r at `p[r]`
+/// (`P = false`), or packed at load (`packed`), where `p[0]` is the block and each dword of
+/// the 16 rows is one 64-byte vector already.
+#[derive(Clone, Copy)]
+pub(super) struct Rows<const P: bool> {
+    pub(super) p: [*const u8; G],
+    /// Where the packed image of a block has its 2 bytes of padding (see `packed`).
+    pub(super) pad_at: usize,
+}
+
+impl<const P: bool> Rows<P> {
+    /// The block of type `K` at `base + offs[r]`, or (packed) at `base`.
+    #[inline(always)]
+    pub(super) unsafe fn new<const K: u8>(base: *const u8, offs: &[i32; G]) -> Self {
+        Rows {
+            p: std::array::from_fn(|i| if P { base } else { base.add(offs[i] as usize) }),
+            pad_at: packed::pad_at(dtype_of(K)),
+        }
+    }
+
+    /// The packed vector of dword `off / 4` (a byte offset in the file's block).
+    #[inline(always)]
+    unsafe fn packed(&self, off: usize, g: usize) -> __m512i {
+        let image = if off >= self.pad_at { off + 2 } else { off };
+        debug_assert!(image % 4 == 0);
+        _mm512_loadu_si512(self.p[0].add(64 * (image / 4 + g)) as *const _)
+    }
+}
+
+/// Dwords `off/4 .. off/4 + 8` of each of the 16 rows, rows in lanes: vector g holds dword g
+/// of every row. Packed rows are eight loads; the file's rows take eight 32-byte loads per 8
+/// rows and an 8×8 transpose in each half, far cheaper than gathers.
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn lanes8(p: &[*const u8; G], off: usize) -> [__m512i; 8] {
+pub(super) unsafe fn lanes8<const P: bool>(r: &Rows<P>, off: usize) -> [__m512i; 8] {
+    if P {
+        return std::array::from_fn(|g| r.packed(off, g));
+    }
+    let p = &r.p;
     let ld = |r: usize| _mm256_loadu_si256(p[r].add(off) as *const __m256i);
     // z[i]: row i in the low half, row i + 8 in the high half
     let z: [__m512i; 8] =
@@ -179,7 +238,11 @@ pub(super) unsafe fn lanes8(p: &[*const u8; G], off: usize) -> [__m512i; 8] {
 /// As `lanes8`, for dwords `off/4 .. off/4 + 4`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn lanes4(p: &[*const u8; G], off: usize) -> [__m512i; 4] {
+pub(super) unsafe fn lanes4<const P: bool>(r: &Rows<P>, off: usize) -> [__m512i; 4] {
+    if P {
+        return std::array::from_fn(|g| r.packed(off, g));
+    }
+    let p = &r.p;
     let ld = |r: usize| _mm_loadu_si128(p[r].add(off) as *const __m128i);
     // z[i]: rows i, i + 4, i + 8, i + 12 in its four 128-bit lanes
     let z: [__m512i; 4] = std::array::from_fn(|i| {
@@ -205,8 +268,8 @@ pub(super) unsafe fn lanes4(p: &[*const u8; G], off: usize) -> [__m512i; 4] {
 /// The scales d of the Q8_0 blocks at `p` (their first two bytes).
 #[inline]
 #[target_feature(enable = "avx512f,f16c")]
-pub(super) unsafe fn q8_0_scales(p: &[*const u8; G]) -> __m512 {
-    f16s::<false>(lanes4(p, 0)[0])
+pub(super) unsafe fn q8_0_scales<const P: bool>(p: &Rows<P>) -> __m512 {
+    f16s::<false>(if P { p.packed(0, 0) } else { lanes4(p, 0)[0] })
 }
 
 /// The f16 in the low (`HIGH = false`) or high half of each lane, as f32.
@@ -258,7 +321,7 @@ unsafe fn fifth_bits(x: __m512i) -> [__m512i; 2] {
 /// read with `lanes4`, not four gathers, which cost a fifth of the whole kernel on Zen 5.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
-pub(super) unsafe fn q4_k_scales(p: &[*const u8; G]) -> ([__m512; 8], [__m512; 8]) {
+pub(super) unsafe fn q4_k_scales<const P: bool>(p: &Rows<P>) -> ([__m512; 8], [__m512; 8]) {
     let mut out = ([_mm512_setzero_ps(); 8], [_mm512_setzero_ps(); 8]);
     let [head, q0, q1, q2] = lanes4(p, 0);
     let (d, dmin) = (f16s::<false>(head), f16s::<true>(head));
@@ -313,8 +376,13 @@ pub(super) struct NibbleHeads {
 /// gathers each (see `q4_k_scales`).
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn nibble_heads<const K: u8>(p: &[*const u8; G]) -> NibbleHeads {
-    let [head, next, ..] = lanes4(p, 0);
+pub(super) unsafe fn nibble_heads<const K: u8, const P: bool>(p: &Rows<P>) -> NibbleHeads {
+    let [head, next] = if P {
+        [p.packed(0, 0), p.packed(0, 1)]
+    } else {
+        let [head, next, ..] = lanes4(p, 0);
+        [head, next]
+    };
     let (qs, off) = match K {
         Q4_0 => (2, 8),
         Q4_1 => (4, 0),
@@ -342,12 +410,12 @@ pub(super) unsafe fn nibble_heads<const K: u8>(p: &[*const u8; G]) -> NibbleHead
 /// pair vector to `pair(p, w)` (see `Decoded`) and returns the rows' scales and minimums.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
-unsafe fn small_block<const K: u8>(
+unsafe fn small_block<const K: u8, const P: bool>(
     base: *const u8,
     offs: &[i32; G],
     pair: &mut impl FnMut(usize, __m512i),
 ) -> (__m512, __m512) {
-    let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
+    let p = Rows::<P>::new::<K>(base, offs);
     if K == Q8_0 {
         for (g, v) in lanes8(&p, 2).into_iter().enumerate() {
             pair(2 * g, _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v)));
@@ -355,7 +423,7 @@ unsafe fn small_block<const K: u8>(
         }
         return (q8_0_scales(&p), _mm512_setzero_ps());
     }
-    let NibbleHeads { d, m, qh, qs, off } = nibble_heads::<K>(&p);
+    let NibbleHeads { d, m, qh, qs, off } = nibble_heads::<K, P>(&p);
     for (g, v) in lanes4(&p, qs).into_iter().enumerate() {
         // low nibbles: values 4g..4g+4; high nibbles: values 16+4g..
         for (half, mut pairs) in [nibble_pairs(v, 0), nibble_pairs(v, 4)]
@@ -386,14 +454,14 @@ unsafe fn small_block<const K: u8>(
 /// (see `Permuted`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn small_direct<const K: u8, const N: usize>(
+unsafe fn small_direct<const K: u8, const P: bool, const N: usize>(
     base: *const u8,
     offs: &[i32; G],
     at: Interleaved,
     acc: &mut [__m512],
 ) {
     let mut sums = [_mm512_setzero_si512(); N];
-    let (d, m) = small_block::<K>(base, offs, &mut |p, w| {
+    let (d, m) = small_block::<K, P>(base, offs, &mut |p, w| {
         dot_pairs(&mut sums, w, at.dword(p));
     });
     let m_set = _mm512_cmpneq_ps_mask(m, _mm512_setzero_ps());
@@ -406,13 +474,13 @@ unsafe fn small_direct<const K: u8, const N: usize>(
 /// Decodes the blocks at `base + offs[i]` into `out` (type `K`), as `blocks::sub_block` does.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decoded) {
+unsafe fn decode<const K: u8, const P: bool>(base: *const u8, offs: &[i32; G], out: &mut Decoded) {
     let scaled = out.scaled;
-    let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
+    let p = Rows::<P>::new::<K>(base, offs);
     let dtype = dtype_of(K);
     match dtype {
         DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 => {
-            (out.d[0], out.m[0]) = small_block::<K>(base, offs, &mut |p, w| out.w[0][p] = w);
+            (out.d[0], out.m[0]) = small_block::<K, P>(base, offs, &mut |p, w| out.w[0][p] = w);
         }
         DType::Q4_K => {
             (out.d, out.m) = q4_k_scales(&p);
@@ -431,9 +499,9 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decode
             let (d, sc) = q6_k_scales(&p);
             (out.d, out.sc) = ([d; 8], sc);
             if scaled {
-                q6_k_weights::<true>(&p, &sc, &mut out.w)
+                q6_k_weights::<true, P>(&p, &sc, &mut out.w)
             } else {
-                q6_k_weights::<false>(&p, &sc, &mut out.w)
+                q6_k_weights::<false, P>(&p, &sc, &mut out.w)
             }
         }
     }
@@ -443,8 +511,8 @@ unsafe fn decode<const K: u8>(base: *const u8, offs: &[i32; G], out: &mut Decode
 /// (code − 32)·scale, at most 32·128 in magnitude, an i16.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn q6_k_weights<const SCALED: bool>(
-    p: &[*const u8; G],
+unsafe fn q6_k_weights<const SCALED: bool, const P: bool>(
+    p: &Rows<P>,
     sc: &[[__m512i; 2]; 8],
     w: &mut [[__m512i; 16]; 8],
 ) {
@@ -481,10 +549,15 @@ unsafe fn q6_k_weights<const SCALED: bool>(
 /// `sc[s / 2][s % 2]`, sign-extended.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
-unsafe fn q6_k_scales(p: &[*const u8; G]) -> (__m512, [[__m512i; 2]; 8]) {
-    // the f16 d sits in bytes 208..210, the top half of the dword at 206; it and the 16
-    // scale bytes are read with `lanes4`, not gathers (see `q4_k_scales`)
-    let d = f16s::<true>(lanes4(p, 194)[3]);
+pub(super) unsafe fn q6_k_scales<const P: bool>(p: &Rows<P>) -> (__m512, [[__m512i; 2]; 8]) {
+    // the f16 d sits in bytes 208..210: packed, the low half of the image's last dword; in the
+    // file, the top half of the dword at 206, read with `lanes4`, not a gather (see
+    // `q4_k_scales`), and not past the block
+    let d = if P {
+        f16s::<false>(p.packed(208, 0))
+    } else {
+        f16s::<true>(lanes4(p, 194)[3])
+    };
     let scales = lanes4(p, 192);
     let mut sc = [[_mm512_setzero_si512(); 2]; 8];
     for (s, v) in sc.as_flattened_mut().iter_mut().enumerate() {
@@ -804,13 +877,13 @@ pub(super) unsafe fn add_sub_block<const K: u8>(
 /// `at`: the activations of this block's first sub-block for the first of the N tokens.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn q4_k_direct<const N: usize>(
+unsafe fn q4_k_direct<const P: bool, const N: usize>(
     base: *const u8,
     offs: &[i32; G],
     at: Interleaved,
     acc: &mut [__m512],
 ) {
-    let p: [*const u8; G] = std::array::from_fn(|i| base.add(offs[i] as usize));
+    let p = Rows::<P>::new::<Q4_K>(base, offs);
     let (d, m) = q4_k_scales(&p);
     for n in 0..4 {
         let v = lanes8(&p, 16 + 32 * n);
@@ -912,13 +985,22 @@ unsafe fn exact_sum(x: __m512i, y: __m512i) -> __m512 {
 pub unsafe fn matmul_q<Q: ActInt>(
     dtype: DType,
     w: &[u8],
+    packed: bool,
     rows: Range<usize>,
     acts: &QActs<Q>,
     out: &mut [f32],
     out_stride: usize,
 ) {
     let rb = dtype.row_bytes(acts.cols);
-    assert!(w.len() >= rows.end * rb);
+    if packed {
+        assert!(
+            rows.start.is_multiple_of(G),
+            "packed rows start at a group of {G}"
+        );
+        assert!(w.len() >= packed::bytes(dtype, rows.end, acts.cols));
+    } else {
+        assert!(w.len() >= rows.end * rb);
+    }
     assert!(acts.rows() == 0 || out.len() >= (acts.rows() - 1) * out_stride + rows.len());
     assert!(G * rb < i32::MAX as usize);
     // 8-bit activations take the quads kernels, except for Q6_K over several tokens, whose
@@ -926,31 +1008,31 @@ pub unsafe fn matmul_q<Q: ActInt>(
     let quads = !(Q::WIDE || dtype == DType::Q6_K && acts.rows() >= Q6_K_SCALED_FROM);
     PERMUTED.with_borrow_mut(|perm| {
         permute(acts, perm, quads);
-        let args = (w, rb, rows, acts, &*perm, out, out_stride);
+        let args = (w, rows, acts, &*perm, out, out_stride);
         macro_rules! by_type {
-            ($($kernel:ident)::+) => {
+            ($($kernel:ident)::+, $p:literal) => {
                 match dtype {
-                    DType::Q8_0 => $($kernel)::+::<Q8_0, Q>(args),
-                    DType::Q4_0 => $($kernel)::+::<Q4_0, Q>(args),
-                    DType::Q4_1 => $($kernel)::+::<Q4_1, Q>(args),
-                    DType::Q5_0 => $($kernel)::+::<Q5_0, Q>(args),
-                    DType::Q4_K => $($kernel)::+::<Q4_K, Q>(args),
-                    DType::Q6_K => $($kernel)::+::<Q6_K, Q>(args),
+                    DType::Q8_0 => $($kernel)::+::<Q8_0, $p, Q>(args),
+                    DType::Q4_0 => $($kernel)::+::<Q4_0, $p, Q>(args),
+                    DType::Q4_1 => $($kernel)::+::<Q4_1, $p, Q>(args),
+                    DType::Q5_0 => $($kernel)::+::<Q5_0, $p, Q>(args),
+                    DType::Q4_K => $($kernel)::+::<Q4_K, $p, Q>(args),
+                    DType::Q6_K => $($kernel)::+::<Q6_K, $p, Q>(args),
                     _ => unreachable!("{dtype} has no AVX-512 kernel"),
                 }
             };
         }
-        if quads {
-            by_type!(quads::matmul_k)
-        } else {
-            by_type!(matmul_k)
+        match (quads, packed) {
+            (true, true) => by_type!(quads::matmul_k, true),
+            (true, false) => by_type!(quads::matmul_k, false),
+            (false, true) => by_type!(matmul_k, true),
+            (false, false) => by_type!(matmul_k, false),
         }
     })
 }
 
 type Args<'a, Q> = (
     &'a [u8],
-    usize,
     Range<usize>,
     &'a QActs<Q>,
     &'a Permuted,
@@ -959,8 +1041,8 @@ type Args<'a, Q> = (
 );
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn matmul_k<const K: u8, Q: ActInt>(
-    (w, rb, rows, acts, perm, out, out_stride): Args<'_, Q>,
+unsafe fn matmul_k<const K: u8, const P: bool, Q: ActInt>(
+    (w, rows, acts, perm, out, out_stride): Args<'_, Q>,
 ) {
     let dtype = dtype_of(K);
     let per = per_block(dtype);
@@ -972,9 +1054,9 @@ unsafe fn matmul_k<const K: u8, Q: ActInt>(
         sc: [[_mm512_setzero_si512(); 2]; 8],
         scaled: false,
     };
-    let (bb, blocks) = (block_bytes(dtype), acts.cols / QK / per);
+    let blocks = acts.cols / QK / per;
     row_groups!(
-        (w, rb, bb, rows, n_t, blocks, out, out_stride),
+        (w, P, dtype, rows, n_t, blocks, out, out_stride),
         |blk, offs, i, t0, acc| {
             let nt = acc.len();
             if nt <= 8 && K != Q6_K {
@@ -983,9 +1065,9 @@ unsafe fn matmul_k<const K: u8, Q: ActInt>(
                 macro_rules! direct {
                     ($n:literal) => {{
                         if K == Q4_K {
-                            q4_k_direct::<$n>(blk, offs, at, acc)
+                            q4_k_direct::<P, $n>(blk, offs, at, acc)
                         } else {
-                            small_direct::<K, $n>(blk, offs, at, acc)
+                            small_direct::<K, P, $n>(blk, offs, at, acc)
                         }
                     }};
                 }
@@ -1002,7 +1084,7 @@ unsafe fn matmul_k<const K: u8, Q: ActInt>(
                 continue;
             }
             dec.scaled = nt >= Q6_K_SCALED_FROM;
-            decode::<K>(blk, offs, &mut dec);
+            decode::<K, P>(blk, offs, &mut dec);
             for j in 0..per {
                 let b = i * per + j;
                 let mut t = 0;

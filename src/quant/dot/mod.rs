@@ -26,6 +26,7 @@ mod amx;
 mod arm;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod packed;
 mod scalar;
 #[cfg(test)]
 mod testing;
@@ -33,6 +34,7 @@ mod testing;
 mod x86;
 
 use super::{DType, QK};
+pub use packed::{matmul_packed, PackedWeights};
 use std::ops::Range;
 use std::sync::OnceLock;
 
@@ -326,7 +328,7 @@ pub fn matmul_q_with<Q: ActInt>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 VNNI; the kernel checks the slice bounds it relies on
         Simd::Avx512Vnni | Simd::Amx if avx512::supports(dtype) => unsafe {
-            avx512::matmul_q(dtype, w, rows, acts, out, out_stride)
+            avx512::matmul_q(dtype, w, false, rows, acts, out, out_stride)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2/FMA/F16C; the kernel checks the slice bounds it relies on
@@ -719,6 +721,8 @@ mod tests {
             let (rows, nblk) = (37usize, 3usize);
             let cols = nblk * dtype.block_len();
             let w = random_blocks(dtype, rng, rows * nblk);
+            // the packed copy serves row ranges from a group of 16 on
+            let packed = PackedWeights::new(simd, dtype, &w, rows, cols);
             for n_t in [0usize, 1, 2, 3, 5, 8, 13, 16, 19, 33, 70] {
                 let nb = n_t * cols / QK;
                 let a = QActs {
@@ -731,21 +735,31 @@ mod tests {
                         .map(|_| (rng.next() % 1000) as f32 * 1e-2 - 5.0)
                         .collect(),
                 };
-                for range in [0..rows, 3..20, 16..33, 36..37] {
+                for range in [0..rows, 3..20, 16..33, 32..37, 36..37] {
                     let len = range.len();
                     let mut out = vec![f32::NAN; n_t * len];
                     matmul_q_with(simd, dtype, &w, cols, range.clone(), &a, &mut out, len);
+                    let mut outs = vec![("file layout", out)];
+                    if let Some(p) = packed.as_ref().filter(|_| range.start.is_multiple_of(16)) {
+                        let mut out = vec![f32::NAN; n_t * len];
+                        matmul_packed(p, range.clone(), &a, &mut out, len);
+                        outs.push(("packed", out));
+                    }
                     let rb = dtype.row_bytes(cols);
-                    for t in 0..n_t {
-                        for (i, r) in range.clone().enumerate() {
-                            let want = scalar::dot_q(dtype, &w[r * rb..(r + 1) * rb], a.row(t));
-                            let got = out[t * len + i];
-                            assert_eq!(
-                                got.to_bits(),
-                                want.to_bits(),
-                                "{simd:?} {dtype} {} T={n_t} t={t} r={r}: {got} vs {want}",
-                                std::any::type_name::<Q>()
-                            );
+                    for (layout, out) in &outs {
+                        for t in 0..n_t {
+                            for (i, r) in range.clone().enumerate() {
+                                let row = &w[r * rb..(r + 1) * rb];
+                                let want = scalar::dot_q(dtype, row, a.row(t));
+                                let got = out[t * len + i];
+                                assert_eq!(
+                                    got.to_bits(),
+                                    want.to_bits(),
+                                    "{simd:?} {layout} {dtype} {} T={n_t} t={t} r={r}: {got} vs \
+                                     {want}",
+                                    std::any::type_name::<Q>()
+                                );
+                            }
                         }
                     }
                 }

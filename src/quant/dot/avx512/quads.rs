@@ -13,8 +13,8 @@
 
 use super::{
     add_sub_block, block_bytes, dot_quads, dtype_of, halves_sum, lanes4, lanes8, nibble_heads,
-    per_block, q4_k_scales, q6_k_code, q6_k_scales, q8_0_scales, Args, Interleaved, NibbleHeads, G,
-    Q4_0, Q4_K, Q5_0, Q6_K, Q8_0, TMAX,
+    packed, per_block, q4_k_scales, q6_k_code, q6_k_scales, q8_0_scales, Args, Interleaved,
+    NibbleHeads, Rows, G, PACKED_AHEAD, Q4_0, Q4_K, Q5_0, Q6_K, Q8_0, TMAX,
 };
 use crate::quant::dot::ActInt;
 use crate::quant::QK;
@@ -44,7 +44,7 @@ const fn offset(k: u8) -> i32 {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
-unsafe fn heads<const K: u8>(p: &[*const u8; G]) -> Heads {
+unsafe fn heads<const K: u8, const P: bool>(p: &Rows<P>) -> Heads {
     let mut h = Heads {
         d: [_mm512_setzero_ps(); 8],
         m: [_mm512_setzero_ps(); 8],
@@ -60,7 +60,7 @@ unsafe fn heads<const K: u8>(p: &[*const u8; G]) -> Heads {
         }
         Q8_0 => h.d[0] = q8_0_scales(p),
         _ => {
-            let NibbleHeads { d, m, qh, qs, .. } = nibble_heads::<K>(p);
+            let NibbleHeads { d, m, qh, qs, .. } = nibble_heads::<K, P>(p);
             (h.d[0], h.m[0], h.qh, h.qs) = (d, m, qh, qs);
         }
     }
@@ -75,14 +75,14 @@ unsafe fn heads<const K: u8>(p: &[*const u8; G]) -> Heads {
 /// every block.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn block<const K: u8, const N: usize>(
+unsafe fn block<const K: u8, const P: bool, const N: usize>(
     blk: *const u8,
     offs: &[i32; G],
     at: Interleaved,
     acc: &mut [__m512],
 ) {
-    let p: [*const u8; G] = std::array::from_fn(|i| blk.add(offs[i] as usize));
-    let h = &heads::<K>(&p);
+    let p = Rows::<P>::new::<K>(blk, offs);
+    let h = &heads::<K, P>(&p);
     let nibble = _mm512_set1_epi8(0x0f);
     let zeros = [_mm512_setzero_si512(); N];
     // dword g of sub-block j, for the first token
@@ -205,15 +205,15 @@ unsafe fn fifth_bits(qh: __m512i, g: usize) -> __mmask64 {
 
 /// `super::matmul_k` for 8-bit activations.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn matmul_k<const K: u8, Q: ActInt>(
-    (w, rb, rows, acts, perm, out, out_stride): Args<'_, Q>,
+pub(super) unsafe fn matmul_k<const K: u8, const P: bool, Q: ActInt>(
+    (w, rows, acts, perm, out, out_stride): Args<'_, Q>,
 ) {
     let dtype = dtype_of(K);
     let per = per_block(dtype);
     let n_t = acts.rows();
-    let (bb, blocks) = (block_bytes(dtype), acts.cols / QK / per);
+    let blocks = acts.cols / QK / per;
     row_groups!(
-        (w, rb, bb, rows, n_t, blocks, out, out_stride),
+        (w, P, dtype, rows, n_t, blocks, out, out_stride),
         |blk, offs, i, t0, acc| {
             let at = Interleaved::new(perm, n_t, i * per, t0);
             // runs of up to 8 tokens, each reading and decoding the block again: trees fit one run
@@ -222,14 +222,14 @@ pub(super) unsafe fn matmul_k<const K: u8, Q: ActInt>(
                 let n = (acc.len() - t).min(8);
                 let (at, acc) = (at.at_token(t), &mut acc[t..t + n]);
                 match n {
-                    1 => block::<K, 1>(blk, offs, at, acc),
-                    2 => block::<K, 2>(blk, offs, at, acc),
-                    3 => block::<K, 3>(blk, offs, at, acc),
-                    4 => block::<K, 4>(blk, offs, at, acc),
-                    5 => block::<K, 5>(blk, offs, at, acc),
-                    6 => block::<K, 6>(blk, offs, at, acc),
-                    7 => block::<K, 7>(blk, offs, at, acc),
-                    _ => block::<K, 8>(blk, offs, at, acc),
+                    1 => block::<K, P, 1>(blk, offs, at, acc),
+                    2 => block::<K, P, 2>(blk, offs, at, acc),
+                    3 => block::<K, P, 3>(blk, offs, at, acc),
+                    4 => block::<K, P, 4>(blk, offs, at, acc),
+                    5 => block::<K, P, 5>(blk, offs, at, acc),
+                    6 => block::<K, P, 6>(blk, offs, at, acc),
+                    7 => block::<K, P, 7>(blk, offs, at, acc),
+                    _ => block::<K, P, 8>(blk, offs, at, acc),
                 }
                 t += n;
             }
