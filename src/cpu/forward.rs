@@ -3,19 +3,21 @@
 
 use super::attention::{self, Keys, Prefix, Visibility};
 use super::kv::KvCache;
-use super::matmul::{linear_many, Input, Precision};
+use super::matmul::{linear_many, Input, Precision, Weight};
 use super::ops::{glu, rms_norm};
+use super::packs::Packs;
 use super::pool::ThreadPool;
 use crate::backend::{Batch, BatchMask, CacheView, Rows};
 use crate::error::Result;
 use crate::model::recipe::{Act, Activation, LayerOps, Mat, Norm, Write};
-use crate::model::{Matrix, ModelConfig, ModelWeights, RopeTable};
+use crate::model::{ModelConfig, ModelWeights, RopeTable};
 use crate::quant::Q8Acts;
 
 /// A pass over one batch, its cache slots reserved; `kv.advance` is the caller's.
 pub(super) struct CpuPass<'a> {
     pub cfg: &'a ModelConfig,
     pub weights: &'a ModelWeights,
+    pub packs: &'a Packs,
     pub pool: &'a ThreadPool,
     pub precision: Precision,
     pub kv: &'a mut KvCache,
@@ -38,6 +40,7 @@ impl<'a> CpuPass<'a> {
     pub fn new(
         cfg: &'a ModelConfig,
         weights: &'a ModelWeights,
+        packs: &'a Packs,
         pool: &'a ThreadPool,
         precision: Precision,
         kv: &'a mut KvCache,
@@ -65,6 +68,7 @@ impl<'a> CpuPass<'a> {
             spare: Vec::new(),
             cfg,
             weights,
+            packs,
             pool,
             precision,
             kv,
@@ -130,7 +134,10 @@ impl LayerOps for CpuPass<'_> {
     fn linear(&mut self, layer: usize, x: Act, outs: &[(Mat, Act)], write: Write) -> Result<()> {
         let l = &self.weights.layers[layer];
         let n = self.n();
-        let mats: Vec<&Matrix> = outs.iter().map(|&(m, _)| l.mat(m)).collect();
+        let mats: Vec<Weight> = outs
+            .iter()
+            .map(|&(m, _)| self.packs.layer(self.weights, layer, m))
+            .collect();
         let mut results: Vec<Vec<f32>> = outs
             .iter()
             .zip(&mats)
@@ -138,7 +145,7 @@ impl LayerOps for CpuPass<'_> {
                 Write::Set => std::mem::take(&mut self.acts[out as usize]),
                 Write::Add => {
                     let mut t = self.spare.pop().unwrap_or_default();
-                    t.resize(n * m.rows, 0.0);
+                    t.resize(n * m.matrix.rows, 0.0);
                     t
                 }
             })

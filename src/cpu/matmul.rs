@@ -4,7 +4,9 @@
 
 use super::pool::{SharedMut, ThreadPool};
 use crate::model::Matrix;
-use crate::quant::{matmul_f32, matmul_q16, matmul_q8, Q16Acts, Q8Acts};
+use crate::quant::{
+    matmul_f32, matmul_packed, matmul_q16, matmul_q8, PackedWeights, Q16Acts, Q8Acts,
+};
 use std::cell::RefCell;
 
 /// How activations meet the weights.
@@ -64,16 +66,33 @@ impl<'a> Input<'a> {
     }
 }
 
+/// A weight matrix as the kernels take it: the file's bytes, and the copy packed at load
+/// where the kernels in use read one (`super::packs`).
+#[derive(Clone, Copy)]
+pub struct Weight<'a> {
+    pub matrix: &'a Matrix,
+    pub packed: Option<&'a PackedWeights>,
+}
+
+impl<'a> From<&'a Matrix> for Weight<'a> {
+    fn from(matrix: &'a Matrix) -> Self {
+        Weight {
+            matrix,
+            packed: None,
+        }
+    }
+}
+
 /// Computes `outs[i] = input · layers[i]ᵀ` (each `rows × layer.rows`, row-major).
 pub fn linear_many(
     pool: &ThreadPool,
     precision: Precision,
     input: &mut Input<'_>,
-    layers: &[&Matrix],
+    layers: &[Weight<'_>],
     outs: &mut [&mut [f32]],
 ) {
     let t_rows = input.rows();
-    let any_quantized = layers.iter().any(|m| m.dtype.is_quantized());
+    let any_quantized = layers.iter().any(|w| w.matrix.dtype.is_quantized());
     if precision == Precision::Q8Activations && any_quantized && !input.quantized {
         let q = input.q8.as_deref_mut().expect("scratch");
         q.quantize(input.x, input.cols);
@@ -95,7 +114,8 @@ pub fn linear_many(
     // else runs); multiples of 16 rows keep threads on separate cache lines of the output
     let pieces = pool.n_threads();
     pool.for_each_item(layers.len() * pieces, |local: &mut Vec<f32>, item| {
-        let (m, out) = (layers[item / pieces], &shared[item / pieces]);
+        let (w, out) = (layers[item / pieces], &shared[item / pieces]);
+        let m = w.matrix;
         debug_assert_eq!(m.cols, cols);
         let per = m.rows.div_ceil(pieces).div_ceil(16) * 16;
         let start = (item % pieces * per).min(m.rows);
@@ -105,11 +125,19 @@ pub fn linear_many(
         }
         let len = end - start;
         local.resize(t_rows * len, 0.0);
+        // a chunk starts on a multiple of 16 rows, as packed matrices want
+        let (rows, q16) = (start..end, q16.as_ref());
         if m.dtype.is_quantized() && precision == Precision::Q8Activations {
-            matmul_q8(m.dtype, &m.data, cols, start..end, q8, local, len);
+            match w.packed {
+                Some(p) => matmul_packed(p, rows, q8, local, len),
+                None => matmul_q8(m.dtype, &m.data, cols, rows, q8, local, len),
+            }
         } else if m.dtype.is_quantized() && precision == Precision::Q16Activations {
-            let q16 = q16.as_ref().expect("quantized above");
-            matmul_q16(m.dtype, &m.data, cols, start..end, q16, local, len);
+            let q16 = q16.expect("quantized above");
+            match w.packed {
+                Some(p) => matmul_packed(p, rows, q16, local, len),
+                None => matmul_q16(m.dtype, &m.data, cols, rows, q16, local, len),
+            }
         } else {
             matmul_f32(m.dtype, &m.data, cols, start..end, x, local, len);
         }
@@ -149,7 +177,8 @@ mod tests {
         }
     }
 
-    /// Threads split weight rows; every output must have the bits of a one-thread, one-token run.
+    /// Threads split weight rows; every output must have the bits of a one-thread, one-token run,
+    /// from the file's layout or the copy packed for the kernels in use.
     #[test]
     fn threads_and_batches_do_not_change_bits() {
         for dtype in DType::ALL {
@@ -161,12 +190,26 @@ mod tests {
                 .map(|i| ((i * 7919) % 1013) as f32 / 100.0 - 5.0)
                 .collect();
             let (a, b) = (matrix(dtype, 37, cols, 1), matrix(dtype, 19, cols, 2));
+            let (pa, pb) = (super::super::packs::pack(&a), super::super::packs::pack(&b));
             for precision in [
                 Precision::F32,
                 Precision::Q8Activations,
                 Precision::Q16Activations,
             ] {
-                let run = |threads: usize, x: &[f32]| {
+                let run = |threads: usize, packed: bool, x: &[f32]| {
+                    let layers = match packed {
+                        false => [(&a).into(), (&b).into()],
+                        true => [
+                            Weight {
+                                matrix: &a,
+                                packed: pa.as_ref(),
+                            },
+                            Weight {
+                                matrix: &b,
+                                packed: pb.as_ref(),
+                            },
+                        ],
+                    };
                     let pool = ThreadPool::new(threads).unwrap();
                     let mut scratch = Q8Acts::default();
                     let mut input = Input::new(x, cols, &mut scratch);
@@ -176,14 +219,15 @@ mod tests {
                         &pool,
                         precision,
                         &mut input,
-                        &[&a, &b],
+                        &layers,
                         &mut [&mut oa, &mut ob],
                     );
                     (oa, ob)
                 };
-                let one: Vec<_> = x.chunks_exact(cols).map(|xr| run(1, xr)).collect();
-                for threads in [1, 2, 3] {
-                    let (oa, ob) = run(threads, &x);
+                let one: Vec<_> = x.chunks_exact(cols).map(|xr| run(1, false, xr)).collect();
+                for (threads, packed) in [1, 2, 3].into_iter().flat_map(|t| [(t, false), (t, true)])
+                {
+                    let (oa, ob) = run(threads, packed, &x);
                     for (t, (ea, eb)) in one.iter().enumerate() {
                         let same = |got: &[f32], want: &[f32]| {
                             got.iter()
@@ -193,7 +237,7 @@ mod tests {
                         assert!(
                             same(&oa[t * a.rows..(t + 1) * a.rows], ea)
                                 && same(&ob[t * b.rows..(t + 1) * b.rows], eb),
-                            "{dtype} {precision:?} threads={threads} t={t}"
+                            "{dtype} {precision:?} threads={threads} packed={packed} t={t}"
                         );
                         assert!(ea.iter().chain(eb).all(|v| v.is_finite()));
                     }

@@ -7,6 +7,7 @@ mod forward;
 mod kv;
 mod matmul;
 pub mod ops;
+mod packs;
 pub mod pool;
 
 pub use matmul::Precision;
@@ -16,11 +17,12 @@ use crate::backend::{Backend, Batch, Capabilities, Logits, Rows, Want};
 use crate::error::{Error, Result};
 use crate::format::Bytes;
 use crate::model::{recipe, Matrix, ModelConfig, ModelWeights};
-use crate::quant::Q8Acts;
+use crate::quant::{PackedWeights, Q8Acts};
 use forward::CpuPass;
 use kv::KvCache;
-use matmul::{linear_many, Input};
+use matmul::{linear_many, Input, Weight};
 use ops::softcap;
+use packs::Packs;
 use std::sync::Arc;
 
 #[derive(Clone, Debug)]
@@ -69,8 +71,11 @@ pub struct CpuBackend {
     inv_freqs: Vec<Vec<f32>>,
     kv: KvCache,
     q8: Q8Acts,
-    /// The output head's rows for a restricted vocabulary, and their token ids.
-    head_subset: Option<(Matrix, Vec<u32>)>,
+    /// The matrices packed for the kernels in use.
+    packs: Packs,
+    /// The output head's rows for a restricted vocabulary (and their packed copy), and their
+    /// token ids.
+    head_subset: Option<(Matrix, Option<PackedWeights>, Vec<u32>)>,
 }
 
 impl CpuBackend {
@@ -84,6 +89,7 @@ impl CpuBackend {
             ))
         })?;
         Ok(CpuBackend {
+            packs: Packs::new(&weights, opts.precision, &pool),
             inv_freqs: cfg.ropes().iter().map(|r| r.inv_freqs(context)).collect(),
             kv: KvCache::new(cfg.n_layers, cfg.kv_dim(), context),
             pool,
@@ -128,6 +134,7 @@ impl CpuBackend {
         let mut pass = CpuPass::new(
             c,
             &self.weights,
+            &self.packs,
             &self.pool,
             self.precision,
             &mut self.kv,
@@ -177,7 +184,7 @@ impl Backend for CpuBackend {
         let logits = match &self.head_subset {
             None => {
                 let mut logits = vec![0f32; rows * vocab];
-                let head = &self.weights.head;
+                let head = self.packs.head(&self.weights);
                 linear_many(
                     &self.pool,
                     self.precision,
@@ -188,8 +195,12 @@ impl Backend for CpuBackend {
                 cap(&mut logits);
                 logits
             }
-            Some((head, ids)) => {
+            Some((head, packed, ids)) => {
                 let mut some = vec![0f32; rows * ids.len()];
+                let head = Weight {
+                    matrix: head,
+                    packed: packed.as_ref(),
+                };
                 linear_many(
                     &self.pool,
                     self.precision,
@@ -238,7 +249,9 @@ impl Backend for CpuBackend {
             cols: head.cols,
             data: Bytes::Owned(data.into()),
         };
-        self.head_subset = Some((sub, ids.to_vec()));
+        // the whole head's packed copy is not read again: its memory goes back
+        let packed = self.packs.take_head().and_then(|_| packs::pack(&sub));
+        self.head_subset = Some((sub, packed, ids.to_vec()));
         true
     }
 

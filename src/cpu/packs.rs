@@ -1,0 +1,89 @@
+//! The model's matrices packed at load for the kernels in use, where they read a packed layout
+//! (`PackedWeights`: the AVX-512 kernels' rows in lanes). Packing costs one pass over the
+//! weights at load and a second copy of them in memory; every pass then reads the copy, and the
+//! file's bytes only for embedding rows.
+
+use super::matmul::{Precision, Weight};
+use super::pool::ThreadPool;
+use crate::model::recipe::Mat;
+use crate::model::{Matrix, ModelWeights};
+use crate::quant::{PackedWeights, Simd};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// The packed copies of one model's matrices (none where the kernels read the file's layout).
+#[derive(Default)]
+pub struct Packs {
+    layers: Vec<[Option<PackedWeights>; 7]>,
+    head: Option<PackedWeights>,
+}
+
+impl Packs {
+    /// Packs every matrix of `weights` the active kernels read packed, over the pool's threads.
+    /// The f32 path reads the file's layout only.
+    pub fn new(weights: &ModelWeights, precision: Precision, pool: &ThreadPool) -> Packs {
+        if precision == Precision::F32 {
+            return Packs::default();
+        }
+        let start = Instant::now();
+        let mut all: Vec<&Matrix> = weights.layers.iter().flat_map(|l| l.matrices()).collect();
+        all.push(&weights.head);
+        let done: Vec<Mutex<Option<PackedWeights>>> =
+            all.iter().map(|_| Mutex::new(None)).collect();
+        pool.for_each_item(all.len(), |_: &mut (), i| {
+            *done[i].lock().expect("no panics while packing") = pack(all[i]);
+        });
+        let mut done = done
+            .into_iter()
+            .map(|m| m.into_inner().expect("no panics while packing"));
+        let layers = weights
+            .layers
+            .iter()
+            .map(|_| std::array::from_fn(|_| done.next().expect("7 per layer")))
+            .collect();
+        let packs = Packs {
+            layers,
+            head: done.next().expect("the head"),
+        };
+        let bytes: usize = packs.all().map(PackedWeights::bytes).sum();
+        if bytes > 0 {
+            log::info!(
+                "packed {:.0} MB of weights for the {} kernels in {:.0} ms",
+                bytes as f64 / 1e6,
+                Simd::active().name(),
+                start.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        packs
+    }
+
+    fn all(&self) -> impl Iterator<Item = &PackedWeights> {
+        self.layers.iter().flatten().chain([&self.head]).flatten()
+    }
+
+    /// Matrix `m` of layer `layer`, with its packed copy.
+    pub fn layer<'a>(&'a self, weights: &'a ModelWeights, layer: usize, m: Mat) -> Weight<'a> {
+        Weight {
+            matrix: weights.layers[layer].mat(m),
+            packed: self.layers.get(layer).and_then(|l| l[m as usize].as_ref()),
+        }
+    }
+
+    /// The output head's packed copy, no longer kept here.
+    pub fn take_head(&mut self) -> Option<PackedWeights> {
+        self.head.take()
+    }
+
+    /// The output head, with its packed copy.
+    pub fn head<'a>(&'a self, weights: &'a ModelWeights) -> Weight<'a> {
+        Weight {
+            matrix: &weights.head,
+            packed: self.head.as_ref(),
+        }
+    }
+}
+
+/// `m` packed for the active kernels, where they read it packed.
+pub fn pack(m: &Matrix) -> Option<PackedWeights> {
+    PackedWeights::new(Simd::active(), m.dtype, &m.data, m.rows, m.cols)
+}
