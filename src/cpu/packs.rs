@@ -31,7 +31,12 @@ impl Packs {
         let done: Vec<Mutex<Option<PackedWeights>>> =
             all.iter().map(|_| Mutex::new(None)).collect();
         pool.for_each_item(all.len(), |_: &mut (), i| {
-            *done[i].lock().expect("no panics while packing") = pack(all[i]);
+            let packed = pack(all[i]);
+            if packed.is_some() {
+                // the passes read the copy: the file's pages need not stay in this process
+                all[i].data.release_pages();
+            }
+            *done[i].lock().expect("no panics while packing") = packed;
         });
         let mut done = done
             .into_iter()

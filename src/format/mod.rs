@@ -38,6 +38,20 @@ impl Deref for Bytes {
 }
 
 impl Bytes {
+    /// Gives this window's pages of a mapped file back to the OS, after its bytes were copied
+    /// elsewhere (packed at load): the file's pages stay cached, and a later read maps them
+    /// again. Owned bytes stay.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let Bytes::Mapped { map, start, len } = self {
+            // SAFETY: the mapping is a shared read-only one of a file (`map_file`), whose
+            // dropped pages read back as the file's bytes: nothing a reader sees changes
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *start, *len)
+            };
+        }
+    }
+
     /// The bytes in `range` (a window into the same mapping, or a copy of owned bytes).
     pub fn slice(&self, range: std::ops::Range<usize>) -> Bytes {
         assert!(range.start <= range.end && range.end <= self.len());
