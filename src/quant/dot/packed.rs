@@ -1,8 +1,8 @@
 //! Weights repacked at load into the layout the kernels in use read fastest: today the AVX-512
 //! kernels' rows in lanes (`avx512/packed.rs`), which spares them the transposes that cost a
-//! third to a half of their instructions at one token. The file's bytes stay mapped for
-//! everything else (embedding rows, other kernel sets); a packed matrix is a second copy, in
-//! anonymous memory, of the same size give or take 2 bytes per block.
+//! third to a half of their instructions at one token. A packed matrix is a copy in anonymous
+//! memory, of the same size give or take 2 bytes per block; the CPU backend gives the file's
+//! pages of the original back to the OS (`Bytes::release_pages`).
 
 use super::{ActInt, QActs, Simd};
 use crate::quant::DType;
