@@ -7,7 +7,8 @@
 //! `cargo bench --bench cpu_kernels [-- TYPE... KERNELS...]` (for example `-- q4_k amx`).
 
 use llmcad::quant::{
-    matmul_packed, matmul_q_with, quantize_row, DType, PackedWeights, Q16Acts, Q8Acts, Simd,
+    matmul_packed, matmul_q_with, quantize_row, ActInt, DType, PackedWeights, Q16Acts, Q8Acts,
+    QActs, Simd,
 };
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -51,6 +52,24 @@ fn read_ceiling(buf: &[u8]) -> f64 {
         }
         black_box(acc);
     })
+}
+
+/// All rows of `bytes` (the file's layout) or of its `packed` copy times `a`, into `out`.
+#[allow(clippy::too_many_arguments)]
+fn matmul<Q: ActInt>(
+    simd: Simd,
+    dtype: DType,
+    bytes: &[u8],
+    packed: Option<&PackedWeights>,
+    cols: usize,
+    rows: usize,
+    a: &QActs<Q>,
+    out: &mut [f32],
+) {
+    match packed {
+        Some(p) => matmul_packed(p, 0..rows, a, out, rows),
+        None => matmul_q_with(simd, dtype, bytes, cols, 0..rows, a, out, rows),
+    }
 }
 
 fn main() {
@@ -124,41 +143,12 @@ fn main() {
                         // the activation quantization is part of the cost, as in a forward pass
                         let (mut a8, mut a16) = (Q8Acts::default(), Q16Acts::default());
                         let secs = time(|| {
-                            match (layout, acts) {
-                                (Some(p), "q8") => {
-                                    a8.quantize_with(simd, &x, cols);
-                                    matmul_packed(p, 0..rows, &a8, &mut out, rows)
-                                }
-                                (Some(p), _) => {
-                                    a16.quantize_with(simd, &x, cols);
-                                    matmul_packed(p, 0..rows, &a16, &mut out, rows)
-                                }
-                                (None, "q8") => {
-                                    a8.quantize_with(simd, &x, cols);
-                                    matmul_q_with(
-                                        simd,
-                                        dtype,
-                                        &bytes,
-                                        cols,
-                                        0..rows,
-                                        &a8,
-                                        &mut out,
-                                        rows,
-                                    )
-                                }
-                                (None, _) => {
-                                    a16.quantize_with(simd, &x, cols);
-                                    matmul_q_with(
-                                        simd,
-                                        dtype,
-                                        &bytes,
-                                        cols,
-                                        0..rows,
-                                        &a16,
-                                        &mut out,
-                                        rows,
-                                    )
-                                }
+                            if acts == "q8" {
+                                a8.quantize_with(simd, &x, cols);
+                                matmul(simd, dtype, &bytes, layout, cols, rows, &a8, &mut out)
+                            } else {
+                                a16.quantize_with(simd, &x, cols);
+                                matmul(simd, dtype, &bytes, layout, cols, rows, &a16, &mut out)
                             }
                             black_box(&mut out);
                         });
