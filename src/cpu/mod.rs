@@ -250,7 +250,8 @@ impl Backend for CpuBackend {
             data: Bytes::Owned(data.into()),
         };
         // the whole head's packed copy is not read again: its memory goes back
-        let packed = self.packs.take_head().and_then(|_| packs::pack(&sub));
+        self.packs.drop_head();
+        let packed = packs::pack(&sub);
         self.head_subset = Some((sub, packed, ids.to_vec()));
         true
     }

@@ -1,7 +1,7 @@
 //! The model's matrices packed at load for the kernels in use, where they read a packed layout
 //! (`PackedWeights`: the AVX-512 kernels' rows in lanes). Packing costs one pass over the
-//! weights at load and a second copy of them in memory; every pass then reads the copy, and the
-//! file's bytes only for embedding rows.
+//! weights at load; every pass then reads the copy, and the file's pages of a packed matrix go
+//! back to the OS (read again only for embedding rows).
 
 use super::matmul::{Precision, Weight};
 use super::pool::ThreadPool;
@@ -74,9 +74,9 @@ impl Packs {
         }
     }
 
-    /// The output head's packed copy, no longer kept here.
-    pub fn take_head(&mut self) -> Option<PackedWeights> {
-        self.head.take()
+    /// Frees the output head's packed copy.
+    pub fn drop_head(&mut self) {
+        self.head = None;
     }
 
     /// The output head, with its packed copy.
