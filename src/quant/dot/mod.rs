@@ -776,6 +776,14 @@ mod tests {
         }
     }
 
+    /// A matrix without columns is left in the file's layout, not packed into chunks of 0.
+    #[test]
+    fn an_empty_matrix_is_not_packed() {
+        for simd in Simd::all_available() {
+            assert!(PackedWeights::new(simd, DType::Q4_K, &[], 16, 0).is_none());
+        }
+    }
+
     /// The dispatcher picks the kernel set expected of this CPU: tests/run.sh names it in
     /// LLMCAD_EXPECT_SIMD for each emulated ARM CPU, so that the dotprod and i8mm kernels are
     /// proven to run where the CPU has them, and the plain NEON ones where it has not.

@@ -29,6 +29,7 @@ impl PackedWeights {
         if simd == Simd::Avx512Vnni
             && simd.available()
             && super::avx512::supports(dtype)
+            && cols > 0
             && cols.is_multiple_of(dtype.block_len())
             && w.len() >= rows * dtype.row_bytes(cols)
         {
