@@ -18,11 +18,13 @@
 //! The weights of a dword come out as pairs (k, k+2) and (k+1, k+3); the activations are
 //! reordered once per call to match, and interleaved by token, so that the tokens of a pass
 //! take their pairs at fixed displacements from one pointer (`permute`). Q6_K's weights are
-//! multiplied by their scales while decoding from three tokens on, so that each token's sums need
-//! no further integer work.
+//! multiplied by their scales while decoding, so that each token's sums need no further integer
+//! work.
 //!
 //! 8-bit activations take the `quads` kernels instead: four weights per lane as bytes, one
-//! `vpdpbusd` per four values, half the instructions.
+//! `vpdpbusd` per four values, half the instructions. So does Q6_K for one or two tokens, with
+//! 16-bit activations split into two bytes: its codes cost more to decode into pairs than the
+//! extra dots cost.
 //!
 //! Types without a kernel here (Q5_1, Q5_K, Q8_K, Q2_K, Q3_K) keep the AVX2 kernels, whose
 //! results are also the same at every T.
@@ -129,21 +131,18 @@ pub fn supports(dtype: DType) -> bool {
 /// weights (pairs 0..8 are values 0..16, pairs 8..16 values 16..32, each pair in the order
 /// `permute` gives the activations), `d[j]` and `m[j]` the rows' sub-block scale and minimum.
 ///
-/// Q6_K has two forms. `scaled`: the weights are already multiplied by their integer scale (one
-/// per 16 values) and offset, which costs two operations per pair vector and none per token.
-/// Otherwise they are the raw codes 0..64 and `sc[j][h]` the rows' integer scales of values
-/// 16h..16h+16: the scales and the offset of 32 are applied to each token's integer sums, which
-/// is cheaper for one or two tokens.
+/// Q6_K's weights are already multiplied by their integer scale (one per 16 values) and offset,
+/// which costs two operations per pair vector and none per token.
 struct Decoded {
     w: [[__m512i; 16]; 8],
     d: [__m512; 8],
     m: [__m512; 8],
-    sc: [[__m512i; 2]; 8],
-    scaled: bool,
 }
 
-/// Below this many tokens, Q6_K keeps its raw codes (see `Decoded`).
-const Q6_K_SCALED_FROM: usize = 3;
+/// From this many tokens on, Q6_K takes the pairs kernels, whose weights carry their scales
+/// (`Decoded`); below, the quads ones, which apply the scales to each token's sums but decode
+/// less (measured: `cargo bench --bench cpu_kernels -- q6_k`).
+const Q6_K_PAIRS_FROM: usize = 3;
 
 /// Bytes of one block of `dtype`.
 pub(super) const fn block_bytes(dtype: DType) -> usize {
@@ -475,7 +474,6 @@ unsafe fn small_direct<const K: u8, const P: bool, const N: usize>(
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn decode<const K: u8, const P: bool>(base: *const u8, offs: &[i32; G], out: &mut Decoded) {
-    let scaled = out.scaled;
     let p = Rows::<P>::new::<K>(base, offs);
     let dtype = dtype_of(K);
     match dtype {
@@ -497,21 +495,17 @@ unsafe fn decode<const K: u8, const P: bool>(base: *const u8, offs: &[i32; G], o
         }
         _ => {
             let (d, sc) = q6_k_scales(&p);
-            (out.d, out.sc) = ([d; 8], sc);
-            if scaled {
-                q6_k_weights::<true, P>(&p, &sc, &mut out.w)
-            } else {
-                q6_k_weights::<false, P>(&p, &sc, &mut out.w)
-            }
+            out.d = [d; 8];
+            q6_k_weights::<P>(&p, &sc, &mut out.w)
         }
     }
 }
 
-/// The weights of the Q6_K blocks at `p` in `Decoded`'s pairs: the raw codes, or (`SCALED`)
-/// (code − 32)·scale, at most 32·128 in magnitude, an i16.
+/// The weights of the Q6_K blocks at `p` in `Decoded`'s pairs: (code − 32)·scale, at most 32·128
+/// in magnitude, an i16.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn q6_k_weights<const SCALED: bool, const P: bool>(
+unsafe fn q6_k_weights<const P: bool>(
     p: &Rows<P>,
     sc: &[[__m512i; 2]; 8],
     w: &mut [[__m512i; 16]; 8],
@@ -528,9 +522,6 @@ unsafe fn q6_k_weights<const SCALED: bool, const P: bool>(
                 let j = 4 * n + k;
                 let weight = |v: __m512i| {
                     let code = _mm512_and_si512(v, mask);
-                    if !SCALED {
-                        return code;
-                    }
                     // pairs 0..8 hold values 0..16 of the sub-block, the rest 16..32; the
                     // scale goes into both i16 of its lane
                     let s = sc[j][g / 4];
@@ -626,11 +617,15 @@ pub(super) const fn dtype_of(k: u8) -> DType {
 /// per dword (`quads`). Every table is interleaved by token (`dwords[i * n_t + t]` is dword i
 /// of token t), so that the tokens of a pass find their operands at fixed displacements from
 /// one pointer instead of an address each. Also the sums of each 16 values (`sums`), which the
-/// quads' offsets and Q6_K's raw codes need, and each block's scale and scaled sum (`d`, `s`).
+/// quads' offsets need, and each block's scale and scaled sum (`d`, `s`).
 struct Permuted {
     dwords: Vec<i32>,
     /// Dwords per block of 32 values: 16 pairs or 8 quads.
     per_block: usize,
+    /// Where 16-bit activations meet the quads kernels, as two bytes each (`quads`): how far
+    /// past the dwords of the high bytes those of the low bytes lie, in the same order. 0 where
+    /// there is one dword stream.
+    low: usize,
     sums: Vec<i32>,
     d: Vec<f32>,
     s: Vec<f32>,
@@ -644,7 +639,9 @@ fn permute<Q: ActInt>(acts: &QActs<Q>, out: &mut Permuted, quads: bool) {
     }
     let nb = n / QK / n_t;
     out.per_block = if quads { QK / 4 } else { QK / 2 };
-    out.dwords.resize(nb * n_t * out.per_block, 0);
+    let stream = nb * n_t * out.per_block;
+    out.low = if quads && Q::WIDE { stream } else { 0 };
+    out.dwords.resize(stream + out.low, 0);
     out.sums.resize(n / 16, 0);
     // SAFETY: the caller checked `available()`; the buffers hold n values (i16 pairs or i8
     // quads in `dwords`) and a sum per 16
@@ -693,26 +690,44 @@ unsafe fn permute_k<Q: ActInt, const QUADS: bool>(
         _mm512_set1_epi32(n_t as i32),
     );
     let (per_block, lanes) = if QUADS { (QK / 4, 0xff) } else { (QK / 2, !0) };
-    for i in 0..n_t * nb {
-        let (t, b) = (i / nb, i % nb);
-        let (v, dwords) = if Q::WIDE {
-            let v = _mm512_loadu_si512(qs.add(2 * QK * i) as *const _);
-            (v, _mm512_permutexvar_epi16(idx, v))
-        } else {
-            let raw = _mm256_loadu_si256(qs.add(QK * i) as *const __m256i);
-            let v = _mm512_cvtepi8_epi16(raw);
-            if QUADS {
-                (v, _mm512_castsi256_si512(raw))
-            } else {
-                (v, _mm512_permutexvar_epi16(idx, v))
-            }
-        };
-        let to = out.add(per_block * b * n_t + t);
+    let low = per_block * nb * n_t;
+    let store = |to: *mut i32, dwords: __m512i| {
         if n_t == 1 {
             _mm512_mask_storeu_epi32(to, lanes, dwords);
         } else {
             _mm512_mask_i32scatter_epi32::<4>(to as *mut _, lanes, spread, dwords);
         }
+    };
+    for i in 0..n_t * nb {
+        let (t, b) = (i / nb, i % nb);
+        let to = out.add(per_block * b * n_t + t);
+        let v = if Q::WIDE {
+            let v = _mm512_loadu_si512(qs.add(2 * QK * i) as *const _);
+            if QUADS {
+                // a = 256·hi + lo + 128, both signed bytes: hi = a >> 8, lo = (a & 0xff) − 128
+                let bytes = |x| _mm512_castsi256_si512(_mm512_cvtepi16_epi8(x));
+                store(to, bytes(_mm512_srai_epi16::<8>(v)));
+                store(
+                    to.add(low),
+                    bytes(_mm512_xor_si512(v, _mm512_set1_epi16(0x80))),
+                );
+            } else {
+                store(to, _mm512_permutexvar_epi16(idx, v));
+            }
+            v
+        } else {
+            let raw = _mm256_loadu_si256(qs.add(QK * i) as *const __m256i);
+            let v = _mm512_cvtepi8_epi16(raw);
+            store(
+                to,
+                if QUADS {
+                    _mm512_castsi256_si512(raw)
+                } else {
+                    _mm512_permutexvar_epi16(idx, v)
+                },
+            );
+            v
+        };
         let pair_sums = _mm512_madd_epi16(v, _mm512_set1_epi16(1));
         *sums.add(2 * b * n_t + t) = _mm512_mask_reduce_add_epi32(0x00ff, pair_sums);
         *sums.add((2 * b + 1) * n_t + t) = _mm512_mask_reduce_add_epi32(0xff00, pair_sums);
@@ -724,6 +739,8 @@ unsafe fn permute_k<Q: ActInt, const QUADS: bool>(
 #[derive(Clone, Copy)]
 struct Interleaved {
     dwords: *const i32,
+    /// `Permuted::low`.
+    low: usize,
     sums: *const i32,
     d: *const f32,
     s: *const f32,
@@ -736,6 +753,7 @@ impl Interleaved {
     fn new(perm: &Permuted, n_t: usize, b: usize, t: usize) -> Self {
         Interleaved {
             dwords: perm.dwords[perm.per_block * b * n_t + t..].as_ptr(),
+            low: perm.low,
             sums: perm.sums[2 * b * n_t + t..].as_ptr(),
             d: perm.d[b * n_t + t..].as_ptr(),
             s: perm.s[b * n_t + t..].as_ptr(),
@@ -750,11 +768,18 @@ impl Interleaved {
         self.dwords.add(p * self.n_t)
     }
 
+    /// The low bytes' dword `p` where 16-bit activations are split in two (`Permuted::low`).
+    #[inline(always)]
+    unsafe fn low(self, p: usize) -> *const i32 {
+        self.dword(p).add(self.low)
+    }
+
     /// The same tables from token `t` of the run on.
     #[inline(always)]
     unsafe fn at_token(self, t: usize) -> Self {
         Interleaved {
             dwords: self.dwords.add(t),
+            low: self.low,
             sums: self.sums.add(t),
             d: self.d.add(t),
             s: self.s.add(t),
@@ -786,6 +811,7 @@ thread_local! {
         RefCell::new(Permuted {
             dwords: Vec::new(),
             per_block: 0,
+            low: 0,
             sums: Vec::new(),
             d: Vec::new(),
             s: Vec::new(),
@@ -813,16 +839,8 @@ unsafe fn sub_block<const K: u8, const N: usize>(
     }
     let m_set = _mm512_cmpneq_ps_mask(m, _mm512_setzero_ps());
     for t in 0..N {
-        let f = if K == Q6_K && dec.scaled {
+        let f = if K == Q6_K {
             halves_sum(halves[0][t], halves[1][t])
-        } else if K == Q6_K {
-            let sums = [at.sum16(0, t), at.sum16(1, t)];
-            let [x, y] = [0, 1].map(|h| {
-                // Σq·a = Σcode·a − 32·Σa, then times the scale (both fit i32)
-                let off = _mm512_slli_epi32::<5>(_mm512_set1_epi32(sums[h]));
-                _mm512_mullo_epi32(dec.sc[j][h], _mm512_sub_epi32(halves[h][t], off))
-            });
-            halves_sum(x, y)
         } else {
             _mm512_cvtepi32_ps(_mm512_add_epi32(halves[0][t], halves[1][t]))
         };
@@ -1003,9 +1021,13 @@ pub unsafe fn matmul_q<Q: ActInt>(
     }
     assert!(acts.rows() == 0 || out.len() >= (acts.rows() - 1) * out_stride + rows.len());
     assert!(G * rb < i32::MAX as usize);
-    // 8-bit activations take the quads kernels, except for Q6_K over several tokens, whose
-    // pairs carry the scales from the decode on (measured: `cargo bench --bench cpu_kernels`)
-    let quads = !(Q::WIDE || dtype == DType::Q6_K && acts.rows() >= Q6_K_SCALED_FROM);
+    // 8-bit activations take the quads kernels, 16-bit ones the pairs; Q6_K takes the quads
+    // below `Q6_K_PAIRS_FROM` tokens and the pairs from there, whatever its activations
+    let quads = if dtype == DType::Q6_K {
+        acts.rows() < Q6_K_PAIRS_FROM
+    } else {
+        !Q::WIDE
+    };
     PERMUTED.with_borrow_mut(|perm| {
         permute(acts, perm, quads);
         let args = (w, rows, acts, &*perm, out, out_stride);
@@ -1051,8 +1073,6 @@ unsafe fn matmul_k<const K: u8, const P: bool, Q: ActInt>(
         w: [[_mm512_setzero_si512(); 16]; 8],
         d: [_mm512_setzero_ps(); 8],
         m: [_mm512_setzero_ps(); 8],
-        sc: [[_mm512_setzero_si512(); 2]; 8],
-        scaled: false,
     };
     let blocks = acts.cols / QK / per;
     row_groups!(
@@ -1083,7 +1103,6 @@ unsafe fn matmul_k<const K: u8, const P: bool, Q: ActInt>(
                 }
                 continue;
             }
-            dec.scaled = nt >= Q6_K_SCALED_FROM;
             decode::<K, P>(blk, offs, &mut dec);
             for j in 0..per {
                 let b = i * per + j;
