@@ -8,7 +8,7 @@
 //! offset·Σa, from the activations' integer sums. Those are the scalar reference's exact integer
 //! sums, and the float steps are the parent's `add_sub_block`, so the bits are the reference's.
 //!
-//! 16-bit activations come here too for Q6_K at one or two tokens (`q6_k_wide`), each value
+//! 16-bit activations come here too for Q6_K at one or two tokens (`Sums`), each value
 //! split into two signed bytes: twice the dots, but the codes stay the bytes that come out of
 //! the weights, where the pairs kernels spend more on decoding them. From three tokens on Q6_K
 //! stays with the pairs: there its weights are multiplied by their scales once while decoding,
@@ -70,8 +70,8 @@ unsafe fn heads<const K: u8, const P: bool>(p: &Rows<P>) -> Heads {
     h
 }
 
-/// Adds the blocks at `blk + offs[r]` to the accumulators of N tokens, whose activations start
-/// at `at`. The codes go straight from the weights into the dots, never through memory, and the
+/// Adds the blocks at `blk + offs[r]` (Q4_K and the blocks of 32; Q6_K has `q6_k_block`) to
+/// the accumulators of N tokens, whose activations start at `at`. The codes go straight from the weights into the dots, never through memory, and the
 /// dots of two sub-blocks (or two halves of one) form two independent chains, since one chain
 /// would wait on the dots' latency with few tokens. The heads are read here, not passed in: the
 /// compiler does not inline every N, and a `Heads` handed to a call was zeroed and stored for
@@ -109,25 +109,6 @@ unsafe fn block<const K: u8, const P: bool, const N: usize>(
                 finish::<K, N>(&sums[1], &zeros, 2 * n + 1, h, at, acc);
             }
         }
-        Q6_K => {
-            // the scales cover 16 values: dwords 0..4 and 4..8 are summed apart
-            let six = _mm512_set1_epi8(0x3f);
-            for n in 0..2 {
-                let (l0, l1, hb) = (
-                    lanes8(&p, 64 * n),
-                    lanes8(&p, 64 * n + 32),
-                    lanes8(&p, 128 + 32 * n),
-                );
-                for k in 0..4 {
-                    let mut halves = [[_mm512_setzero_si512(); N]; 2];
-                    for g in 0..8 {
-                        let c = _mm512_and_si512(q6_k_code(k, l0[g], l1[g], hb[g]), six);
-                        dot_quads(&mut halves[g / 4], c, a(4 * n + k, g));
-                    }
-                    finish::<K, N>(&halves[0], &halves[1], 4 * n + k, h, at, acc);
-                }
-            }
-        }
         _ => {
             let mut c = [_mm512_setzero_si512(); 8];
             if K == Q8_0 {
@@ -156,9 +137,9 @@ unsafe fn block<const K: u8, const P: bool, const N: usize>(
     }
 }
 
-/// `block`, kept out of line for the super-blocks: inlined into the loop over blocks, Q4_K
-/// measured slower at one token (30 µs instead of 22 at 1536×1536, Zen 5) and the blocks of 32
-/// faster at eight (88 instead of 150).
+/// `block`, kept out of line for Q4_K: inlined into the loop over blocks, it measured slower
+/// at one token (30 µs instead of 22 at 1536×1536, Zen 5), where the blocks of 32 measured
+/// faster inlined at eight (88 instead of 150).
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn outlined<const K: u8, const P: bool, const N: usize>(
@@ -170,23 +151,23 @@ unsafe fn outlined<const K: u8, const P: bool, const N: usize>(
     block::<K, P, N>(blk, offs, at, acc)
 }
 
-/// The integer sums Σcode·a of 16 values, for 16 rows and N tokens, with 16-bit activations
-/// split into two signed bytes, a = 256·hi + lo + 128 (see `permute`), so that they take the
-/// byte products: Σcode·a = 256·Σcode·hi + Σcode·lo + 128·Σcode.
-struct WideSums<const N: usize> {
+/// The integer sums Σcode·a of 16 values, for 16 rows and N tokens. 16-bit activations
+/// (`ActInt::WIDE`) come split into two signed bytes, a = 256·hi + lo + 128 (see `permute`),
+/// and take the byte products too: Σcode·a = 256·Σcode·hi + Σcode·lo + 128·Σcode.
+struct Sums<const N: usize> {
     hi: [__m512i; N],
     lo: [__m512i; N],
     codes: __m512i,
 }
 
-/// Four ones, the bytes `WideSums::codes` multiplies the codes by.
+/// Four ones, the bytes `Sums::codes` multiplies the codes by.
 static ONES: i32 = 0x0101_0101;
 
-impl<const N: usize> WideSums<N> {
+impl<const N: usize> Sums<N> {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn new() -> Self {
-        WideSums {
+        Sums {
             hi: [_mm512_setzero_si512(); N],
             lo: [_mm512_setzero_si512(); N],
             codes: _mm512_setzero_si512(),
@@ -196,16 +177,21 @@ impl<const N: usize> WideSums<N> {
     /// Adds the codes `c` times the activations' dword `p` (from the block's first) at `at`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512vnni")]
-    unsafe fn add(&mut self, c: __m512i, at: Interleaved, p: usize) {
+    unsafe fn add<Q: ActInt>(&mut self, c: __m512i, at: Interleaved, p: usize) {
         dot_quads(&mut self.hi, c, at.dword(p));
-        dot_quads(&mut self.lo, c, at.low(p));
-        dot_quads(std::array::from_mut(&mut self.codes), c, &ONES);
+        if Q::WIDE {
+            dot_quads(&mut self.lo, c, at.low(p));
+            dot_quads(std::array::from_mut(&mut self.codes), c, &ONES);
+        }
     }
 
     /// Each token's sums.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn total(&self) -> [__m512i; N] {
+    unsafe fn total<Q: ActInt>(&self) -> [__m512i; N] {
+        if !Q::WIDE {
+            return self.hi;
+        }
         let codes = _mm512_slli_epi32::<7>(self.codes);
         let mut total = self.hi;
         for (x, &lo) in total.iter_mut().zip(&self.lo) {
@@ -227,10 +213,11 @@ macro_rules! unrolled {
     };
 }
 
-/// `block` for Q6_K with 16-bit activations (`WideSums`).
+/// `block` for Q6_K: its scales cover 16 values, so dwords 0..4 and 4..8 of a sub-block are
+/// summed apart.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn q6_k_wide<const P: bool, const N: usize>(
+unsafe fn q6_k_block<const P: bool, Q: ActInt, const N: usize>(
     blk: *const u8,
     offs: &[i32; G],
     at: Interleaved,
@@ -247,12 +234,12 @@ unsafe fn q6_k_wide<const P: bool, const N: usize>(
         );
         unrolled!(k in [0, 1, 2, 3] {
             let j = 4 * n + k;
-            let mut halves = [WideSums::<N>::new(), WideSums::new()];
+            let mut halves = [Sums::<N>::new(), Sums::new()];
             unrolled!(g in [0, 1, 2, 3, 4, 5, 6, 7] {
                 let c = _mm512_and_si512(q6_k_code(k, l0[g], l1[g], hb[g]), six);
-                halves[g / 4].add(c, at, QK / 4 * j + g);
+                halves[g / 4].add::<Q>(c, at, QK / 4 * j + g);
             });
-            let [x, y] = [halves[0].total(), halves[1].total()];
+            let [x, y] = [halves[0].total::<Q>(), halves[1].total::<Q>()];
             finish::<Q6_K, N>(&x, &y, j, h, at, acc);
         });
     }
@@ -332,7 +319,9 @@ pub(super) unsafe fn matmul_k<const K: u8, const P: bool, Q: ActInt>(
                 let (at, acc) = (at.at_token(t), &mut acc[t..t + n]);
                 macro_rules! run {
                     ($n:literal) => {
-                        if K == Q4_K || K == Q6_K {
+                        if K == Q6_K {
+                            q6_k_block::<P, Q, $n>(blk, offs, at, acc)
+                        } else if K == Q4_K {
                             outlined::<K, P, $n>(blk, offs, at, acc)
                         } else {
                             block::<K, P, $n>(blk, offs, at, acc)
@@ -340,8 +329,6 @@ pub(super) unsafe fn matmul_k<const K: u8, const P: bool, Q: ActInt>(
                     };
                 }
                 match n {
-                    1 if Q::WIDE => q6_k_wide::<P, 1>(blk, offs, at, acc),
-                    _ if Q::WIDE => q6_k_wide::<P, 2>(blk, offs, at, acc),
                     1 => run!(1),
                     2 => run!(2),
                     3 => run!(3),
