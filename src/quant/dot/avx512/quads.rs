@@ -70,12 +70,12 @@ unsafe fn heads<const K: u8, const P: bool>(p: &Rows<P>) -> Heads {
     h
 }
 
-/// Adds the blocks at `blk + offs[r]` (Q4_K and the blocks of 32; Q6_K has `q6_k_block`) to
-/// the accumulators of N tokens, whose activations start at `at`. The codes go straight from the weights into the dots, never through memory, and the
-/// dots of two sub-blocks (or two halves of one) form two independent chains, since one chain
-/// would wait on the dots' latency with few tokens. The heads are read here, not passed in: the
-/// compiler does not inline every N, and a `Heads` handed to a call was zeroed and stored for
-/// every block.
+/// Adds the blocks at `blk + offs[r]` (Q4_K and the blocks of 32; Q6_K has `q6_k_block`) to the
+/// accumulators of N tokens, whose activations start at `at`. The codes go straight from the
+/// weights into the dots, never through memory, and the dots of two sub-blocks (or two halves of
+/// one) form two independent chains, since one chain would wait on the dots' latency with few
+/// tokens. The heads are read here, not passed in: the compiler does not inline every N, and a
+/// `Heads` handed to a call was zeroed and stored for every block.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn block<const K: u8, const P: bool, const N: usize>(
