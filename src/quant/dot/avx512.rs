@@ -65,16 +65,11 @@ macro_rules! row_groups {
                 let nt = TMAX.min(n_t - $t0);
                 accs[..nt].fill(_mm512_setzero_ps());
                 for $i in 0..blocks {
-                    if $packed {
-                        // one stream: the bytes `PACKED_AHEAD` past this block
-                        let at = group.wrapping_add($i * G * bb + PACKED_AHEAD);
-                        for l in (0..G * bb).step_by(64) {
-                            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(l) as *const i8);
-                        }
-                    } else {
-                        // the next group of rows (one contiguous run), spread over this
-                        // group's blocks: sixteen interleaved short streams are more than the
-                        // hardware prefetchers follow
+                    if !$packed {
+                        // the file's layout: the next group of rows (one contiguous run),
+                        // spread over this group's blocks, since sixteen interleaved short
+                        // streams are more than the hardware prefetchers follow (packed
+                        // weights are prefetched as they are read: `Rows::packed`)
                         let run = G * rb;
                         let (from, to) = ($i * run / blocks, ($i + 1) * run / blocks);
                         for l in (from..to).step_by(64) {
@@ -107,9 +102,9 @@ pub(super) use packed::{bytes as packed_bytes, pack};
 pub(super) const G: usize = 16;
 /// Tokens whose accumulators a group keeps at once (more are done in further sweeps).
 const TMAX: usize = 64;
-/// How far ahead of the block being read packed weights are prefetched, in bytes. Measured on
-/// the 1.5B's one-token decode on a Zen 5 (`llmcad bench`): 2 KB 29 tokens/s, 3 KB 32, 4 KB
-/// 34–38, 6 KB 35–36, 16 KB 28, a whole group of rows ahead (up to 80 KB) 26–30.
+/// How far ahead of each vector read from packed weights the kernels prefetch, in bytes.
+/// Measured on the 1.5B's pass on a Zen 5, 2 threads, median ms at one and eight tokens:
+/// 2 KB 38 and 91–98, 4 KB 28–30 and 77–83, 8 KB 29–31 and 76–110, 16 KB 26–40 and 77–88.
 const PACKED_AHEAD: usize = 4096;
 
 pub fn available() -> bool {
@@ -184,12 +179,18 @@ impl<const P: bool> Rows<P> {
         }
     }
 
-    /// The packed vector of dword `off / 4` (a byte offset in the file's block).
+    /// The packed vector of dword `off / 4` (a byte offset in the file's block), prefetching
+    /// the line `PACKED_AHEAD` past it. One prefetch per line read spreads them over the
+    /// block's work: issued all at once for a block, they stalled the core until memory
+    /// answered, so that memory time and compute time added up (the 1.5B's pass at eight
+    /// tokens took 124–136 ms that way, 70–86 ms this way; at one token 37–59 and 27–37).
     #[inline(always)]
     unsafe fn packed(&self, off: usize, g: usize) -> __m512i {
         let image = if off >= self.pad_at { off + 2 } else { off };
         debug_assert!(image % 4 == 0);
-        _mm512_loadu_si512(self.p[0].add(64 * (image / 4 + g)) as *const _)
+        let at = self.p[0].add(64 * (image / 4 + g));
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PACKED_AHEAD) as *const i8);
+        _mm512_loadu_si512(at as *const _)
     }
 }
 

@@ -17,7 +17,7 @@
 use super::{
     add_sub_block, block_bytes, dot_quads, dtype_of, halves_sum, lanes4, lanes8, nibble_heads,
     packed, per_block, q4_k_scales, q6_k_code, q6_k_scales, q8_0_scales, Args, Interleaved,
-    NibbleHeads, Rows, G, PACKED_AHEAD, Q4_0, Q4_K, Q5_0, Q6_K, Q8_0, TMAX,
+    NibbleHeads, Rows, G, Q4_0, Q4_K, Q5_0, Q6_K, Q8_0, TMAX,
 };
 use crate::quant::dot::ActInt;
 use crate::quant::QK;
