@@ -192,12 +192,13 @@ struct ARows<const T: usize> {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_q<const K: u8, const WIDE: bool, const R: usize, const T: usize>(
     w: [*const u8; R],
+    ahead: usize,
     a: &ARows<T>,
     nb: usize,
 ) -> [[f32; T]; R] {
     const { assert!(R <= 4) };
     if K >= Q5_0 {
-        return tile_sub::<K, WIDE, R, T>(w, a, nb);
+        return tile_sub::<K, WIDE, R, T>(w, ahead, a, nb);
     }
     let bb = blk_bytes(K);
     let qbytes = if WIDE { 2 * QK } else { QK };
@@ -205,6 +206,7 @@ unsafe fn tile_q<const K: u8, const WIDE: bool, const R: usize, const T: usize>(
     let mut ms = [_mm_setzero_ps(); T];
     for b in 0..nb {
         let p = w.map(|wr| wr.add(b * bb));
+        prefetch_ahead(&p, ahead, bb);
         let dw = f16_lanes(p, 0);
         let mw = if K == Q4_1 {
             f16_lanes(p, 2)
@@ -510,6 +512,7 @@ unsafe fn isum_bytes<const K: u8>(c: __m256i, sc: __m256i, a: __m256i) -> __m256
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_sub<const K: u8, const WIDE: bool, const R: usize, const T: usize>(
     w: [*const u8; R],
+    ahead: usize,
     a: &ARows<T>,
     nb: usize,
 ) -> [[f32; T]; R] {
@@ -520,6 +523,7 @@ unsafe fn tile_sub<const K: u8, const WIDE: bool, const R: usize, const T: usize
     let mut ms = [[_mm256_setzero_ps(); T]; R];
     for i in 0..nb / per {
         let p = w.map(|wr| wr.add(i * bb));
+        prefetch_ahead(&p, ahead, bb);
         let hdr = p.map(|p| header::<K>(p));
         // activation scales (and scaled sums) of the block's sub-blocks, lane j for sub-block j
         let lanes = |v: *const f32| {
@@ -748,12 +752,22 @@ unsafe fn tile_f<const K: u8, const R: usize, const T: usize>(
 /// How far ahead a single-row pass asks for its rows.
 const ROWS_AHEAD: usize = 2;
 
-/// Asks for `len` bytes from `p` to be brought into the cache.
+/// Asks for the bytes `ahead` past the blocks of `bb` bytes at `p` (one per row) to be
+/// brought into the cache, each line once as a stream of blocks is read: the lines that start
+/// within those bytes (none where `ahead` is 0). Asking for a whole tile's rows at once stalled
+/// the core until memory answered, so that memory time and compute time added up.
 #[inline(always)]
-fn prefetch(p: *const u8, len: usize) {
-    for o in (0..len).step_by(64) {
-        // SAFETY: a prefetch never faults, whatever the address
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o) as *const i8) };
+fn prefetch_ahead<const R: usize>(p: &[*const u8; R], ahead: usize, bb: usize) {
+    if ahead == 0 {
+        return;
+    }
+    for &row in p {
+        let far = row.wrapping_add(ahead);
+        let first = (far as usize).next_multiple_of(64) - far as usize;
+        for o in (first..bb).step_by(64) {
+            // SAFETY: a prefetch never faults, whatever the address
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(far.wrapping_add(o) as *const i8) };
+        }
     }
 }
 
@@ -831,12 +845,10 @@ unsafe fn matmul_q_k<const K: u8, const WIDE: bool, Q>(
             }
         }
     };
-    let wr = |r0: usize| -> [*const u8; TR] {
-        // the rows of a tile are separate short streams, which the hardware prefetchers follow
-        // poorly: ask for the tile after next ourselves
-        prefetch(wp.wrapping_add((r0 + 2 * TR) * rb), TR * rb);
-        [0, 1, 2, 3].map(|i| wp.add((r0 + i) * rb))
-    };
+    let wr = |r0: usize| -> [*const u8; TR] { [0, 1, 2, 3].map(|i| wp.add((r0 + i) * rb)) };
+    // the rows of a tile are separate short streams, which the hardware prefetchers follow
+    // poorly: each row asks for the same bytes of its row in the tile after next
+    let tile_ahead = 2 * TR * rb;
     // A single activation row has nothing to share between weight rows but its loads, and on
     // long rows (the output head, the FFN down projection) four interleaved streams run at half
     // the bandwidth of one sequential stream (measured on Zen 3): there, one row at a time.
@@ -849,7 +861,7 @@ unsafe fn matmul_q_k<const K: u8, const WIDE: bool, Q>(
             store(
                 r,
                 t,
-                tile_q::<K, WIDE, TR, TT>(wr(r), &arows(t), nb).as_flattened(),
+                tile_q::<K, WIDE, TR, TT>(wr(r), tile_ahead, &arows(t), nb).as_flattened(),
                 TR,
                 TT,
             )
@@ -858,7 +870,7 @@ unsafe fn matmul_q_k<const K: u8, const WIDE: bool, Q>(
             store(
                 r,
                 t,
-                tile_q::<K, WIDE, TR, 1>(wr(r), &a1(t), nb).as_flattened(),
+                tile_q::<K, WIDE, TR, 1>(wr(r), tile_ahead, &a1(t), nb).as_flattened(),
                 TR,
                 1,
             )
@@ -867,19 +879,17 @@ unsafe fn matmul_q_k<const K: u8, const WIDE: bool, Q>(
             store(
                 r,
                 t,
-                tile_q::<K, WIDE, 1, TT>([wp.add(r * rb)], &arows(t), nb).as_flattened(),
+                tile_q::<K, WIDE, 1, TT>([wp.add(r * rb)], 0, &arows(t), nb).as_flattened(),
                 1,
                 TT,
             )
         },
         |r, t| {
-            if one_row {
-                prefetch(wp.wrapping_add((r + ROWS_AHEAD) * rb), rb);
-            }
+            let ahead = if one_row { ROWS_AHEAD * rb } else { 0 };
             store(
                 r,
                 t,
-                tile_q::<K, WIDE, 1, 1>([wp.add(r * rb)], &a1(t), nb).as_flattened(),
+                tile_q::<K, WIDE, 1, 1>([wp.add(r * rb)], ahead, &a1(t), nb).as_flattened(),
                 1,
                 1,
             )
