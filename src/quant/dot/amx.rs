@@ -251,12 +251,7 @@ unsafe fn matmul_k<const K: u8, const WIDE: bool, Q: ActInt>(
             for i0 in (0..blocks).step_by(per_batch) {
                 let batch_blocks = per_batch.min(blocks - i0);
                 for i in i0..i0 + batch_blocks {
-                    // the next group of rows, spread over this group's blocks (as in `avx512`)
-                    let run = G * rb;
-                    let (from, to) = (i * run / blocks, (i + 1) * run / blocks);
-                    for l in (from..to).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(group.wrapping_add(run + l) as *const i8);
-                    }
+                    // (the loads prefetch the next group of rows: `avx512::Rows`)
                     decode::<K>(group.add(i * bb), &offs, i - i0, &mut batch);
                 }
                 // every tile multiply of the batch first, then the float steps: the sums are

@@ -14,7 +14,8 @@
 //! `lanes8`): a dword of 4 bytes from each row lands in its lane. Gathers did this once, and
 //! cost up to a fifth of a kernel on Zen 5. Weights packed at load (`packed`: each block of 16
 //! rows stored as those transposes leave it) need plain loads only, and are read as one
-//! sequential stream; the kernels take both layouts (`Rows`).
+//! sequential stream; the kernels take both layouts (`Rows`). Every load also asks for the
+//! weights the kernel will read a little later, so that memory works while the dots do.
 //! The weights of a dword come out as pairs (k, k+2) and (k+1, k+3); the activations are
 //! reordered once per call to match, and interleaved by token, so that the tokens of a pass
 //! take their pairs at fixed displacements from one pointer (`permute`). Q6_K's weights are
@@ -65,17 +66,6 @@ macro_rules! row_groups {
                 let nt = TMAX.min(n_t - $t0);
                 accs[..nt].fill(_mm512_setzero_ps());
                 for $i in 0..blocks {
-                    if !$packed {
-                        // the file's layout: the next group of rows (one contiguous run),
-                        // spread over this group's blocks, since sixteen interleaved short
-                        // streams are more than the hardware prefetchers follow (packed
-                        // weights are prefetched as they are read: `Rows::packed`)
-                        let run = G * rb;
-                        let (from, to) = ($i * run / blocks, ($i + 1) * run / blocks);
-                        for l in (from..to).step_by(64) {
-                            _mm_prefetch::<_MM_HINT_T0>(group.wrapping_add(run + l) as *const i8);
-                        }
-                    }
                     let stride = if $packed { G * bb } else { bb };
                     let ($blk, $offs, $acc) = (group.add($i * stride), &offs, &mut accs[..nt]);
                     $body
@@ -167,6 +157,10 @@ pub(super) struct Rows<const P: bool> {
     pub(super) p: [*const u8; G],
     /// Where the packed image of a block has its 2 bytes of padding (see `packed`).
     pub(super) pad_at: usize,
+    /// File layout: bytes from a row's block to the same block of the row G rows on, in the
+    /// next group, which each load prefetches (one stream per row would be more than the
+    /// hardware prefetchers follow; one request per load, not a block's at once: `packed`).
+    next_group: usize,
 }
 
 impl<const P: bool> Rows<P> {
@@ -176,6 +170,8 @@ impl<const P: bool> Rows<P> {
         Rows {
             p: std::array::from_fn(|i| if P { base } else { base.add(offs[i] as usize) }),
             pad_at: packed::pad_at(dtype_of(K)),
+            // rows lie `offs[1]` apart (a last group of one row has no next group)
+            next_group: G * offs[1] as usize,
         }
     }
 
@@ -203,8 +199,12 @@ pub(super) unsafe fn lanes8<const P: bool>(r: &Rows<P>, off: usize) -> [__m512i;
     if P {
         return std::array::from_fn(|g| r.packed(off, g));
     }
-    let p = &r.p;
-    let ld = |r: usize| _mm256_loadu_si256(p[r].add(off) as *const __m256i);
+    let (p, next) = (&r.p, r.next_group);
+    let ld = |r: usize| {
+        let at = p[r].add(off);
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(next) as *const i8);
+        _mm256_loadu_si256(at as *const __m256i)
+    };
     // z[i]: row i in the low half, row i + 8 in the high half
     let z: [__m512i; 8] =
         std::array::from_fn(|i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ld(i)), ld(i + 8)));
@@ -242,8 +242,12 @@ pub(super) unsafe fn lanes4<const P: bool>(r: &Rows<P>, off: usize) -> [__m512i;
     if P {
         return std::array::from_fn(|g| r.packed(off, g));
     }
-    let p = &r.p;
-    let ld = |r: usize| _mm_loadu_si128(p[r].add(off) as *const __m128i);
+    let (p, next) = (&r.p, r.next_group);
+    let ld = |r: usize| {
+        let at = p[r].add(off);
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(next) as *const i8);
+        _mm_loadu_si128(at as *const __m128i)
+    };
     // z[i]: rows i, i + 4, i + 8, i + 12 in its four 128-bit lanes
     let z: [__m512i; 4] = std::array::from_fn(|i| {
         let v = _mm512_castsi128_si512(ld(i));

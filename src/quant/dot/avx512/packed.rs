@@ -62,6 +62,7 @@ pub unsafe fn pack(dtype: DType, w: &[u8], rows: usize, cols: usize, out: &mut [
             let p = Rows::<false> {
                 p: std::array::from_fn(|r| images[r].as_ptr()),
                 pad_at: usize::MAX,
+                next_group: 0,
             };
             // dword k of the 16 images, as one vector, at 64k
             for k in (0..ib / 4).step_by(8) {
