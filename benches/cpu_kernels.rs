@@ -4,7 +4,11 @@
 //! and 64 (prefill) tokens per call. Each row gives µs per call, weight GB/s and the cost against T = 1; the
 //! first line is the ceiling: one thread summing a buffer of the same size.
 //!
-//! `cargo bench --bench cpu_kernels [-- TYPE... KERNELS...]` (for example `-- q4_k amx`).
+//! `cargo bench --bench cpu_kernels [-- TYPE... KERNELS... [dram]]` (for example `-- q4_k
+//! amx`). The weights stay in the caches unless `dram` is given: then each call reads the next
+//! of enough copies to overflow them, as a model's decode reads its weights, so that a kernel
+//! shows whether its memory traffic overlaps its compute (T=8 from DRAM near T=8 in cache) or
+//! adds to it.
 
 use llmcad::quant::{
     matmul_packed, matmul_q_with, quantize_row, ActInt, DType, PackedWeights, Q16Acts, Q8Acts,
@@ -41,11 +45,13 @@ fn time(mut f: impl FnMut()) -> f64 {
     best
 }
 
-/// Seconds to read `buf` once, summing it 8 bytes at a time in 8 independent chains.
-fn read_ceiling(buf: &[u8]) -> f64 {
+/// Seconds to read one of `bufs` (the next each time), summing it 8 bytes at a time in 8
+/// independent chains.
+fn read_ceiling(bufs: &[Vec<u8>]) -> f64 {
+    let mut next = bufs.iter().cycle();
     time(|| {
         let mut acc = [0u64; 8];
-        for c in buf.chunks_exact(64) {
+        for c in next.next().expect("one buffer at least").chunks_exact(64) {
             for (a, w) in acc.iter_mut().zip(c.chunks_exact(8)) {
                 *a = a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap()));
             }
@@ -53,6 +59,9 @@ fn read_ceiling(buf: &[u8]) -> f64 {
         black_box(acc);
     })
 }
+
+/// Bytes of weight copies that overflow any cache here (the largest L3s seen are 32 MB).
+const DRAM_BYTES: usize = 256 << 20;
 
 /// All rows of `bytes` (the file's layout) or of its `packed` copy times `a`, into `out`.
 #[allow(clippy::too_many_arguments)]
@@ -85,6 +94,7 @@ fn main() {
         DType::Q4_1,
     ];
     let named = |name: &str| wanted.iter().any(|w| w.eq_ignore_ascii_case(name));
+    let dram = named("dram");
     let simds: Vec<Simd> = Simd::all_available()
         .into_iter()
         .filter(|&s| s != Simd::Scalar)
@@ -102,6 +112,9 @@ fn main() {
     } else {
         types.to_vec()
     };
+    if dram {
+        println!("weights from DRAM: each call reads the next of {DRAM_BYTES} bytes of copies");
+    }
     println!(
         "{:<10} {:<6} {:<11} {:<4} {:>3} {:>9} {:>7} {:>7}",
         "shape", "type", "kernels", "acts", "T", "us/call", "GB/s", "vs T=1"
@@ -116,7 +129,13 @@ fn main() {
                 bytes.extend(b);
             }
             let gb = bytes.len() as f64 / 1e9;
-            let ceiling = read_ceiling(&bytes);
+            let n_copies = if dram {
+                DRAM_BYTES.div_ceil(bytes.len())
+            } else {
+                1
+            };
+            let copies = vec![bytes; n_copies];
+            let ceiling = read_ceiling(&copies);
             println!(
                 "{:<10} {:<6} {:<11} {:<4} {:>3} {:>9.1} {:>7.2}",
                 format!("{rows}x{cols}"),
@@ -128,9 +147,12 @@ fn main() {
                 gb / ceiling
             );
             for &simd in &simds {
-                // the file's layout, then the copy packed at load where these kernels read one
-                let packed = PackedWeights::new(simd, dtype, &bytes, rows, cols);
-                let layouts = [Some(None), packed.as_ref().map(Some)];
+                // the file's layout, then the copies packed at load where these kernels read one
+                let packed: Option<Vec<PackedWeights>> = copies
+                    .iter()
+                    .map(|b| PackedWeights::new(simd, dtype, b, rows, cols))
+                    .collect();
+                let layouts = [Some(None), packed.as_deref().map(Some)];
                 for (layout, acts) in layouts
                     .into_iter()
                     .flatten()
@@ -142,13 +164,16 @@ fn main() {
                         let mut out = vec![0f32; n_t * rows];
                         // the activation quantization is part of the cost, as in a forward pass
                         let (mut a8, mut a16) = (Q8Acts::default(), Q16Acts::default());
+                        let mut call = 0;
                         let secs = time(|| {
+                            let (bytes, packed) = (&copies[call], layout.map(|p| &p[call]));
+                            call = (call + 1) % n_copies;
                             if acts == "q8" {
                                 a8.quantize_with(simd, &x, cols);
-                                matmul(simd, dtype, &bytes, layout, cols, rows, &a8, &mut out)
+                                matmul(simd, dtype, bytes, packed, cols, rows, &a8, &mut out)
                             } else {
                                 a16.quantize_with(simd, &x, cols);
-                                matmul(simd, dtype, &bytes, layout, cols, rows, &a16, &mut out)
+                                matmul(simd, dtype, bytes, packed, cols, rows, &a16, &mut out)
                             }
                             black_box(&mut out);
                         });
