@@ -23,9 +23,9 @@
 //! work.
 //!
 //! 8-bit activations take the `quads` kernels instead: four weights per lane as bytes, one
-//! `vpdpbusd` per four values, half the instructions. So does Q6_K for one or two tokens, with
-//! 16-bit activations split into two bytes: its codes cost more to decode into pairs than the
-//! extra dots cost.
+//! `vpdpbusd` per four values, half the instructions. So does Q6_K with 16-bit activations up to
+//! three tokens, each activation split into two bytes: its codes cost more to decode into pairs
+//! than the extra dots cost.
 //!
 //! Types without a kernel here (Q5_1, Q5_K, Q8_K, Q2_K, Q3_K) keep the AVX2 kernels, whose
 //! results are also the same at every T.
@@ -124,10 +124,14 @@ struct Decoded {
     m: [__m512; 8],
 }
 
-/// From this many tokens on, Q6_K takes the pairs kernels, whose weights carry their scales
-/// (`Decoded`); below, the quads ones, which apply the scales to each token's sums but decode
-/// less (measured: `cargo bench --bench cpu_kernels -- q6_k`).
-const Q6_K_PAIRS_FROM: usize = 3;
+/// From this many tokens on, Q6_K with 16-bit activations takes the pairs kernels, whose
+/// weights carry their scales (`Decoded`); below, the quads ones, which apply the scales to each
+/// token's sums but decode less, and split each activation in two bytes. With 8-bit activations
+/// the quads serve every count. Measured at 1536×1536 in L2 on a Zen 5 (`cargo bench --bench
+/// cpu_kernels -- q6_k`), µs at T = 3, 4, 8: 16-bit quads 105, 132–161, 229; pairs 145–151,
+/// 138–144, 190–196; 8-bit quads 73–76, 87–90, 160–168 against the pairs' 145–152, 168–172,
+/// 193–199 (and equal at 32 and 64).
+const Q6_K_PAIRS_FROM: usize = 4;
 
 /// Bytes of one block of `dtype`.
 pub(super) const fn block_bytes(dtype: DType) -> usize {
@@ -1026,13 +1030,9 @@ pub unsafe fn matmul_q<Q: ActInt>(
     }
     assert!(acts.rows() == 0 || out.len() >= (acts.rows() - 1) * out_stride + rows.len());
     assert!(G * rb < i32::MAX as usize);
-    // 8-bit activations take the quads kernels, 16-bit ones the pairs; Q6_K takes the quads
-    // below `Q6_K_PAIRS_FROM` tokens and the pairs from there, whatever its activations
-    let quads = if dtype == DType::Q6_K {
-        acts.rows() < Q6_K_PAIRS_FROM
-    } else {
-        !Q::WIDE
-    };
+    // 8-bit activations take the quads kernels, 16-bit ones the pairs, except Q6_K below
+    // `Q6_K_PAIRS_FROM` tokens
+    let quads = !Q::WIDE || dtype == DType::Q6_K && acts.rows() < Q6_K_PAIRS_FROM;
     PERMUTED.with_borrow_mut(|perm| {
         permute(acts, perm, quads);
         let args = (w, rows, acts, &*perm, out, out_stride);

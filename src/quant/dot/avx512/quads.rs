@@ -8,11 +8,11 @@
 //! offset·Σa, from the activations' integer sums. Those are the scalar reference's exact integer
 //! sums, and the float steps are the parent's `add_sub_block`, so the bits are the reference's.
 //!
-//! 16-bit activations come here too for Q6_K at one or two tokens (`Sums`), each value
+//! 16-bit activations come here too for Q6_K at up to three tokens (`Sums`), each value
 //! split into two signed bytes: twice the dots, but the codes stay the bytes that come out of
-//! the weights, where the pairs kernels spend more on decoding them. From three tokens on Q6_K
-//! stays with the pairs: there its weights are multiplied by their scales once while decoding,
-//! where here each token's sums need the scales applied.
+//! the weights, where the pairs kernels spend more on decoding them. From four tokens on Q6_K
+//! with 16-bit activations stays with the pairs: there its weights are multiplied by their
+//! scales once while decoding, where here each token's sums need the scales applied.
 
 use super::{
     add_sub_block, block_bytes, dot_quads, dtype_of, halves_sum, lanes4, lanes8, nibble_heads,
@@ -295,6 +295,18 @@ unsafe fn fifth_bits(qh: __m512i, g: usize) -> __mmask64 {
     _mm512_test_epi8_mask(bytes, _mm512_set1_epi32(bits))
 }
 
+/// The most tokens one run of `block` takes. Q4_K's dots of 7 or 8 tokens measured slower than
+/// two shorter runs (1536×1536 in L2, Zen 5: 6 tokens 58–63 µs, 7 101–122, 8 107–131; runs of
+/// at most 6 gave 8 tokens 84–100 and 16 tokens 157–204 instead of 218–250), its sums and codes
+/// no longer fitting the registers; the other types run up to 8 at once.
+const fn run_max(k: u8) -> usize {
+    if k == Q4_K {
+        6
+    } else {
+        8
+    }
+}
+
 /// `super::matmul_k` for 8-bit activations.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn matmul_k<const K: u8, const P: bool, Q: ActInt>(
@@ -305,17 +317,17 @@ pub(super) unsafe fn matmul_k<const K: u8, const P: bool, Q: ActInt>(
     let n_t = acts.rows();
     let blocks = acts.cols / QK / per;
     assert!(
-        !Q::WIDE || K == Q6_K && n_t <= 2,
-        "16-bit activations come here for Q6_K at up to 2 tokens"
+        !Q::WIDE || K == Q6_K && n_t < super::Q6_K_PAIRS_FROM,
+        "16-bit activations come here for Q6_K at few tokens only"
     );
     row_groups!(
         (w, P, dtype, rows, n_t, blocks, out, out_stride),
         |blk, offs, i, t0, acc| {
             let at = Interleaved::new(perm, n_t, i * per, t0);
-            // runs of up to 8 tokens, each reading and decoding the block again: trees fit one run
+            // runs of up to `run_max` tokens, each reading and decoding the block again
             let mut t = 0;
             while t < acc.len() {
-                let n = (acc.len() - t).min(8);
+                let n = (acc.len() - t).min(run_max(K));
                 let (at, acc) = (at.at_token(t), &mut acc[t..t + n]);
                 macro_rules! run {
                     ($n:literal) => {
