@@ -7,6 +7,8 @@
 use super::ops::{softcap, softmax};
 use super::pool::{SharedMut, ThreadPool};
 use crate::model::LayerAttention;
+#[cfg(target_arch = "x86_64")]
+use crate::quant::Simd;
 
 /// Which batch nodes a query sees, besides the prefix.
 pub enum Visibility<'a> {
@@ -54,6 +56,7 @@ pub fn attend(
     let group = shape.n_heads / shape.n_kv_heads;
     let n_tokens = q.len() / q_dim;
     let (k_cache, v_cache) = (keys.k, keys.v);
+    let isa = Isa::active();
     let jobs = n_tokens * shape.n_heads;
     let out = SharedMut::new(out);
     pool.for_each_item(jobs, |(scores, slots): &mut (Vec<f32>, Vec<usize>), job| {
@@ -74,25 +77,200 @@ pub fn attend(
         if let Some(w) = shape.window {
             slots.retain(|&s| q_pos[i].abs_diff(keys.positions[s]) < w);
         }
-        let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+        let head = Head {
+            q: &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd],
+            k: &k_cache[g * hd..],
+            v: &v_cache[g * hd..],
+            stride: kv_dim,
+            scale: shape.scale,
+            softcap: shape.softcap,
+        };
+        // SAFETY: each (token, head) job owns its own head_dim slice of the output
+        let o = unsafe { out.slice(i * q_dim + h * hd..i * q_dim + (h + 1) * hd) };
+        head.attend(isa, slots, scores, o);
+    });
+}
+
+/// One query head against the cached rows of its KV head: `k` and `v` start at that head's
+/// columns of slot 0, and slot s's row starts `s * stride` further on.
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    stride: usize,
+    scale: f32,
+    softcap: Option<f32>,
+}
+
+/// The instruction sets the attention loops are compiled for. The code, and so every bit of
+/// the result, is the same for each: wider registers only take more of its independent lanes
+/// at once (no fused multiply-adds: Rust never contracts a product and a sum into one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Baseline,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    /// The widest set the active kernels (`Simd::active`, which `LLMCAD_CPU_SIMD` can change)
+    /// allow.
+    fn active() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        match Simd::active() {
+            Simd::Amx | Simd::Avx512Vnni => return Isa::Avx512,
+            Simd::Avx2 => return Isa::Avx2,
+            _ => {}
+        }
+        Isa::Baseline
+    }
+
+    /// Every set this CPU runs.
+    #[cfg(test)]
+    fn all_available() -> Vec<Isa> {
+        let mut all = vec![Isa::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let simds = Simd::all_available();
+            if simds.contains(&Simd::Avx2) {
+                all.push(Isa::Avx2);
+            }
+            if simds.contains(&Simd::Avx512Vnni) {
+                all.push(Isa::Avx512);
+            }
+        }
+        all
+    }
+}
+
+impl Head<'_> {
+    /// `o` = softmax(q·k(s) · scale) weighted sum of v(s) over `slots`, in slot order.
+    fn attend(&self, isa: Isa, slots: &[usize], scores: &mut Vec<f32>, o: &mut [f32]) {
+        match isa {
+            Isa::Baseline => self.run::<16>(slots, scores, o),
+            // SAFETY: `Isa::active` and the tests pick these only where the CPU has them
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.run_avx2(slots, scores, o) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.run_avx512(slots, scores, o) },
+        }
+    }
+
+    /// The copy for any CPU: `dot` slot by slot, then `weigh`.
+    fn run<const CH: usize>(&self, slots: &[usize], scores: &mut Vec<f32>, o: &mut [f32]) {
         scores.clear();
-        scores.extend(slots.iter().map(|&s| {
-            dot(qh, &k_cache[s * kv_dim + g * hd..s * kv_dim + (g + 1) * hd]) * shape.scale
-        }));
-        if let Some(cap) = shape.softcap {
+        scores.resize(slots.len(), 0.0);
+        for (x, &s) in scores.iter_mut().zip(slots) {
+            *x = dot(self.q, self.k_row(s)) * self.scale;
+        }
+        self.weigh::<CH>(slots, scores, o)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, slots: &[usize], scores: &mut Vec<f32>, o: &mut [f32]) {
+        self.scores_x86(slots, scores);
+        self.weigh::<32>(slots, scores, o)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn run_avx512(&self, slots: &[usize], scores: &mut Vec<f32>, o: &mut [f32]) {
+        self.scores_x86(slots, scores);
+        self.weigh::<64>(slots, scores, o)
+    }
+
+    /// Slot s's key row.
+    #[inline(always)]
+    fn k_row(&self, s: usize) -> &[f32] {
+        &self.k[s * self.stride..s * self.stride + self.q.len()]
+    }
+
+    /// `scores[i] = dot(q, k(slots[i])) · scale`, `dot`'s arithmetic in 8-lane registers, four
+    /// slots at a time: one slot's sum is a chain of dependent adds, four are independent.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_x86(&self, slots: &[usize], scores: &mut Vec<f32>) {
+        scores.clear();
+        scores.resize(slots.len(), 0.0);
+        let mut quads = slots.chunks_exact(4);
+        let mut out = scores.chunks_exact_mut(4);
+        for (s, x) in (&mut quads).zip(&mut out) {
+            let rows: [&[f32]; 4] = std::array::from_fn(|j| self.k_row(s[j]));
+            x.copy_from_slice(&dots_x86(self.q, rows).map(|d| d * self.scale));
+        }
+        for (&s, x) in quads.remainder().iter().zip(out.into_remainder()) {
+            *x = dots_x86(self.q, [self.k_row(s)])[0] * self.scale;
+        }
+    }
+
+    /// Weighs the values by the scores (after the softcap and softmax) into `o`. The values are
+    /// summed `CH` columns at a time in locals, which stay in registers, instead of in `o`,
+    /// which would be loaded and stored again for every slot; each column still adds the
+    /// slots in order, from 0. Inlined into each instruction set's copy.
+    #[inline(always)]
+    fn weigh<const CH: usize>(&self, slots: &[usize], scores: &mut [f32], o: &mut [f32]) {
+        if let Some(cap) = self.softcap {
             softcap(scores, cap);
         }
         softmax(scores);
-        // SAFETY: each (token, head) job owns its own head_dim slice of the output
-        let o = unsafe { out.slice(i * q_dim + h * hd..i * q_dim + (h + 1) * hd) };
-        o.fill(0.0);
-        for (&s, &p) in slots.iter().zip(scores.iter()) {
-            let vh = &v_cache[s * kv_dim + g * hd..s * kv_dim + (g + 1) * hd];
-            for (a, &b) in o.iter_mut().zip(vh) {
-                *a += p * b;
+        for (c, oc) in o.chunks_mut(CH).enumerate() {
+            let at = |s: usize| s * self.stride + c * CH;
+            if let Ok(oc) = <&mut [f32; CH]>::try_from(&mut *oc) {
+                let mut acc = [0f32; CH];
+                for (&s, &p) in slots.iter().zip(scores.iter()) {
+                    let vh: &[f32; CH] = self.v[at(s)..at(s) + CH].try_into().expect("CH");
+                    for (a, &b) in acc.iter_mut().zip(vh) {
+                        *a += p * b;
+                    }
+                }
+                *oc = acc;
+            } else {
+                oc.fill(0.0);
+                for (&s, &p) in slots.iter().zip(scores.iter()) {
+                    for (a, &b) in oc.iter_mut().zip(&self.v[at(s)..]) {
+                        *a += p * b;
+                    }
+                }
             }
         }
-    });
+    }
+}
+
+/// `dot(q, rows[j])` for each j, with the same arithmetic: lane l of a register holds partial
+/// sum l.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_x86<const N: usize>(q: &[f32], rows: [&[f32]; N]) -> [f32; N] {
+    use std::arch::x86_64::*;
+    let whole = q.len() / 8 * 8;
+    assert!(rows.iter().all(|r| r.len() == q.len()));
+    let mut acc = [_mm256_setzero_ps(); N];
+    for c in (0..whole).step_by(8) {
+        // SAFETY: c + 8 <= whole <= the length of q and of every row (asserted)
+        let x = _mm256_loadu_ps(q.as_ptr().add(c));
+        for (a, r) in acc.iter_mut().zip(&rows) {
+            *a = _mm256_add_ps(*a, _mm256_mul_ps(x, _mm256_loadu_ps(r.as_ptr().add(c))));
+        }
+    }
+    std::array::from_fn(|j| {
+        // ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)), as `dot` adds them
+        let pairs = _mm_add_ps(
+            _mm256_castps256_ps128(acc[j]),
+            _mm256_extractf128_ps::<1>(acc[j]),
+        );
+        let mut p = [0f32; 4];
+        _mm_storeu_ps(p.as_mut_ptr(), pairs);
+        let mut s = (p[0] + p[1]) + (p[2] + p[3]);
+        for (x, y) in q[whole..].iter().zip(&rows[j][whole..]) {
+            s += x * y;
+        }
+        s
+    })
 }
 
 /// Dot product with 8 independent partial sums (vectorizes; fixed order, so deterministic).
@@ -112,4 +290,76 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn randoms(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// Every instruction set gives the bits of the baseline code, which matches an f64
+    /// reference, for head sizes with and without a remainder past the register chunks.
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let n_slots = 77;
+        for (seed, hd) in [(1u64, 64usize), (2, 128), (3, 80), (4, 5), (5, 70)] {
+            let stride = 3 * hd + 5;
+            let (q, k, v) = (
+                randoms(seed, hd),
+                randoms(seed + 100, n_slots * stride),
+                randoms(seed + 200, n_slots * stride),
+            );
+            // every other slot, and the last, in increasing order
+            let slots: Vec<usize> = (0..n_slots).filter(|s| s % 2 == 0 || *s == 76).collect();
+            for softcap in [None, Some(1.5)] {
+                let head = Head {
+                    q: &q,
+                    k: &k[hd..],
+                    v: &v[hd..],
+                    stride,
+                    scale: 0.3,
+                    softcap,
+                };
+                let mut want = vec![f32::NAN; hd];
+                head.attend(Isa::Baseline, &slots, &mut Vec::new(), &mut want);
+                let row = |m: &[f32], s: usize| m[hd + s * stride..][..hd].to_vec();
+                let mut scores: Vec<f64> = slots
+                    .iter()
+                    .map(|&s| {
+                        let d: f64 = (q.iter().zip(row(&k, s)))
+                            .map(|(&a, b)| a as f64 * b as f64)
+                            .sum();
+                        let x = d * 0.3;
+                        softcap.map_or(x, |c| c as f64 * (x / c as f64).tanh())
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                scores.iter_mut().for_each(|x| *x = (*x - max).exp());
+                let sum: f64 = scores.iter().sum();
+                for (c, &w) in want.iter().enumerate() {
+                    let r: f64 = (slots.iter().zip(&scores))
+                        .map(|(&s, p)| p / sum * row(&v, s)[c] as f64)
+                        .sum();
+                    assert!((w as f64 - r).abs() < 1e-5, "hd {hd} col {c}");
+                }
+                for isa in Isa::all_available() {
+                    let mut got = vec![f32::NAN; hd];
+                    head.attend(isa, &slots, &mut vec![7.0; 3], &mut got);
+                    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{isa:?}, head_dim {hd}");
+                }
+            }
+        }
+    }
 }
