@@ -7,6 +7,8 @@ mod dot;
 mod quantize;
 
 pub use blocks::{sub_block, sub_blocks, SubBlock};
+#[cfg(test)]
+pub(crate) use dot::testing;
 pub use dot::{
     dot_f32, dot_q16, dot_q8, matmul_f32, matmul_f32_with, matmul_packed, matmul_q16, matmul_q8,
     matmul_q_with, ActInt, PackedWeights, Q16Acts, Q16Row, Q8Acts, Q8Row, QActs, QRow, Simd,

@@ -29,7 +29,7 @@ mod avx512;
 mod packed;
 mod scalar;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -427,22 +427,8 @@ pub fn matmul_f32_with(
 #[cfg(test)]
 mod tests {
     use super::super::{dequantize_row, quantize_row};
+    use super::testing::randoms;
     use super::*;
-
-    /// A small deterministic generator so the test needs no extra crate.
-    fn randoms(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Activations with outliers like SmolLM2's residual stream: a few values 1000× the rest.
     fn activations(seed: u64, n: usize) -> Vec<f32> {

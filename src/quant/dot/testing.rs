@@ -30,6 +30,16 @@ impl Rng {
     }
 }
 
+/// `n` values in [-1, 1) from `seed`, the same for the same seed.
+pub fn randoms(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = Rng(seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407));
+    (0..n)
+        .map(|_| ((rng.next() >> 24) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+        .collect()
+}
+
 /// Offsets of the f16 fields of each type's block.
 fn f16_fields(dtype: DType) -> &'static [usize] {
     match dtype {
