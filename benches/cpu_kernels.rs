@@ -4,8 +4,8 @@
 //! and 64 (prefill) tokens per call. Each row gives µs per call, weight GB/s and the cost against T = 1; the
 //! first line is the ceiling: one thread summing a buffer of the same size.
 //!
-//! `cargo bench --bench cpu_kernels [-- TYPE... KERNELS... [dram]]` (for example `-- q4_k
-//! amx`). The weights stay in the caches unless `dram` is given: then each call reads the next
+//! `cargo bench --bench cpu_kernels [-- TYPE... KERNELS... [dram] [t=1,8,12]]` (for example
+//! `-- q4_k amx`; `t=` picks the token counts). The weights stay in the caches unless `dram` is given: then each call reads the next
 //! of enough copies to overflow them, as a model's decode reads its weights, so that a kernel
 //! shows whether its memory traffic overlaps its compute (T=8 from DRAM near T=8 in cache) or
 //! adds to it.
@@ -95,6 +95,13 @@ fn main() {
     ];
     let named = |name: &str| wanted.iter().any(|w| w.eq_ignore_ascii_case(name));
     let dram = named("dram");
+    let token_counts: Vec<usize> = match wanted.iter().find_map(|w| w.strip_prefix("t=")) {
+        Some(list) => list
+            .split(',')
+            .map(|n| n.parse().expect("t=N,N,...: token counts"))
+            .collect(),
+        None => vec![1, 2, 4, 8, 16, 64],
+    };
     let simds: Vec<Simd> = Simd::all_available()
         .into_iter()
         .filter(|&s| s != Simd::Scalar)
@@ -117,7 +124,7 @@ fn main() {
     }
     println!(
         "{:<10} {:<6} {:<11} {:<4} {:>3} {:>9} {:>7} {:>7}",
-        "shape", "type", "kernels", "acts", "T", "us/call", "GB/s", "vs T=1"
+        "shape", "type", "kernels", "acts", "T", "us/call", "GB/s", "vs first"
     );
     for (rows, cols) in [(1536usize, 1536usize), (8960, 1536)] {
         for &dtype in &types {
@@ -159,7 +166,7 @@ fn main() {
                     .flat_map(|l| [(l, "q16"), (l, "q8")])
                 {
                     let mut one = 0.0;
-                    for n_t in [1usize, 2, 4, 8, 16, 64] {
+                    for &n_t in &token_counts {
                         let x = randoms(2, n_t * cols);
                         let mut out = vec![0f32; n_t * rows];
                         // the activation quantization is part of the cost, as in a forward pass
@@ -177,7 +184,7 @@ fn main() {
                             }
                             black_box(&mut out);
                         });
-                        if n_t == 1 {
+                        if one == 0.0 {
                             one = secs;
                         }
                         println!(
