@@ -1,10 +1,12 @@
 //! AVX-512 VNNI kernels (x86-64): sixteen weight rows at a time, one row per 32-bit lane.
 //!
-//! With rows in lanes, a block of 16 rows is decoded once into pairs of i16 weights
-//! (`Decoded`), and every token of the pass then takes one `vpdpwssd` per pair of weights for all
-//! 16 rows, its two activations broadcast from memory. The float work per sub-block of 32 is
-//! also done for 16 rows at once. So a pass over T tokens reads and decodes the weights once,
-//! and each extra token costs about one instruction per 32 weights and row.
+//! With rows in lanes, a block of 16 rows is decoded into pairs of i16 weights, and every token
+//! of the pass then takes one `vpdpwssd` per pair of weights for all 16 rows, its two
+//! activations broadcast from memory. The float work per sub-block of 32 is also done for 16
+//! rows at once. So a pass over T tokens reads the weights once, and each extra token costs
+//! about one instruction per 32 weights and row. The pairs go straight into the dots of up to
+//! eight tokens at a time (more tokens take further runs over the block, from L1); Q6_K's,
+//! dearer to decode, are decoded once per block into `Decoded` for all the tokens.
 //!
 //! Each lane ends a sub-block with the exact integer sum of that row's 32 products, and the
 //! floats then follow `scalar::add_sub_block` step for step, so these kernels give the scalar
@@ -112,17 +114,26 @@ pub fn supports(dtype: DType) -> bool {
     )
 }
 
-/// One block of 16 rows, decoded: for sub-block j, `w[j][p]` holds pair p of every row's i16
-/// weights (pairs 0..8 are values 0..16, pairs 8..16 values 16..32, each pair in the order
-/// `permute` gives the activations), `d[j]` and `m[j]` the rows' sub-block scale and minimum.
+/// One Q6_K block of 16 rows, decoded: for sub-block j, `w[j][p]` holds pair p of every row's
+/// i16 weights (pairs 0..8 are values 0..16, pairs 8..16 values 16..32, each pair in the order
+/// `permute` gives the activations), `d` the rows' block scale.
 ///
-/// Q6_K's weights are already multiplied by their integer scale (one per 16 values) and offset,
+/// The weights are already multiplied by their integer scale (one per 16 values) and offset,
 /// which costs two operations per pair vector and none per token.
 struct Decoded {
     w: [[__m512i; 16]; 8],
-    d: [__m512; 8],
-    m: [__m512; 8],
+    d: __m512,
 }
+
+/// Tokens that take a block's pairs straight into their dots at once (the types other than
+/// Q6_K, with 16-bit activations): more tokens take further runs of at most this many, as even
+/// as can be, each decoding the block again from L1. Measured at 1536×1536 Q4_K in L2 on a
+/// Zen 5 (`cargo bench --bench cpu_kernels -- q4_k avx512vnni t=8,9,12,16,64`), µs: runs of 8
+/// 128, 170, 196, 250, 1000–1195; decoding each block once into `Decoded`-like pairs for all
+/// the tokens (the old way from nine tokens on) 228, 280, 320, 1207–1240; runs of 6 at most
+/// 143–149 at T=8, no better elsewhere. For Q8_0, Q5_0 and Q4_1 the runs cost the same as
+/// decoding once, or less.
+const DIRECT_RUN: usize = 8;
 
 /// From this many tokens on, Q6_K with 16-bit activations takes the pairs kernels, whose
 /// weights carry their scales (`Decoded`); below, the quads ones, which apply the scales to each
@@ -479,35 +490,14 @@ unsafe fn small_direct<const K: u8, const P: bool, const N: usize>(
     }
 }
 
-/// Decodes the blocks at `base + offs[i]` into `out` (type `K`), as `blocks::sub_block` does.
+/// Decodes the Q6_K blocks at `base + offs[i]` into `out`, as `blocks::sub_block` does.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn decode<const K: u8, const P: bool>(base: *const u8, offs: &[i32; G], out: &mut Decoded) {
-    let p = Rows::<P>::new::<K>(base, offs);
-    let dtype = dtype_of(K);
-    match dtype {
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 => {
-            (out.d[0], out.m[0]) = small_block::<K, P>(base, offs, &mut |p, w| out.w[0][p] = w);
-        }
-        DType::Q4_K => {
-            (out.d, out.m) = q4_k_scales(&p);
-            for n in 0..4 {
-                for (g, v) in lanes8(&p, 16 + 32 * n).into_iter().enumerate() {
-                    let [a, b] = nibble_pairs(v, 0);
-                    let [c, e] = nibble_pairs(v, 4);
-                    out.w[2 * n][2 * g] = a;
-                    out.w[2 * n][2 * g + 1] = b;
-                    out.w[2 * n + 1][2 * g] = c;
-                    out.w[2 * n + 1][2 * g + 1] = e;
-                }
-            }
-        }
-        _ => {
-            let (d, sc) = q6_k_scales(&p);
-            out.d = [d; 8];
-            q6_k_weights::<P>(&p, &sc, &mut out.w)
-        }
-    }
+unsafe fn decode_q6_k<const P: bool>(base: *const u8, offs: &[i32; G], out: &mut Decoded) {
+    let p = Rows::<P>::new::<Q6_K>(base, offs);
+    let (d, sc) = q6_k_scales(&p);
+    out.d = d;
+    q6_k_weights::<P>(&p, &sc, &mut out.w)
 }
 
 /// The weights of the Q6_K blocks at `p` in `Decoded`'s pairs: (code − 32)·scale, at most 32·128
@@ -828,32 +818,27 @@ thread_local! {
     };
 }
 
-/// What one sub-block adds to N tokens' accumulators: the exact integer sums of 16 rows, then
-/// `scalar::add_sub_block`'s float steps for each row. `at`: the sub-block's activations for
-/// the first of the N tokens.
+/// What one Q6_K sub-block adds to N tokens' accumulators: the exact integer sums of 16 rows,
+/// then `scalar::add_sub_block`'s float steps for each row. `at`: the sub-block's activations
+/// for the first of the N tokens.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn sub_block<const K: u8, const N: usize>(
+unsafe fn q6_k_sub_block<const N: usize>(
     dec: &Decoded,
     j: usize,
     at: Interleaved,
     acc: &mut [__m512],
 ) {
-    let (w, d, m) = (&dec.w[j], dec.d[j], dec.m[j]);
     let mut halves = [[_mm512_setzero_si512(); N]; 2];
     for (h, hs) in halves.iter_mut().enumerate() {
-        for (p, &wp) in w.iter().enumerate().skip(8 * h).take(8) {
+        for (p, &wp) in dec.w[j].iter().enumerate().skip(8 * h).take(8) {
             dot_pairs(hs, wp, at.dword(p));
         }
     }
-    let m_set = _mm512_cmpneq_ps_mask(m, _mm512_setzero_ps());
+    let zero = _mm512_setzero_ps();
     for t in 0..N {
-        let f = if K == Q6_K {
-            halves_sum(halves[0][t], halves[1][t])
-        } else {
-            _mm512_cvtepi32_ps(_mm512_add_epi32(halves[0][t], halves[1][t]))
-        };
-        acc[t] = add_sub_block::<K>(acc[t], d, m, m_set, f, at.d(0, t), at.s(0, t));
+        let f = halves_sum(halves[0][t], halves[1][t]);
+        acc[t] = add_sub_block::<Q6_K>(acc[t], dec.d, zero, 0, f, at.d(0, t), at.s(0, t));
     }
 }
 
@@ -1076,39 +1061,46 @@ unsafe fn matmul_k<const K: u8, const P: bool, Q: ActInt>(
     let n_t = acts.rows();
     let mut dec = Decoded {
         w: [[_mm512_setzero_si512(); 16]; 8],
-        d: [_mm512_setzero_ps(); 8],
-        m: [_mm512_setzero_ps(); 8],
+        d: _mm512_setzero_ps(),
     };
     let blocks = acts.cols / QK / per;
     row_groups!(
         (w, P, dtype, rows, n_t, blocks, out, out_stride),
         |blk, offs, i, t0, acc| {
             let nt = acc.len();
-            if nt <= 8 && K != Q6_K {
-                // the weights go straight into the dots (Q4_K and the blocks of 32)
+            if K != Q6_K {
+                // the weights go straight into the dots (Q4_K and the blocks of 32), in as few
+                // runs of tokens as `DIRECT_RUN` allows, as even as can be
                 let at = Interleaved::new(perm, n_t, i * per, t0);
-                macro_rules! direct {
-                    ($n:literal) => {{
-                        if K == Q4_K {
-                            q4_k_direct::<P, $n>(blk, offs, at, acc)
-                        } else {
-                            small_direct::<K, P, $n>(blk, offs, at, acc)
-                        }
-                    }};
-                }
-                match nt {
-                    1 => direct!(1),
-                    2 => direct!(2),
-                    3 => direct!(3),
-                    4 => direct!(4),
-                    5 => direct!(5),
-                    6 => direct!(6),
-                    7 => direct!(7),
-                    _ => direct!(8),
+                let runs = nt.div_ceil(DIRECT_RUN);
+                let mut t = 0;
+                for r in 0..runs {
+                    let n = (nt - t) / (runs - r);
+                    let (at, acc) = (at.at_token(t), &mut acc[t..t + n]);
+                    macro_rules! direct {
+                        ($n:literal) => {{
+                            if K == Q4_K {
+                                q4_k_direct::<P, $n>(blk, offs, at, acc)
+                            } else {
+                                small_direct::<K, P, $n>(blk, offs, at, acc)
+                            }
+                        }};
+                    }
+                    match n {
+                        1 => direct!(1),
+                        2 => direct!(2),
+                        3 => direct!(3),
+                        4 => direct!(4),
+                        5 => direct!(5),
+                        6 => direct!(6),
+                        7 => direct!(7),
+                        _ => direct!(8),
+                    }
+                    t += n;
                 }
                 continue;
             }
-            decode::<K, P>(blk, offs, &mut dec);
+            decode_q6_k::<P>(blk, offs, &mut dec);
             for j in 0..per {
                 let b = i * per + j;
                 let mut t = 0;
@@ -1118,7 +1110,7 @@ unsafe fn matmul_k<const K: u8, const P: bool, Q: ActInt>(
                     let at = Interleaved::new(perm, n_t, b, t0 + t);
                     macro_rules! run {
                         ($n:literal) => {{
-                            sub_block::<K, $n>(&dec, j, at, accs);
+                            q6_k_sub_block::<$n>(&dec, j, at, accs);
                             $n
                         }};
                     }
