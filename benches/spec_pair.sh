@@ -9,8 +9,8 @@
 #
 # PROMPTS (default 12), TOKENS (128) and THREADS (2) change the run; CHAT=1 sends each prompt
 # as a chat turn (llmcad --chat; llama.cpp gets the same turn in Qwen's chat format), MODES
-# picks llmcad's modes (default "none default chain-k4"; also "default-q4": the drafter
-# requantized to Q4_0 and kept in the cache directory; "default-all": the drafter's whole vocabulary
+# picks llmcad's modes (default "none default chain-k4"; also "default-stored": the drafter
+# as stored, where the default requantizes it to Q4_0 and keeps it in the cache directory; "default-all": the drafter's whole vocabulary
 # instead of the shipped frequency table's tokens; "default-q16": the drafter with 16-bit
 # activations instead of 8-bit; "none-q8" and "default-q8": the target with 8-bit activations
 # too) and LLAMA_K llama.cpp's draft lengths
@@ -66,7 +66,7 @@ head -n "$prompts" benches/prompts.txt | while IFS= read -r prompt; do
             none) llmcad none --spec none ;;
             default) llmcad default --draft "$drafter" ;;
             default-all) llmcad default-all --draft "$drafter" --draft-vocab all ;;
-            default-q4) llmcad default-q4 --draft "$drafter" --draft-quantize q4_0 ;;
+            default-stored) llmcad default-stored --draft "$drafter" --draft-quantize none ;;
             default-q16) llmcad default-q16 --draft "$drafter" --draft-activations q16 ;;
             none-q8) llmcad none-q8 --spec none --activations q8 ;;
             default-q8) llmcad default-q8 --draft "$drafter" --activations q8 ;;

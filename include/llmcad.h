@@ -115,7 +115,9 @@ typedef struct LlmcadOptions {
   uint32_t context;
   // Nonzero: exact f32 matmuls instead of 8-bit activations (slower).
   int32_t f32_activations;
-  // Quantize float weights while loading: "q8_0", "q4_0", "q4_1", or NULL.
+  // Quantize float weights, and quantized ones with more bits per weight, while loading:
+  // "q8_0", "q4_0", "q4_1" (target and drafter), or NULL: the target as stored, and a GGUF
+  // drafter requantized to q4_0 once, kept in the cache directory (as stored without one).
   const char *quantize;
   // An LlmcadSpecMode, used when `drafter` is set.
   int32_t spec;

@@ -8,7 +8,9 @@
 //! available from `llmcad_last_error()`.
 
 use crate::cpu::Precision;
-use crate::engine::{CancelHandle, Device, Engine, EngineOptions, GenerateRequest, Prompt};
+use crate::engine::{
+    CancelHandle, Device, DraftQuantize, Engine, EngineOptions, GenerateRequest, Prompt,
+};
 use crate::error::Error;
 use crate::generate::{GenerateOptions, StopReason};
 use crate::memory::MemoryBudget;
@@ -137,7 +139,9 @@ pub struct LlmcadOptions {
     pub context: u32,
     /// Nonzero: exact f32 matmuls instead of 8-bit activations (slower).
     pub f32_activations: i32,
-    /// Quantize float weights while loading: "q8_0", "q4_0", "q4_1", or NULL.
+    /// Quantize float weights, and quantized ones with more bits per weight, while loading:
+    /// "q8_0", "q4_0", "q4_1" (target and drafter), or NULL: the target as stored, and a GGUF
+    /// drafter requantized to q4_0 once, kept in the cache directory (as stored without one).
     pub quantize: *const c_char,
     /// An LlmcadSpecMode, used when `drafter` is set.
     pub spec: i32,
@@ -424,7 +428,7 @@ unsafe fn engine_options(o: &LlmcadOptions) -> Result<EngineOptions, Fail> {
             )));
         }
         e.quantize = Some(d);
-        e.draft_quantize = Some(d);
+        e.draft_quantize = DraftQuantize::To(d);
     }
     if let Some(b) = opt_str(o.memory_budget, "options.memory_budget")? {
         e.memory_budget = b.parse::<MemoryBudget>()?;

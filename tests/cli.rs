@@ -16,6 +16,11 @@ fn llmcad(args: &[&str]) -> Output {
 fn llmcad_with_env(args: &[&str], env: Option<(&str, &str)>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_llmcad"));
     c.args(args);
+    // learned pass times and requantized drafters go to a scratch cache, not the user's
+    c.env(
+        "LLMCAD_CACHE_DIR",
+        std::env::temp_dir().join(format!("llmcad-cli-cache-{}", std::process::id())),
+    );
     if let Some((k, v)) = env {
         c.env(k, v);
     }

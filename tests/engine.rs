@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use llmcad::engine::{Device, Engine, EngineOptions, GenerateRequest, Output, Prompt};
+use llmcad::engine::{
+    Device, DraftQuantize, Engine, EngineOptions, GenerateRequest, Output, Prompt,
+};
 use llmcad::generate::StopReason;
 use llmcad::quant::DType;
 use llmcad::spec::frequent::DraftVocab;
@@ -174,13 +176,50 @@ fn pass_times_are_learned_carried_and_kept() {
     assert!(!dir.exists());
 }
 
+/// By default a drafter stored with more bits per weight is requantized to Q4_0 into the
+/// cache directory, and loads as stored where there is none (requantizing at every load would
+/// cost more than it saves); one with nothing to requantize writes nothing. Lossless either way.
+#[test]
+fn the_default_drafter_quantization_needs_a_cache_directory() {
+    let dir = std::env::temp_dir().join(format!("llmcad-engine-auto-{}", std::process::id()));
+    let kept_files =
+        || -> usize { std::fs::read_dir(dir.join("requantized")).map_or(0, |d| d.count()) };
+    let prompt = || req(Prompt::Text("in the".into()), 12);
+    for (stored, kept_as) in [(DType::F32, DType::Q4_0), (DType::Q4_0, DType::Q4_0)] {
+        let (t, d) = tiny_pair(stored);
+        let mut o = opts(&t).with_drafter(
+            &d,
+            SpecOptions {
+                max_nodes: Some(8),
+                ..Default::default()
+            },
+        );
+        assert_eq!(o.draft_quantize, DraftQuantize::Auto);
+        o.pass_store = PassStore::Dir(dir.clone());
+        let mut kept = Engine::load(o.clone()).unwrap();
+        assert_eq!(kept.drafter().unwrap().weights.layers[0].wq.dtype, kept_as);
+        assert_eq!(kept_files(), usize::from(stored != kept_as), "{stored}");
+        o.pass_store = PassStore::Off;
+        let as_stored = Engine::load(o.clone()).unwrap();
+        assert_eq!(
+            as_stored.drafter().unwrap().weights.layers[0].wq.dtype,
+            stored
+        );
+        let mut plain = o;
+        plain.spec = None;
+        let want = run(&mut Engine::load(plain).unwrap(), &prompt()).tokens;
+        assert_eq!(run(&mut kept, &prompt()).tokens, want, "{stored}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
 /// A drafter requantized at load is written to the cache directory once and read from there
 /// by the next process: the same bytes as requantizing in memory, and still lossless.
 #[test]
 fn a_requantized_drafter_is_kept_for_the_next_process() {
     let dir = std::env::temp_dir().join(format!("llmcad-engine-requant-{}", std::process::id()));
     let mut o = spec_opts();
-    o.draft_quantize = Some(DType::Q4_0);
+    o.draft_quantize = DraftQuantize::To(DType::Q4_0);
     o.pass_store = PassStore::Dir(dir.clone());
     let kept_files = || -> Vec<_> {
         std::fs::read_dir(dir.join("requantized"))

@@ -21,7 +21,7 @@ mod serve;
 
 use clap::{Args, Parser, Subcommand};
 use llmcad::cpu::Precision;
-use llmcad::engine::{Device, Engine, EngineOptions};
+use llmcad::engine::{Device, DraftQuantize, Engine, EngineOptions};
 use llmcad::model::{LoadOptions, Model};
 use llmcad::quant::DType;
 use llmcad::spec::frequent::DraftVocab;
@@ -194,10 +194,11 @@ pub struct SpecArgs {
     /// Drafter model (same vocabulary as the target; GGUF or Hugging Face directory).
     #[arg(long)]
     pub draft: Option<PathBuf>,
-    /// Quantize the drafter's weights that have more bits per weight while loading (q8_0, q4_0
-    /// or q4_1): faster drafting, still lossless (the target checks every token).
-    #[arg(long, value_parser = parse_quant)]
-    pub draft_quantize: Option<DType>,
+    /// Quantize the drafter's weights that have more bits per weight while loading: auto
+    /// (q4_0 for a GGUF drafter, kept in the cache directory; as stored without one), none, or
+    /// q8_0, q4_0 or q4_1. Faster drafting, still lossless (the target checks every token).
+    #[arg(long, default_value = "auto")]
+    pub draft_quantize: DraftQuantize,
     /// tree (token trees, default with --draft), chain (vanilla speculative decoding) or none.
     #[arg(long, value_parser = ["tree", "chain", "none"])]
     pub spec: Option<String>,

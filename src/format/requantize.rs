@@ -5,6 +5,7 @@
 
 use super::gguf::GgufFile;
 use super::gguf_write::{GgufWriter, TensorOut};
+use super::RawTensor;
 use crate::error::{Error, Result};
 use crate::model::{quantize_matrix, Matrix};
 use crate::quant::DType;
@@ -25,16 +26,11 @@ pub fn requantize_gguf(src: &Path, to: DType, dst: &Path) -> Result<usize> {
             out.meta(key, value.clone());
         }
     }
-    // as when loading: untied embeddings are looked up, not multiplied, so they stay as stored
-    let untied = file.tensors.iter().any(|t| t.name == "output.weight");
+    let untied = is_untied(&file);
     let mut changed = 0;
     for t in &file.tensors {
         let data = match t.shape[..] {
-            [rows, cols]
-                if !(untied && t.name == "token_embd.weight")
-                    && t.dtype.bits_per_weight() > to.bits_per_weight()
-                    && cols.is_multiple_of(to.block_len()) =>
-            {
+            [rows, cols] if becomes(t, to, untied) => {
                 changed += 1;
                 let m = Matrix::from_raw(t, rows, cols);
                 (to, quantize_matrix(&m, to).data.to_vec())
@@ -56,4 +52,24 @@ pub fn requantize_gguf(src: &Path, to: DType, dst: &Path) -> Result<usize> {
         let _ = std::fs::remove_file(&partial);
     }
     written.map(|()| changed)
+}
+
+/// Whether `requantize_gguf(src, to, _)` would requantize any matrix.
+pub fn requantizes(src: &Path, to: DType) -> Result<bool> {
+    let file = GgufFile::open(src)?;
+    let untied = is_untied(&file);
+    Ok(file.tensors.iter().any(|t| becomes(t, to, untied)))
+}
+
+/// As when loading: untied embeddings are looked up, not multiplied, so they stay as stored.
+fn is_untied(file: &GgufFile) -> bool {
+    file.tensors.iter().any(|t| t.name == "output.weight")
+}
+
+/// Whether tensor `t` is a matrix stored at more bits per weight than `to`, whose rows are
+/// whole blocks of it (and not untied embeddings).
+fn becomes(t: &RawTensor, to: DType, untied: bool) -> bool {
+    matches!(t.shape[..], [_, cols] if cols.is_multiple_of(to.block_len()))
+        && !(untied && t.name == "token_embd.weight")
+        && t.dtype.bits_per_weight() > to.bits_per_weight()
 }
