@@ -127,12 +127,13 @@ struct Decoded {
 
 /// Tokens that take a block's pairs straight into their dots at once (the types other than
 /// Q6_K, with 16-bit activations): more tokens take further runs of at most this many, as even
-/// as can be, each decoding the block again from L1. Measured at 1536×1536 Q4_K in L2 on a
-/// Zen 5 (`cargo bench --bench cpu_kernels -- q4_k avx512vnni t=8,9,12,16,64`), µs: runs of 8
-/// 128, 170, 196, 250, 1000–1195; decoding each block once into `Decoded`-like pairs for all
-/// the tokens (the old way from nine tokens on) 228, 280, 320, 1207–1240; runs of 6 at most
-/// 143–149 at T=8, no better elsewhere. For Q8_0, Q5_0 and Q4_1 the runs cost the same as
-/// decoding once, or less.
+/// as can be, each decoding the block again from L1. Measured at 1536×1536 in L2 on a Zen 5
+/// (`cargo bench --bench cpu_kernels -- q4_k q8_0 q5_0 q4_1 avx512vnni t=1,8,9,12,16,64`),
+/// against decoding each block once into pairs for all the tokens (the old way from nine
+/// tokens on), µs: Q4_K at 9, 12, 16 and 64 tokens 138–148, 172–185, 228–237, 960–1046
+/// against 216–265, 241–263, 317, 1118–1236; Q4_1 at 12 tokens 197–217 against 231–255;
+/// Q8_0 the same; Q5_0 at 12 tokens 234–252 against 204–218. Runs of 6 at most: 143–149 at
+/// T=8 against 112–127, no better elsewhere.
 const DIRECT_RUN: usize = 8;
 
 /// From this many tokens on, Q6_K with 16-bit activations takes the pairs kernels, whose
@@ -818,6 +819,51 @@ thread_local! {
     };
 }
 
+/// One block's weights straight into the dots of `acc.len()` tokens, at most `DIRECT_RUN`
+/// (Q4_K and the blocks of 32).
+#[inline(always)]
+unsafe fn direct<const K: u8, const P: bool>(
+    blk: *const u8,
+    offs: &[i32; G],
+    at: Interleaved,
+    acc: &mut [__m512],
+) {
+    macro_rules! run {
+        ($n:literal) => {{
+            if K == Q4_K {
+                q4_k_direct::<P, $n>(blk, offs, at, acc)
+            } else {
+                small_direct::<K, P, $n>(blk, offs, at, acc)
+            }
+        }};
+    }
+    match acc.len() {
+        1 => run!(1),
+        2 => run!(2),
+        3 => run!(3),
+        4 => run!(4),
+        5 => run!(5),
+        6 => run!(6),
+        7 => run!(7),
+        _ => run!(8),
+    }
+}
+
+/// `direct` for Q4_K, kept out of line for the runs of a pass over more than `DIRECT_RUN`
+/// tokens: inlined into their loop, it measured slower at one token too (47 µs instead of 32
+/// at 1536×1536, Zen 5), where the blocks of 32, with a call per block, measured faster
+/// inlined (Q5_0 at 12 tokens: 241 µs outlined against 205–210).
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn q4_k_outlined<const P: bool>(
+    blk: *const u8,
+    offs: &[i32; G],
+    at: Interleaved,
+    acc: &mut [__m512],
+) {
+    direct::<Q4_K, P>(blk, offs, at, acc)
+}
+
 /// What one Q6_K sub-block adds to N tokens' accumulators: the exact integer sums of 16 rows,
 /// then `scalar::add_sub_block`'s float steps for each row. `at`: the sub-block's activations
 /// for the first of the N tokens.
@@ -1072,29 +1118,19 @@ unsafe fn matmul_k<const K: u8, const P: bool, Q: ActInt>(
                 // the weights go straight into the dots (Q4_K and the blocks of 32), in as few
                 // runs of tokens as `DIRECT_RUN` allows, as even as can be
                 let at = Interleaved::new(perm, n_t, i * per, t0);
+                if nt <= DIRECT_RUN {
+                    direct::<K, P>(blk, offs, at, acc);
+                    continue;
+                }
                 let runs = nt.div_ceil(DIRECT_RUN);
                 let mut t = 0;
                 for r in 0..runs {
                     let n = (nt - t) / (runs - r);
                     let (at, acc) = (at.at_token(t), &mut acc[t..t + n]);
-                    macro_rules! direct {
-                        ($n:literal) => {{
-                            if K == Q4_K {
-                                q4_k_direct::<P, $n>(blk, offs, at, acc)
-                            } else {
-                                small_direct::<K, P, $n>(blk, offs, at, acc)
-                            }
-                        }};
-                    }
-                    match n {
-                        1 => direct!(1),
-                        2 => direct!(2),
-                        3 => direct!(3),
-                        4 => direct!(4),
-                        5 => direct!(5),
-                        6 => direct!(6),
-                        7 => direct!(7),
-                        _ => direct!(8),
+                    if K == Q4_K {
+                        q4_k_outlined::<P>(blk, offs, at, acc)
+                    } else {
+                        direct::<K, P>(blk, offs, at, acc)
                     }
                     t += n;
                 }
