@@ -125,8 +125,13 @@ const PRIOR_NODE_SHARE: f64 = 0.25;
 const MIN_NODE_SHARE: f64 = 1.0 / 64.0;
 
 /// Speculative rounds to see before concluding that plain rounds are faster: one round that
-/// drew a rejection is too little evidence against speculation.
-const MIN_SPECULATIVE_ROUNDS: usize = 3;
+/// drew a rejection is too little evidence against speculation, and the first words of an
+/// answer are often its least predictable (with the real pair, "List five tips for staying
+/// focused": 0, 1 and 1 tokens accepted in the first three rounds, 2–4 a round later). Measured
+/// with the real pair, 12 chat prompts × 128 tokens alternated (BENCHMARKS.md, stop 31): at 3
+/// rounds 1.12× and 1.18× target-only, at 6 rounds 1.22× and 1.19×, at 8 rounds 1.22×. Where
+/// speculation never pays, each extra round costs about a drafter pass or two.
+const MIN_SPECULATIVE_ROUNDS: usize = 6;
 
 /// How often a drafter's most confident token is accepted, at best: a node whose drafting and
 /// verification cost more than this share of a plain round per token cannot pay.
