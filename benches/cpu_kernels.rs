@@ -1,8 +1,9 @@
 //! CPU matmul kernels on the weight types and shapes of the real pair (Qwen2.5-Coder 1.5B:
 //! 1536×1536 attention, 8960×1536 FFN up; Q4_K, Q6_K, Q8_0, Q5_0, and SmolLM2's Q4_1), one
 //! thread, every kernel set this CPU runs, 16-bit and 8-bit activations, T = 1, 2, 4, 8, 16
-//! and 64 (prefill) tokens per call. Each row gives µs per call, weight GB/s and the cost against T = 1; the
-//! first line is the ceiling: one thread summing a buffer of the same size.
+//! and 64 (prefill) tokens per call. Each row gives µs per call, weight GB/s and the cost
+//! against the first token count; the first line is the ceiling: one thread summing a buffer
+//! of the same size.
 //!
 //! `cargo bench --bench cpu_kernels [-- TYPE... KERNELS... [dram] [t=1,8,12]]` (for example
 //! `-- q4_k amx`; `t=` picks the token counts). The weights stay in the caches unless `dram` is given: then each call reads the next

@@ -85,6 +85,23 @@ macro_rules! row_groups {
     }};
 }
 
+/// `$run!(N)` with N the literal for `$n` tokens (1 to 8; more take 8): the kernels are
+/// generic over their token count, so that each count's accumulators stay in registers.
+macro_rules! by_token_count {
+    ($n:expr, $run:ident) => {
+        match $n {
+            1 => $run!(1),
+            2 => $run!(2),
+            3 => $run!(3),
+            4 => $run!(4),
+            5 => $run!(5),
+            6 => $run!(6),
+            7 => $run!(7),
+            _ => $run!(8),
+        }
+    };
+}
+
 mod packed;
 mod quads;
 
@@ -837,16 +854,7 @@ unsafe fn direct<const K: u8, const P: bool>(
             }
         }};
     }
-    match acc.len() {
-        1 => run!(1),
-        2 => run!(2),
-        3 => run!(3),
-        4 => run!(4),
-        5 => run!(5),
-        6 => run!(6),
-        7 => run!(7),
-        _ => run!(8),
-    }
+    by_token_count!(acc.len(), run)
 }
 
 /// `direct` for Q4_K, kept out of line for the runs of a pass over more than `DIRECT_RUN`

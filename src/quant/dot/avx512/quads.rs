@@ -340,16 +340,7 @@ pub(super) unsafe fn matmul_k<const K: u8, const P: bool, Q: ActInt>(
                         }
                     };
                 }
-                match n {
-                    1 => run!(1),
-                    2 => run!(2),
-                    3 => run!(3),
-                    4 => run!(4),
-                    5 => run!(5),
-                    6 => run!(6),
-                    7 => run!(7),
-                    _ => run!(8),
-                }
+                by_token_count!(n, run);
                 t += n;
             }
         }
