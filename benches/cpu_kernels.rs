@@ -6,10 +6,10 @@
 //! of the same size.
 //!
 //! `cargo bench --bench cpu_kernels [-- TYPE... KERNELS... [dram] [t=1,8,12]]` (for example
-//! `-- q4_k amx`; `t=` picks the token counts). The weights stay in the caches unless `dram` is given: then each call reads the next
-//! of enough copies to overflow them, as a model's decode reads its weights, so that a kernel
-//! shows whether its memory traffic overlaps its compute (T=8 from DRAM near T=8 in cache) or
-//! adds to it.
+//! `-- q4_k amx`; `t=` picks the token counts). The weights stay in the caches unless `dram`
+//! is given: then each call reads the next of enough copies to overflow them, as a model's
+//! decode reads its weights, so that a kernel shows whether its memory traffic overlaps its
+//! compute (T=8 from DRAM near T=8 in cache) or adds to it.
 
 use llmcad::quant::{
     matmul_packed, matmul_q_with, quantize_row, ActInt, DType, PackedWeights, Q16Acts, Q8Acts,
@@ -166,7 +166,7 @@ fn main() {
                     .flatten()
                     .flat_map(|l| [(l, "q16"), (l, "q8")])
                 {
-                    let mut one = 0.0;
+                    let mut first = None;
                     for &n_t in &token_counts {
                         let x = randoms(2, n_t * cols);
                         let mut out = vec![0f32; n_t * rows];
@@ -185,9 +185,6 @@ fn main() {
                             }
                             black_box(&mut out);
                         });
-                        if one == 0.0 {
-                            one = secs;
-                        }
                         println!(
                             "{:<10} {:<6} {:<13} {:<4} {:>3} {:>9.1} {:>7.2} {:>6.2}x",
                             format!("{rows}x{cols}"),
@@ -201,7 +198,7 @@ fn main() {
                             n_t,
                             secs * 1e6,
                             gb / secs,
-                            secs / one
+                            secs / *first.get_or_insert(secs)
                         );
                     }
                 }

@@ -10,8 +10,9 @@
 # PROMPTS (default 12), TOKENS (128) and THREADS (2) change the run; CHAT=1 sends each prompt
 # as a chat turn (llmcad --chat; llama.cpp gets the same turn in Qwen's chat format), MODES
 # picks llmcad's modes (default "none default chain-k4"; also "default-stored": the drafter
-# as stored, where the default requantizes it to Q4_0 and keeps it in the cache directory; "default-all": the drafter's whole vocabulary
-# instead of the shipped frequency table's tokens; "default-q16": the drafter with 16-bit
+# as stored, where the default requantizes it to Q4_0 and keeps it in the cache directory;
+# "default-all": the drafter's whole vocabulary instead of the shipped frequency table's
+# tokens; "default-q16": the drafter with 16-bit
 # activations instead of 8-bit; "none-q8" and "default-q8": the target with 8-bit activations
 # too) and LLAMA_K llama.cpp's draft lengths
 # (default "4 8"). Prints decode tokens/s per mode (all tokens over all decode time) and the
