@@ -73,6 +73,22 @@ pub struct CatchUp {
     pub ms: f64,
 }
 
+impl CatchUp {
+    /// The catch-up on `tokens` of the `run` tokens (the root among them) of passes that took
+    /// `ms`, for a drafter whose passes over one node take `node_ms`: what the catch-up added to
+    /// running the root alone. A pass over a few tokens costs hardly more than over one, which
+    /// reads the same weights, so a share by token count would price a long catch-up by its
+    /// shortest ones. Before a one-node pass has been timed, the tokens' share of `ms`.
+    fn of(tokens: usize, run: usize, ms: f64, node_ms: Option<f64>) -> Self {
+        let ms = match node_ms {
+            _ if tokens == 0 => 0.0,
+            Some(node) => (ms - node).max(0.0),
+            None => ms * tokens as f64 / run as f64,
+        };
+        CatchUp { tokens, ms }
+    }
+}
+
 /// One node the drafter ran while the target was verifying: its token, its cache slot and the
 /// drafter's candidates after it.
 #[derive(Clone, Debug)]
@@ -121,6 +137,9 @@ struct Carry {
 /// speculation cheap.
 pub const CATCH_UP_WINDOW: usize = 32;
 
+/// The weight of each new one-node pass in the drafter's moving average of their time.
+const NODE_MS_WEIGHT: f64 = 0.3;
+
 pub struct Drafter<'m> {
     model: &'m mut dyn Backend,
     /// Committed tokens the drafter has not run yet (the prompt, an accepted leaf, the tokens
@@ -134,6 +153,8 @@ pub struct Drafter<'m> {
     /// Candidates kept per drafted node (enough for every branch a shape may open).
     max_children: usize,
     carry: Option<Carry>,
+    /// What a pass over one drafted node takes (ms, a moving average), once one has run.
+    node_ms: Option<f64>,
 }
 
 /// What the next step of growth would cost.
@@ -166,6 +187,7 @@ impl<'m> Drafter<'m> {
             prefill_chunk: prefill_chunk.max(1),
             max_children: max_children.max(1),
             carry: None,
+            node_ms: None,
         }
     }
 
@@ -193,11 +215,8 @@ impl<'m> Drafter<'m> {
                     passes += 1;
                 }
                 let one_off = self.prompt_left + self.skipped;
-                catch_up = CatchUp {
-                    tokens: one_off,
-                    ms: started.elapsed().as_secs_f64() * 1e3 * one_off as f64
-                        / pending.len() as f64,
-                };
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                catch_up = CatchUp::of(one_off, pending.len(), ms, self.node_ms);
                 self.prompt_left = 0;
                 self.skipped = 0;
                 (self.candidates(&logits.expect("the root ran")), Vec::new())
@@ -287,7 +306,10 @@ impl<'m> Drafter<'m> {
                 visible: vec![visible],
             },
         };
+        let started = Instant::now();
         let logits = self.model.forward(&batch, Want::LAST_FULL)?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        self.node_ms = Some(self.node_ms.map_or(ms, |v| v + NODE_MS_WEIGHT * (ms - v)));
         Ok(self.candidates(&logits))
     }
 
@@ -511,6 +533,23 @@ fn probabilities(row: &[f32], k: usize) -> Vec<(u32, f32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_catch_up_costs_what_it_added_to_the_root() {
+        let of = CatchUp::of;
+        assert_eq!(
+            of(3, 4, 20.0, Some(8.0)),
+            CatchUp {
+                tokens: 3,
+                ms: 12.0
+            }
+        );
+        assert_eq!(of(3, 4, 7.0, Some(8.0)).ms, 0.0, "never below nothing");
+        assert_eq!(of(0, 1, 9.0, Some(8.0)).ms, 0.0);
+        // no one-node pass timed yet: the tokens' share
+        assert_eq!(of(3, 4, 20.0, None).ms, 15.0);
+        assert_eq!(of(0, 1, 20.0, None).ms, 0.0);
+    }
 
     #[test]
     fn probabilities_are_a_softmax() {
