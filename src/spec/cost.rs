@@ -11,16 +11,17 @@
 //!
 //! Speculation itself must pay too: where drafting and bigger passes cost more than they save (a
 //! CPU target, whose pass over N nodes costs nearly N passes), rounds verify the target's token
-//! alone without drafting, and now and then a round speculates again to see whether that
-//! changed. The choice compares measured times per emitted token, so it costs little more than
-//! the probes. A probe is expected to lose what the speculative rounds lost over plain ones,
-//! and the drafter first catches up on the tokens it skipped (at most [`CATCH_UP_WINDOW`] of
-//! them). It probes once that costs at most [`PROBE_SHARE`] of the plain time since the last
-//! probe and of the plain time still to come (twice as long a wait after each probe that
-//! lost), so that probes which keep losing cannot make decoding measurably slower than plain
-//! decoding, while a verifier waiting on storage, whose speculative rounds cost hardly more
-//! than plain ones, keeps trying its drafter every few rounds. The catch-up does not count
-//! against the speculative rounds it measures.
+//! alone without drafting, and now and then a probe speculates for a few rounds
+//! ([`PROBE_ROUNDS`]) to see whether that changed. The choice compares measured times per
+//! emitted token, so it costs little more than the probes. A probe's rounds are judged on their
+//! own: the rounds that lost came from another stretch of the text. Each is expected to lose
+//! what the speculative rounds lost over plain ones, and the drafter first catches up on the
+//! tokens it skipped (at most [`CATCH_UP_WINDOW`] of them). It probes once that costs at most
+//! [`PROBE_SHARE`] of the plain time since the last probe and of the plain time still to come
+//! (twice as long a wait after each probe that lost), so that probes which keep losing cannot
+//! make decoding measurably slower than plain decoding, while a verifier waiting on storage,
+//! whose speculative rounds cost hardly more than plain ones, keeps trying its drafter every few
+//! rounds. The catch-up does not count against the speculative rounds it measures.
 //!
 //! The verifier's pass time is learned from the passes decoding runs anyway ([`PassTimes`]):
 //! no pass is spent on measuring. Until a second size has been seen, a pass is assumed to cost
@@ -35,7 +36,10 @@
 //!
 //! Acceptance and speculative time per token are ratios of decayed sums over rounds, and plain
 //! rounds take over only after a few speculative ones: a single round is a coin toss, and a
-//! rejected first tree must not end speculation where extra nodes are nearly free.
+//! rejected first tree must not end speculation where extra nodes are nearly free. The time per
+//! token remembers about ten rounds ([`SPEED_KEEP`]), acceptance about five: acceptance sizes the
+//! next tree, while the time decides whether to speculate at all, where a few unlucky rounds in
+//! a row are common and a wrong switch to plain rounds costs until the next probe.
 
 use super::drafter::{CatchUp, Growth, CATCH_UP_WINDOW};
 use crate::backend::{Backend, Batch, Want};
@@ -47,6 +51,9 @@ use std::time::Instant;
 /// A probe's expected cost over a plain round may be at most this share of the plain rounds'
 /// time since the last probe, and of their time over the tokens left to generate.
 const PROBE_SHARE: f64 = 1.0 / 32.0;
+
+/// Speculative rounds a probe runs before it is judged: one round is a coin toss.
+const PROBE_ROUNDS: usize = 3;
 
 /// Each probe that lost doubles the wait for the next, up to this factor.
 const MAX_PROBE_BACKOFF: f64 = 16.0;
@@ -352,28 +359,46 @@ impl Ema {
 
 /// A ratio of exponentially decayed sums, such as accepted tokens over drafted confidence: a
 /// round counts by its size, and one unlucky round moves the ratio instead of setting it.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct DecayedRatio {
     num: f64,
     den: f64,
     rounds: usize,
+    /// The share of the sums each new round keeps.
+    keep: f64,
 }
 
+/// The calibration of confidences keeps this share at each round (about five rounds' memory).
+const CALIBRATION_KEEP: f64 = 0.8;
+
+/// The time per token of speculative rounds keeps this share at each round (about ten rounds'
+/// memory). With five (the real pair, "a short story about a robot"), a run of five unlucky
+/// rounds switched to plain rounds for good, where the 29 speculative rounds before had taken
+/// 23.5 ms per token against 28 for a plain round (BENCHMARKS.md, stop 32).
+const SPEED_KEEP: f64 = 0.9;
+
 impl DecayedRatio {
-    const KEEP: f64 = 0.8;
+    fn new(keep: f64) -> Self {
+        DecayedRatio {
+            num: 0.0,
+            den: 0.0,
+            rounds: 0,
+            keep,
+        }
+    }
 
     /// Starts at `value` as if `weight` units of the denominator had been seen.
-    fn with_prior(value: f64, weight: f64) -> Self {
+    fn with_prior(value: f64, weight: f64, keep: f64) -> Self {
         DecayedRatio {
             num: value * weight,
             den: weight,
-            rounds: 0,
+            ..DecayedRatio::new(keep)
         }
     }
 
     fn push(&mut self, num: f64, den: f64) {
-        self.num = Self::KEEP * self.num + num;
-        self.den = Self::KEEP * self.den + den;
+        self.num = self.keep * self.num + num;
+        self.den = self.keep * self.den + den;
         self.rounds += 1;
     }
 
@@ -394,6 +419,8 @@ pub struct CostModel {
     ms_per_token: DecayedRatio,
     /// Tokens emitted per speculative round.
     emitted_per_round: DecayedRatio,
+    /// Speculative rounds to see before judging them (more at first than for a probe).
+    judge_after: usize,
     plain_ms_per_token: Ema,
     /// Rounds since the drafter last ran (each left it a token to catch up on).
     plain_rounds: usize,
@@ -408,9 +435,10 @@ impl CostModel {
             verify,
             catch_up_ms_per_token: Ema { value: None },
             // confidences taken at face value until verifications say otherwise
-            calibration: DecayedRatio::with_prior(1.0, 2.0),
-            ms_per_token: DecayedRatio::default(),
-            emitted_per_round: DecayedRatio::default(),
+            calibration: DecayedRatio::with_prior(1.0, 2.0, CALIBRATION_KEEP),
+            ms_per_token: DecayedRatio::new(SPEED_KEEP),
+            emitted_per_round: DecayedRatio::new(SPEED_KEEP),
+            judge_after: MIN_SPECULATIVE_ROUNDS,
             plain_ms_per_token: Ema { value: None },
             plain_rounds: 0,
             probe_backoff: 1.0,
@@ -454,10 +482,11 @@ impl CostModel {
     /// a one-node pass has been timed (the first round is a plain one, unless times were kept
     /// from before), nor where even a token accepted as often as the likeliest drafted tokens
     /// would cost more to draft and verify than it saves (`PassTimes::hopeless`). Then yes for
-    /// the first [`MIN_SPECULATIVE_ROUNDS`], and while speculative rounds are at least as fast
-    /// per token as plain ones (a plain round costs a one-node pass until measured), by enough
-    /// to pay for the drafter's catch-up over the tokens left ([`RETURN_MARGIN`]); otherwise
-    /// as a probe, once the plain time waited covers its expected cost ([`PROBE_SHARE`]).
+    /// the first [`MIN_SPECULATIVE_ROUNDS`] (or a probe's [`PROBE_ROUNDS`]), and while
+    /// speculative rounds are at least as fast per token as plain ones (a plain round costs a
+    /// one-node pass until measured), by enough to pay for the drafter's catch-up over the tokens
+    /// left ([`RETURN_MARGIN`]); otherwise as a probe, once the plain time waited covers its
+    /// expected cost ([`PROBE_SHARE`]).
     pub fn should_draft(&mut self, remaining: usize) -> bool {
         if self.verify.is_empty() {
             return false;
@@ -467,27 +496,36 @@ impl CostModel {
         // every round since the drafter last ran left it a token to catch up on
         let catch_up =
             self.catch_up_ms_per_token.get_or(0.0) * self.plain_rounds.min(CATCH_UP_WINDOW) as f64;
-        let mut probe = false;
         let draft = if self.verify.hopeless(plain) {
             false
-        } else if self.ms_per_token.rounds < MIN_SPECULATIVE_ROUNDS {
+        } else if self.ms_per_token.rounds < self.judge_after {
             true
         } else if let Some(s) = spec.filter(|&s| s <= plain) {
-            (plain - s) * remaining as f64 >= RETURN_MARGIN * catch_up
+            let pays = (plain - s) * remaining as f64 >= RETURN_MARGIN * catch_up;
+            if pays {
+                self.probe_backoff = 1.0;
+            }
+            pays
         } else {
-            // a probe round is expected to lose what speculative rounds lost over plain ones
+            // each of a probe's rounds is expected to lose what speculative rounds lost over
+            // plain ones
             let per_round = self.emitted_per_round.get().unwrap_or(1.0);
-            let loss = (spec.unwrap_or(plain) - plain).max(0.0) * per_round + catch_up;
+            let lost = (spec.unwrap_or(plain) - plain).max(0.0) * per_round;
+            let loss = PROBE_ROUNDS as f64 * lost + catch_up;
             let waited = self.plain_rounds + 1;
-            probe = self.probe_backoff * loss <= PROBE_SHARE * plain * waited.min(remaining) as f64;
+            let probe =
+                self.probe_backoff * loss <= PROBE_SHARE * plain * waited.min(remaining) as f64;
+            if probe {
+                self.probe_backoff = (2.0 * self.probe_backoff).min(MAX_PROBE_BACKOFF);
+                // the rounds that lost came from another stretch of the text
+                self.ms_per_token = DecayedRatio::new(SPEED_KEEP);
+                self.emitted_per_round = DecayedRatio::new(SPEED_KEEP);
+                self.judge_after = PROBE_ROUNDS;
+            }
             probe
         };
         if draft {
             self.plain_rounds = 0;
-            self.probe_backoff = match probe {
-                true => (2.0 * self.probe_backoff).min(MAX_PROBE_BACKOFF),
-                false => 1.0,
-            };
         } else {
             self.plain_rounds += 1;
         }
@@ -617,25 +655,58 @@ mod tests {
         }
     }
 
-    #[test]
-    fn speculation_pauses_while_plain_rounds_are_faster() {
+    /// Decodes `rounds` rounds (numbered from 1) with `remaining` tokens left before the
+    /// first: a round that drafts costs `speculative(round)`, one that does not `plain_ms`.
+    /// Returns the rounds that drafted.
+    fn decode_rounds(
+        m: &mut CostModel,
+        rounds: usize,
+        remaining: usize,
+        speculative: impl Fn(usize) -> RoundCost,
+        plain_ms: f64,
+    ) -> Vec<usize> {
+        (1..=rounds)
+            .filter(|&i| {
+                let draft = m.should_draft(remaining.saturating_sub(i));
+                match draft {
+                    true => m.record(&speculative(i)),
+                    false => m.record_plain(plain_ms),
+                }
+                draft
+            })
+            .collect()
+    }
+
+    /// Speculation that lost: 15.5 ms per token against 10 ms plain rounds.
+    fn lost() -> CostModel {
         let mut m = CostModel::new(times(&[(1, 10.0), (64, 200.0)]));
         for _ in 0..MIN_SPECULATIVE_ROUNDS {
             assert!(m.should_draft(usize::MAX), "speculation is tried first");
-            m.record(&round(30.0, 2));
+            m.record(&round(31.0, 2));
         }
-        // 15 ms per token against a 10 ms one-node pass: plain rounds, with probes that
-        // come less often while they keep losing. A probe is expected to lose 5 ms on each of
-        // its 2 tokens; it waits until 32 times that is plain time waited (32 rounds of 10 ms),
-        // then twice and four times as long.
-        let drafts: Vec<usize> = (1..=240).filter(|_| m.should_draft(usize::MAX)).collect();
-        assert_eq!(drafts, [32, 32 + 64, 32 + 64 + 128]);
-        // a probe finds speculation paying again (plain rounds measured slower)
-        m.record_plain(12.0);
-        for _ in 0..20 {
-            m.record(&round(20.0, 4));
-        }
-        assert!((0..4).all(|_| m.should_draft(usize::MAX)));
+        m
+    }
+
+    #[test]
+    fn speculation_pauses_while_plain_rounds_are_faster() {
+        // plain rounds, with probes that come less often while they keep losing. Each of a
+        // probe's 3 rounds is expected to lose 5.5 ms on each of its 2 tokens; it waits until
+        // 32 times that is plain time waited (106 rounds of 10 ms), then twice as long.
+        let drafts = decode_rounds(&mut lost(), 330, usize::MAX, |_| round(31.0, 2), 10.0);
+        assert_eq!(PROBE_ROUNDS, 3);
+        assert_eq!(drafts, [106, 107, 108, 108 + 212, 108 + 213, 108 + 214]);
+        // a probe finds speculation paying again, and it stays
+        let drafts = decode_rounds(&mut lost(), 200, usize::MAX, |_| round(20.0, 4), 10.0);
+        assert_eq!(drafts, (106..=200).collect::<Vec<_>>());
+    }
+
+    /// The rounds that lost came from another stretch of the text: a probe whose rounds are a
+    /// little faster than plain ones brings speculation back, though mixed with the rounds
+    /// before they would still be slower.
+    #[test]
+    fn a_probe_is_judged_on_its_own_rounds() {
+        let drafts = decode_rounds(&mut lost(), 200, usize::MAX, |_| round(27.0, 3), 10.0);
+        assert_eq!(drafts, (106..=200).collect::<Vec<_>>());
     }
 
     /// Speculation that lost, measured after a catch-up costing `catch_up_ms` per token, with
@@ -651,7 +722,7 @@ mod tests {
                     tokens,
                     ms: catch_up,
                 },
-                ..round(30.0 + catch_up, 2)
+                ..round(31.0 + catch_up, 2)
             });
         }
         m.record_plain(10.0);
@@ -665,16 +736,14 @@ mod tests {
     fn probes_wait_until_their_catch_up_is_cheap() {
         let probes = |catch_up_ms: f64, remaining: usize| -> Vec<usize> {
             let mut m = lost_after_catching_up(catch_up_ms);
-            (1..=450)
-                .filter(|&i| m.should_draft(remaining.saturating_sub(i)))
-                .collect()
+            decode_rounds(&mut m, 450, remaining, |_| round(31.0, 2), 10.0)
         };
-        // free: what the rounds lost alone (10 ms), as in the test above
-        assert_eq!(probes(0.0, 1000), [32, 96, 224]);
+        // free: what the rounds lost alone (33 ms), as in the test above
+        assert_eq!(probes(0.0, 1000), [106, 107, 108, 320, 321, 322]);
         // a tenth of a plain round per token: the 32 tokens of the window cost 32 ms, with the
-        // 10 ms lost a 32nd of the plain time only after 135 plain rounds, then after 269
+        // 33 ms lost a 32nd of the plain time only after 208 plain rounds, then after 416
         assert_eq!(CATCH_UP_WINDOW, 32);
-        assert_eq!(probes(1.0, 1000), [135, 135 + 269]);
+        assert_eq!(probes(1.0, 1000), [208, 209, 210]);
         // ... and not when fewer tokens than that are left to use what it finds
         assert_eq!(probes(1.0, 200), Vec::<usize>::new());
         // as dear as a plain round per token: never
@@ -692,9 +761,10 @@ mod tests {
             m.record(&round(2550.0, 1));
         }
         m.record_plain(2500.0);
-        // 50 ms lost a probe, 78 ms of budget per plain round: probes after 1, 2, 3, 6 rounds
-        let probes: Vec<usize> = (1..=16).filter(|_| m.should_draft(16)).collect();
-        assert_eq!(probes, [1, 3, 6, 12]);
+        // 50 ms lost a round, 150 ms a probe, 78 ms of budget per plain round: a probe after
+        // 1 plain round, then after 3 (then 7)
+        let probes = decode_rounds(&mut m, 16, 32, |_| round(2550.0, 1), 2500.0);
+        assert_eq!(probes, [2, 3, 4, 8, 9, 10]);
     }
 
     /// Plain rounds turning slower than speculation bring it back only where what it gains
@@ -717,9 +787,9 @@ mod tests {
     /// round is fast brings speculation back however long its catch-up took.
     #[test]
     fn a_probe_is_judged_without_its_catch_up() {
-        // the first probe comes after 32 plain rounds (see the tests above)
+        // the first probe comes after 106 plain rounds (see the tests above)
         let mut m = lost_after_catching_up(0.0);
-        assert!((1..32).all(|_| !m.should_draft(usize::MAX)));
+        assert!((1..106).all(|_| !m.should_draft(usize::MAX)));
         assert!(m.should_draft(usize::MAX));
         for tokens in [16, 0, 0] {
             m.record(&RoundCost {
