@@ -656,20 +656,20 @@ mod tests {
     }
 
     /// Decodes `rounds` rounds (numbered from 1) with `remaining` tokens left before the
-    /// first: a round that drafts costs `speculative(round)`, one that does not `plain_ms`.
-    /// Returns the rounds that drafted.
+    /// first: a round that drafts costs `speculative`, one that does not `plain_ms`. Returns
+    /// the rounds that drafted.
     fn decode_rounds(
         m: &mut CostModel,
         rounds: usize,
         remaining: usize,
-        speculative: impl Fn(usize) -> RoundCost,
+        speculative: &RoundCost,
         plain_ms: f64,
     ) -> Vec<usize> {
         (1..=rounds)
             .filter(|&i| {
                 let draft = m.should_draft(remaining.saturating_sub(i));
                 match draft {
-                    true => m.record(&speculative(i)),
+                    true => m.record(speculative),
                     false => m.record_plain(plain_ms),
                 }
                 draft
@@ -692,11 +692,11 @@ mod tests {
         // plain rounds, with probes that come less often while they keep losing. Each of a
         // probe's 3 rounds is expected to lose 5.5 ms on each of its 2 tokens; it waits until
         // 32 times that is plain time waited (106 rounds of 10 ms), then twice as long.
-        let drafts = decode_rounds(&mut lost(), 330, usize::MAX, |_| round(31.0, 2), 10.0);
+        let drafts = decode_rounds(&mut lost(), 330, usize::MAX, &round(31.0, 2), 10.0);
         assert_eq!(PROBE_ROUNDS, 3);
         assert_eq!(drafts, [106, 107, 108, 108 + 212, 108 + 213, 108 + 214]);
         // a probe finds speculation paying again, and it stays
-        let drafts = decode_rounds(&mut lost(), 200, usize::MAX, |_| round(20.0, 4), 10.0);
+        let drafts = decode_rounds(&mut lost(), 200, usize::MAX, &round(20.0, 4), 10.0);
         assert_eq!(drafts, (106..=200).collect::<Vec<_>>());
     }
 
@@ -705,7 +705,7 @@ mod tests {
     /// before they would still be slower.
     #[test]
     fn a_probe_is_judged_on_its_own_rounds() {
-        let drafts = decode_rounds(&mut lost(), 200, usize::MAX, |_| round(27.0, 3), 10.0);
+        let drafts = decode_rounds(&mut lost(), 200, usize::MAX, &round(27.0, 3), 10.0);
         assert_eq!(drafts, (106..=200).collect::<Vec<_>>());
     }
 
@@ -736,7 +736,7 @@ mod tests {
     fn probes_wait_until_their_catch_up_is_cheap() {
         let probes = |catch_up_ms: f64, remaining: usize| -> Vec<usize> {
             let mut m = lost_after_catching_up(catch_up_ms);
-            decode_rounds(&mut m, 450, remaining, |_| round(31.0, 2), 10.0)
+            decode_rounds(&mut m, 450, remaining, &round(31.0, 2), 10.0)
         };
         // free: what the rounds lost alone (33 ms), as in the test above
         assert_eq!(probes(0.0, 1000), [106, 107, 108, 320, 321, 322]);
@@ -763,7 +763,7 @@ mod tests {
         m.record_plain(2500.0);
         // 50 ms lost a round, 150 ms a probe, 78 ms of budget per plain round: a probe after
         // 1 plain round, then after 3 (then 7)
-        let probes = decode_rounds(&mut m, 16, 32, |_| round(2550.0, 1), 2500.0);
+        let probes = decode_rounds(&mut m, 16, 32, &round(2550.0, 1), 2500.0);
         assert_eq!(probes, [2, 3, 4, 8, 9, 10]);
     }
 
