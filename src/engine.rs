@@ -416,10 +416,9 @@ impl std::str::FromStr for DraftQuantize {
         match s {
             "auto" => Ok(DraftQuantize::Auto),
             "none" => Ok(DraftQuantize::Stored),
-            _ => match s.parse::<DType>() {
-                Ok(d) if d.is_quantized() => Ok(DraftQuantize::To(d)),
-                _ => Err(format!("{s}: expected auto, none, q8_0, q4_0 or q4_1")),
-            },
+            _ => DType::parse_quantized(s)
+                .map(DraftQuantize::To)
+                .map_err(|_| format!("{s}: expected auto, none, q8_0, q4_0 or q4_1")),
         }
     }
 }

@@ -421,12 +421,8 @@ unsafe fn engine_options(o: &LlmcadOptions) -> Result<EngineOptions, Fail> {
         e.precision = Precision::F32;
     }
     if let Some(q) = opt_str(o.quantize, "options.quantize")? {
-        let d: crate::quant::DType = q.parse().map_err(invalid)?;
-        if !d.is_quantized() {
-            return Err(invalid(format!(
-                "options.quantize: {q}: use q8_0, q4_0 or q4_1"
-            )));
-        }
+        let d = crate::quant::DType::parse_quantized(q)
+            .map_err(|e| invalid(format!("options.quantize: {e}")))?;
         e.quantize = Some(d);
         e.draft_quantize = DraftQuantize::To(d);
     }

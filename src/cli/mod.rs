@@ -135,7 +135,7 @@ pub struct ModelArgs {
     pub model: PathBuf,
     /// Quantize weights stored with more bits per weight (float, or a larger quantized type)
     /// while loading: q8_0, q4_0 or q4_1.
-    #[arg(long, value_parser = parse_quant)]
+    #[arg(long, value_parser = DType::parse_quantized)]
     pub quantize: Option<DType>,
 }
 
@@ -151,15 +151,6 @@ impl ModelArgs {
         );
         bar.finish_and_clear();
         Ok(model?)
-    }
-}
-
-fn parse_quant(s: &str) -> Result<DType, String> {
-    let d: DType = s.parse()?;
-    if d.is_quantized() {
-        Ok(d)
-    } else {
-        Err(format!("{s}: --quantize takes q8_0, q4_0 or q4_1"))
     }
 }
 

@@ -148,6 +148,15 @@ impl DType {
         DType::ALL.map(DType::name).join(", ")
     }
 
+    /// Parses the name of a block type that weights can be quantized to (`--quantize`,
+    /// `--draft-quantize`, the C ABI's `quantize`).
+    pub fn parse_quantized(s: &str) -> std::result::Result<DType, String> {
+        s.parse::<DType>()
+            .ok()
+            .filter(|d| d.is_quantized())
+            .ok_or_else(|| format!("{s}: expected a quantized type such as q8_0, q4_0 or q4_1"))
+    }
+
     /// The GGML type id used in GGUF files.
     pub fn ggml_id(self) -> u32 {
         match self {
@@ -334,6 +343,16 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn only_quantized_types_parse_as_quantization_targets() {
+        assert_eq!(DType::parse_quantized("q4_0"), Ok(DType::Q4_0));
+        assert_eq!(DType::parse_quantized("Q8_0"), Ok(DType::Q8_0));
+        for bad in ["f16", "f32", "q9_9", ""] {
+            let e = DType::parse_quantized(bad).unwrap_err();
+            assert!(e.starts_with(bad) && e.contains("q4_0"), "{e}");
         }
     }
 
